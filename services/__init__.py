@@ -1,0 +1,1 @@
+"""Refinery: the processes that keep a fine-tuned LLM good after it ships."""

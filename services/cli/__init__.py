@@ -1,0 +1,1 @@
+"""The ``refinery`` command line for people running the stack."""

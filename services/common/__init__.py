@@ -1,0 +1,1 @@
+"""What every Refinery process shares: settings, the task file, event schemas, Kafka I/O."""

@@ -1,0 +1,14 @@
+"""Kafka I/O with Refinery's guarantees: validated events, acks=all, dead letters with causes."""
+
+from services.common.kafka.admin import ensure_topics, wait_for_broker
+from services.common.kafka.consumer import DeadLetter, EventConsumer, Received
+from services.common.kafka.producer import EventProducer
+
+__all__ = [
+    "DeadLetter",
+    "EventConsumer",
+    "EventProducer",
+    "Received",
+    "ensure_topics",
+    "wait_for_broker",
+]

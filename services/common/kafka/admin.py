@@ -1,0 +1,83 @@
+"""Broker readiness and topic creation with the configured partitions and replication."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from services.common.settings import Settings
+from services.common.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float = 60.0, min_brokers: int = 1) -> None:
+    """Block until ``min_brokers`` brokers answer a metadata request, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=3000
+            )
+            try:
+                brokers = admin.describe_cluster()["brokers"]
+                if len(brokers) >= min_brokers:
+                    return
+                last = RuntimeError(f"{len(brokers)} of {min_brokers} brokers up")
+            finally:
+                admin.close()
+        except (KafkaError, OSError, ValueError) as exc:
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"Kafka at {bootstrap} not ready after {timeout_s:.0f}s: {last}")
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create every Refinery topic (and its ``.dlq``) that is missing; return those created."""
+    topics = Topics.from_settings(settings)
+    replication = settings.replication
+    configs = {"min.insync.replicas": str(min(2, replication))}
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000)
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in topics.all_names() if n not in existing]
+        new = [
+            NewTopic(n, settings.topic_partitions, replication, topic_configs=configs)
+            for n in missing
+        ]
+        if new:
+            try:
+                admin.create_topics(new, timeout_ms=30000)
+            except TopicAlreadyExistsError:
+                pass  # a concurrent creator won the race; the topic is there either way
+        log.info("topics: %d created, %d already there", len(missing), len(existing))
+        return missing
+    finally:
+        admin.close()
+
+
+def consumer_lag(bootstrap: str) -> dict[str, dict[str, int]]:
+    """Per consumer group and topic: records not yet committed (end offset - committed)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        groups = [g["group_id"] for g in admin.list_groups()]
+        committed = admin.list_group_offsets(groups) if groups else {}
+        lags: dict[str, dict[str, int]] = {}
+        for group_id, offsets in committed.items():
+            if not offsets:
+                continue
+            ends = consumer.end_offsets(list(offsets))
+            per_topic: dict[str, int] = {}
+            for tp, meta in offsets.items():
+                per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, ends[tp] - meta.offset)
+            lags[group_id] = per_topic
+        return lags
+    finally:
+        consumer.close()
+        admin.close()

@@ -1,0 +1,90 @@
+"""The one reader of the environment: addresses, paths and secrets (prefix ``REFINERY_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """Where things run and live. Defaults run offline on one laptop.
+
+    ``var/toolchain.env`` is written by ``infra/setup.sh`` (paths of the cached
+    vLLM venv and Kafka jars), so a bare ``refinery up`` finds what ``make`` built.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="REFINERY_",
+        env_file=(REPO_ROOT / ".env", REPO_ROOT / "var" / "toolchain.env"),
+        extra="ignore",
+    )
+
+    # Where state, logs and pid files go (git-ignored).
+    var_dir: Path = REPO_ROOT / "var"
+    # The task file: task kind, template, labels, training and gating thresholds.
+    task_file: Path = REPO_ROOT / "refinery.yaml"
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Folder of broker jars resolved from Maven Central by infra/kafka/fetch.sh.
+    kafka_libs: Path | None = None
+    kafka_java: str = "java"
+    kafka_nodes: Literal[1, 3] = 1
+    kafka_port: int = 9092
+    topic_prefix: str = "refinery"
+    topic_partitions: int = 3
+    # None: 1 on a single node, 3 on the three-node cluster.
+    topic_replication: int | None = None
+
+    # MLflow
+    mlflow_uri: str = "http://127.0.0.1:5000"
+    mlflow_host: str = "127.0.0.1"
+    mlflow_port: int = 5000
+    registered_model: str = "refinery-model"
+    experiment: str = "refinery"
+
+    # vLLM
+    vllm_python: Path | None = Field(
+        default=None, description="python of the vLLM venv (infra/setup.sh writes it)"
+    )
+    vllm_backend: Literal["cpu", "gpu"] = "cpu"
+    vllm_host: str = "127.0.0.1"
+    vllm_port: int = 8100
+    vllm_max_model_len: int = 512
+    vllm_max_loras: int = 4
+    vllm_max_lora_rank: int = 16
+    vllm_kvcache_gib: int = 1
+    # The name vLLM serves the base model under; adapters get <model>-v<version>.
+    served_model_name: str = "refinery-base"
+
+    @property
+    def vllm_url(self) -> str:
+        return f"http://{self.vllm_host}:{self.vllm_port}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.var_dir / "models"
+
+    @property
+    def replication(self) -> int:
+        return self.topic_replication or (3 if self.kafka_nodes == 3 else 1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

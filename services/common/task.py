@@ -1,0 +1,90 @@
+"""The task file (``refinery.yaml``): objective, labels, data and base-model configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.common.exceptions import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskObjective(_Section):
+    """What the model must do and how its output is read."""
+
+    name: str
+    kind: Literal["classification", "generation"]
+    description: str = ""
+    prompt_template: str = Field(description="Python format string with a {text} field")
+    labels: list[str] = Field(default_factory=list)
+    max_new_tokens: int = 16
+
+    @model_validator(mode="after")
+    def _labels_for_classification(self) -> TaskObjective:
+        if self.kind == "classification" and not self.labels:
+            raise ValueError("task.labels is empty; a classification task needs its label set")
+        if "{text}" not in self.prompt_template:
+            raise ValueError("task.prompt_template must contain '{text}'")
+        return self
+
+    def render(self, text: str) -> str:
+        return self.prompt_template.format(text=text)
+
+    def completion_for(self, label: str) -> str:
+        """The target completion of a label: a leading space, as generated after the prompt."""
+        return f" {label}"
+
+    def parse_label(self, completion: str) -> str | None:
+        """The label a completion names (its first word), or None when it names none."""
+        words = completion.strip().split()
+        first = words[0].strip(".,:;!").lower() if words else ""
+        return first if first in self.labels else None
+
+
+class DataSpec(_Section):
+    """Where seed data comes from when the user gives none."""
+
+    demo_seed: int = 7
+    demo_train_size: int = 1500
+    demo_golden_size: int = 300
+
+
+class BaseModelSpec(_Section):
+    """Shape and training budget of the small base model built offline by bootstrap."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    max_seq_len: int = 128
+    epochs: int = 12
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    max_train_seconds: float = 240
+
+
+class TaskFile(_Section):
+    """The whole task file."""
+
+    task: TaskObjective
+    data: DataSpec = Field(default_factory=DataSpec)
+    base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
+
+
+def load_task(path: Path) -> TaskFile:
+    """Read and validate the task file, naming the file and field on error."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"task file {path} does not exist; set REFINERY_TASK_FILE") from None
+    try:
+        return TaskFile.model_validate(raw)
+    except ValueError as exc:
+        raise ConfigError(f"task file {path} is invalid: {exc}") from exc

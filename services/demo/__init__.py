@@ -1,0 +1,1 @@
+"""The demo task's data: support tickets the project generates itself (nothing is downloaded)."""

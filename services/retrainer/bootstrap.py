@@ -1,0 +1,150 @@
+"""``refinery bootstrap``: make version 1 of the registered model and crown it champion.
+
+Without ``--base`` it builds the offline base model from the demo corpus; with one it takes
+the user's Hugging Face model (a local path or a hub id) as it is. Either way the golden
+set is stored with the run as the frozen test set, and never trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.common.datasets import LabeledText, read_jsonl, write_jsonl
+from services.common.registry import CHAMPION, ModelRegistry, VersionInfo
+from services.common.settings import Settings
+from services.common.task import TaskFile
+from services.demo.corpus import generate
+from services.retrainer.base_model import build_model, greedy_complete, pretrain, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+BUILTIN_BASE = "builtin:tiny-llama"
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    version: VersionInfo
+    created: bool
+    golden_score: float | None
+
+
+def _digest(examples: list[LabeledText]) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(e.model_dump_json().encode())
+    return h.hexdigest()[:16]
+
+
+def score(task: TaskFile, completions: list[str], golden: list[LabeledText]) -> float:
+    """Label accuracy for classification, exact match for generation."""
+    if task.task.kind == "classification":
+        hits = [
+            task.task.parse_label(out) == task.task.parse_label(ex.completion)
+            for out, ex in zip(completions, golden, strict=True)
+        ]
+    else:
+        hits = [
+            out.strip() == ex.completion.strip()
+            for out, ex in zip(completions, golden, strict=True)
+        ]
+    return sum(hits) / len(hits)
+
+
+def bootstrap(
+    settings: Settings,
+    task: TaskFile,
+    base: str | None = None,
+    train_file: Path | None = None,
+    golden_file: Path | None = None,
+    force: bool = False,
+) -> BootstrapResult:
+    """Register version 1 (or a new base version with ``force``) and set alias champion."""
+    registry = ModelRegistry(settings)
+    current = registry.champion() if registry.exists() else None
+    if current is not None and not force:
+        log.info("bootstrap: %s already has champion v%s; nothing to do", registry.name, current.version)
+        return BootstrapResult(current, created=False, golden_score=None)
+
+    seed = task.data.demo_seed
+    train = read_jsonl(train_file) if train_file else generate(task.task, task.data.demo_train_size, seed)
+    golden = (
+        read_jsonl(golden_file)
+        if golden_file
+        else generate(task.task, task.data.demo_golden_size, seed + 1)
+    )
+    golden_prompts = {e.prompt for e in golden}
+    kept = [e for e in train if e.prompt not in golden_prompts]
+    log.info(
+        "bootstrap: %d training examples (%d dropped: also in the golden set), %d golden",
+        len(kept), len(train) - len(kept), len(golden),
+    )
+
+    params: dict[str, object] = {"base": base or BUILTIN_BASE, "train_examples": len(kept),
+                                 "golden_examples": len(golden), "seed": seed}
+    metrics: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="refinery-bootstrap-") as tmp:
+        model_dir = Path(tmp) / "model"
+        if base is None:
+            spec = task.base_model
+            tokenizer = train_tokenizer([e.prompt + e.completion for e in kept], spec.vocab_size)
+            model = build_model(spec, tokenizer, seed)
+            result = pretrain(model, tokenizer, kept, spec, seed)
+            params.update(spec.model_dump())
+            metrics.update(train_loss=result.final_loss, train_seconds=result.seconds,
+                           train_examples_per_s=result.examples_per_s, train_steps=result.steps)
+            log.info("bootstrap: trained %d steps in %.1fs, loss %.3f",
+                     result.steps, result.seconds, result.final_loss)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(base)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            model = AutoModelForCausalLM.from_pretrained(base)
+        params["parameters"] = sum(p.numel() for p in model.parameters())
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+
+        completions = greedy_complete(model, tokenizer, [e.prompt for e in golden],
+                                      task.task.max_new_tokens)
+        golden_score = score(task, completions, golden)
+        metrics["golden_" + ("accuracy" if task.task.kind == "classification" else "exact_match")] = golden_score
+        log.info("bootstrap: golden-set score %.3f", golden_score)
+
+        data_dir = Path(tmp) / "data"
+        write_jsonl(data_dir / "train.jsonl", kept)
+        write_jsonl(data_dir / "golden.jsonl", golden)
+        shutil.copy(settings.task_file, data_dir / "refinery.yaml")
+
+        mlflow.set_tracking_uri(settings.mlflow_uri)
+        mlflow.set_experiment(settings.experiment)
+        with mlflow.start_run(run_name="bootstrap") as run:
+            mlflow.log_params(params)
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags({"refinery.step": "bootstrap", "refinery.train_sha": _digest(kept),
+                             "refinery.golden_sha": _digest(golden)})
+            mlflow.log_artifacts(str(model_dir), "model")
+            mlflow.log_artifacts(str(data_dir), "data")
+            source = f"{run.info.artifact_uri}/model"
+            run_id = run.info.run_id
+
+    info = registry.register(
+        source,
+        run_id,
+        tags={
+            "kind": "base",
+            "base_model": base or BUILTIN_BASE,
+            "golden_uri": f"runs:/{run_id}/data/golden.jsonl",
+            "seed_train_uri": f"runs:/{run_id}/data/train.jsonl",
+        },
+        description=f"base model {base or BUILTIN_BASE}, bootstrapped",
+    )
+    registry.set_alias(CHAMPION, info.version)
+    log.info("bootstrap: registered %s v%s as %s", info.name, info.version, CHAMPION)
+    return BootstrapResult(info, created=True, golden_score=golden_score)

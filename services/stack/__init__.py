@@ -1,0 +1,1 @@
+"""Starting, checking and stopping the real processes Refinery runs on (kafka, mlflow, vllm)."""

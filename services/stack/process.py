@@ -1,0 +1,172 @@
+"""A detached process with a pid file, a log file and a health check."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.exceptions import ProcessError
+
+log = logging.getLogger(__name__)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not alive for our purposes.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+@dataclass
+class ManagedProcess:
+    """One process of the stack. It runs in its own session so ``stop`` ends its children too.
+
+    ``argv`` may be empty for a handle that only checks or stops a running process
+    (``refinery down`` does not need to know which model vLLM was started with).
+    """
+
+    name: str
+    argv: list[str]
+    run_dir: Path
+    log_dir: Path
+    health: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    startup_timeout_s: float = 120.0
+    stop_timeout_s: float = 30.0
+    # The Popen we started, kept so it can be reaped (and Python does not warn about it).
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The pid of the running process, or None (a stale pid file is removed)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        if _alive(pid):
+            return pid
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def is_healthy(self) -> bool:
+        try:
+            return self.health()
+        except Exception:  # a health probe that raises means "not yet"
+            return False
+
+    def start(self) -> bool:
+        """Start unless already running; wait until healthy. Returns True if it started it."""
+        started = self.spawn()
+        self.wait_healthy()
+        return started
+
+    def spawn(self) -> bool:
+        """Start unless already running, without waiting for health (for peers that must
+        come up together, like a KRaft quorum). Returns True if it started it."""
+        if self.pid() is not None:
+            return False
+        if not self.argv:
+            raise ProcessError(f"{self.name}: no command to start it with")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as out:
+            out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {self.name}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        self._proc = proc
+        self.pid_file.write_text(f"{proc.pid}\n")
+        log.info("%s: started pid %d, log %s", self.name, proc.pid, self.log_file)
+        return True
+
+    def wait_healthy(self) -> None:
+        """Block until the health check passes; fail early if the process we started exits."""
+        proc = self._proc
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.is_healthy():
+                return
+            if proc is not None and proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise ProcessError(
+                    f"{self.name} exited with code {proc.returncode} during start-up; "
+                    f"last lines of {self.log_file}:\n{self.log_tail()}"
+                )
+            time.sleep(0.5)
+        raise ProcessError(
+            f"{self.name} not healthy after {self.startup_timeout_s:.0f}s; "
+            f"last lines of {self.log_file}:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> bool:
+        """SIGTERM the process group, SIGKILL it after ``stop_timeout_s``. True if it was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        self._signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            log.warning("%s: no exit after SIGTERM, killing", self.name)
+            self._signal_group(pid, signal.SIGKILL)
+        self._reap()
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once: the crash a fault test wants."""
+        pid = self.pid()
+        if pid is not None:
+            self._signal_group(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+            self._reap()
+            self.pid_file.unlink(missing_ok=True)
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            self._proc.wait(timeout=self.stop_timeout_s)
+            self._proc = None
+
+    @staticmethod
+    def _signal_group(pid: int, sig: signal.Signals) -> None:
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"

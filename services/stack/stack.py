@@ -1,0 +1,132 @@
+"""The whole stack in dependency order: kafka → topics → mlflow → (bootstrap) → vllm."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from services.common.exceptions import ProcessError, RefineryError
+from services.common.kafka.admin import consumer_lag, ensure_topics, wait_for_broker
+from services.common.registry import ModelRegistry, VersionInfo
+from services.common.settings import Settings
+from services.common.task import load_task
+from services.stack.kafka import KafkaCluster
+from services.stack.mlflow import mlflow_process
+from services.stack.process import ManagedProcess
+from services.stack.vllm import vllm_process
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("kafka", "mlflow", "vllm")
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    name: str
+    pid: int | None
+    healthy: bool
+    address: str
+    log_file: str
+
+
+class Stack:
+    """Starts, stops and reports on the processes; ``up`` is idempotent."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- the parts ---------------------------------------------------------------------
+    def kafka(self) -> KafkaCluster:
+        return KafkaCluster(self.settings)
+
+    def mlflow(self) -> ManagedProcess:
+        return mlflow_process(self.settings)
+
+    def _serving_file(self) -> str:
+        return str(self.settings.run_dir / "vllm.json")
+
+    # -- commands ----------------------------------------------------------------------
+    def up(self, only: tuple[str, ...] = COMPONENTS) -> list[ProcessStatus]:
+        unknown = set(only) - set(COMPONENTS)
+        if unknown:
+            raise RefineryError(f"unknown component(s) {sorted(unknown)}; choose from {COMPONENTS}")
+        if "kafka" in only:
+            self._kafka_up()
+        if "mlflow" in only:
+            self.mlflow().start()
+        if "vllm" in only:
+            self._vllm_up()
+        return self.status()
+
+    def _kafka_up(self) -> None:
+        cluster = self.kafka()
+        cluster.prepare()
+        procs = cluster.processes()
+        for proc in procs:  # a KRaft quorum needs its voters up together
+            proc.spawn()
+        for proc in procs:
+            proc.wait_healthy()
+        wait_for_broker(cluster.bootstrap, timeout_s=90, min_brokers=len(procs))
+        created = ensure_topics(self.settings)
+        if created:
+            log.info("kafka: created %d topics", len(created))
+
+    def _vllm_up(self) -> None:
+        from services.retrainer.bootstrap import bootstrap  # heavy: torch + transformers
+
+        registry = ModelRegistry(self.settings)
+        champion = registry.champion() if registry.exists() else None
+        if champion is None:
+            log.info("no champion in the registry yet: bootstrapping the base model")
+            champion = bootstrap(self.settings, load_task(self.settings.task_file)).version
+        base = registry.serving_base(champion)
+        model_dir = registry.local_copy(base, self.settings.models_dir)
+        proc = vllm_process(self.settings, model_dir)
+        proc.start()
+        self._record_serving(base)
+
+    def _record_serving(self, base: VersionInfo) -> None:
+        serving = {"served_model_name": self.settings.served_model_name,
+                   "registered_model": base.name, "base_version": base.version}
+        with open(self._serving_file(), "w") as out:
+            json.dump(serving, out)
+
+    def down(self) -> list[str]:
+        """Stop in reverse order; returns the names of what was running."""
+        stopped = []
+        procs = [vllm_process(self.settings), self.mlflow(), *self._kafka_handles()]
+        for proc in procs:
+            if proc.stop():
+                stopped.append(proc.name)
+        return stopped
+
+    def _kafka_handles(self) -> list[ManagedProcess]:
+        try:
+            return self.kafka().processes()
+        except RefineryError:
+            return []
+
+    def status(self) -> list[ProcessStatus]:
+        s = self.settings
+        rows = []
+        kafka_procs = self._kafka_handles()
+        addresses = [f"127.0.0.1:{n.port}" for n in self.kafka().nodes] if kafka_procs else []
+        for proc, address in zip(kafka_procs, addresses, strict=True):
+            rows.append(self._row(proc, address))
+        rows.append(self._row(self.mlflow(), s.mlflow_uri))
+        rows.append(self._row(vllm_process(s), s.vllm_url))
+        return rows
+
+    @staticmethod
+    def _row(proc: ManagedProcess, address: str) -> ProcessStatus:
+        pid = proc.pid()
+        return ProcessStatus(proc.name, pid, pid is not None and proc.is_healthy(), address,
+                             str(proc.log_file))
+
+    def champion(self) -> VersionInfo | None:
+        registry = ModelRegistry(self.settings)
+        return registry.champion() if registry.exists() else None
+
+    def lag(self) -> dict[str, dict[str, int]]:
+        return consumer_lag(self.settings.kafka_bootstrap)
