@@ -44,7 +44,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     by_name = {r.name: r for r in rows}
     if by_name["mlflow"].healthy:
         champion = stack.champion()
-        print(f"champion: {f'{champion.name} v{champion.version} ({champion.kind})' if champion else 'none'}")
+        named = f"{champion.name} v{champion.version} ({champion.kind})" if champion else "none"
+        print(f"champion: {named}")
     if any(r.healthy for r in rows if r.name.startswith("kafka")):
         lag = stack.lag()
         if not lag:
@@ -66,12 +67,18 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     result = bootstrap(
-        settings, load_task(settings.task_file), base=args.base, train_file=args.train,
-        golden_file=args.golden, force=args.force,
+        settings,
+        load_task(settings.task_file),
+        base=args.base,
+        train_file=args.train,
+        golden_file=args.golden,
+        force=args.force,
     )
     v = result.version
     if result.created:
-        print(f"registered {v.name} v{v.version} as champion (golden score {result.golden_score:.3f})")
+        print(
+            f"registered {v.name} v{v.version} as champion (golden score {result.golden_score:.3f})"
+        )
     else:
         print(f"{v.name} already has champion v{v.version}; use --force to bootstrap a new base")
     return 0
@@ -89,15 +96,21 @@ def cmd_try(args: argparse.Namespace) -> int:
     started = time.monotonic()
     resp = httpx.post(
         f"{settings.vllm_url}/v1/completions",
-        json={"model": settings.served_model_name, "prompt": prompt,
-              "max_tokens": task.max_new_tokens, "temperature": 0},
+        json={
+            "model": settings.served_model_name,
+            "prompt": prompt,
+            "max_tokens": task.max_new_tokens,
+            "temperature": 0,
+        },
         timeout=60,
     )
     resp.raise_for_status()
     completion = resp.json()["choices"][0]["text"]
     print(f"prompt:     {prompt!r}")
-    print(f"completion: {completion!r}   ({(time.monotonic() - started) * 1000:.0f} ms, "
-          f"model {settings.served_model_name} at {settings.vllm_url})")
+    print(
+        f"completion: {completion!r}   ({(time.monotonic() - started) * 1000:.0f} ms, "
+        f"model {settings.served_model_name} at {settings.vllm_url})"
+    )
     if task.kind == "classification":
         print(f"label:      {task.parse_label(completion)}")
     return 0
@@ -127,21 +140,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         return p
 
-    p = add("up", cmd_up, "start kafka, mlflow and vllm (bootstrapping a model if none), wait for health")
-    p.add_argument("components", nargs="*", metavar="COMPONENT",
-                   help="only these of kafka, mlflow, vllm (default: all, in dependency order)")
+    p = add(
+        "up",
+        cmd_up,
+        "start kafka, mlflow and vllm (bootstrapping a model if none), wait for health",
+    )
+    p.add_argument(
+        "components",
+        nargs="*",
+        metavar="COMPONENT",
+        help="only these of kafka, mlflow, vllm (default: all, in dependency order)",
+    )
     add("down", cmd_down, "stop everything `up` started")
     add("status", cmd_status, "each process, the champion version, consumer lag")
     p = add("bootstrap", cmd_bootstrap, "register version 1 of the model and make it champion")
     p.add_argument("--base", help="Hugging Face model path or id (default: build the offline base)")
     p.add_argument("--train", type=Path, help="JSONL of prompt/completion[/segment] to train on")
     p.add_argument("--golden", type=Path, help="JSONL held out as the frozen test set")
-    p.add_argument("--force", action="store_true", help="register a new base even if a champion exists")
+    p.add_argument(
+        "--force", action="store_true", help="register a new base even if a champion exists"
+    )
     p = add("try", cmd_try, "send one ticket text straight to vLLM and print the answer")
     p.add_argument("text")
     p = add("schemas", cmd_schemas, "check (or --write) schemas/*.json against the event models")

@@ -1,10 +1,10 @@
 """Errors shared by all Refinery processes.
 
-    RefineryError
-     ├── ConfigError          a setting or the task file is missing or wrong
-     ├── EventValidationError a Kafka value or HTTP body does not match its schema
-     ├── ProcessError         a managed process (kafka, mlflow, vllm, ...) failed to start or stop
-     └── RegistryError        the MLflow registry is missing a model, version or alias
+RefineryError
+ ├── ConfigError          a setting or the task file is missing or wrong
+ ├── EventValidationError a Kafka value or HTTP body does not match its schema
+ ├── ProcessError         a managed process (kafka, mlflow, vllm, ...) failed to start or stop
+ └── RegistryError        the MLflow registry is missing a model, version or alias
 """
 
 

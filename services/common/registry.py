@@ -48,7 +48,7 @@ class VersionInfo:
             name=mv.name,
             version=str(mv.version),
             kind=tags.get("kind", "base"),
-            source=mv.source,
+            source=mv.source or "",
             run_id=mv.run_id,
             base_version=tags.get("base_version"),
             tags=tags,
@@ -61,7 +61,9 @@ class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
         self.name = settings.registered_model
         self.tracking_uri = settings.mlflow_uri
-        self.client = MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+        self.client = MlflowClient(
+            tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri
+        )
 
     def exists(self) -> bool:
         try:

@@ -6,8 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.exceptions import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +37,8 @@ class Settings(BaseSettings):
     # Folder of broker jars resolved from Maven Central by infra/kafka/fetch.sh.
     kafka_libs: Path | None = None
     kafka_java: str = "java"
-    kafka_nodes: Literal[1, 3] = 1
+    # 1 for development; 3 (replication 3, min ISR 2) for the fault tests.
+    kafka_nodes: int = 1
     kafka_port: int = 9092
     topic_prefix: str = "refinery"
     topic_partitions: int = 3
@@ -63,6 +66,13 @@ class Settings(BaseSettings):
     # The name vLLM serves the base model under; adapters get <model>-v<version>.
     served_model_name: str = "refinery-base"
 
+    @field_validator("kafka_nodes")
+    @classmethod
+    def _one_or_three(cls, value: int) -> int:
+        if value not in (1, 3):
+            raise ValueError("REFINERY_KAFKA_NODES must be 1 or 3")
+        return value
+
     @property
     def vllm_url(self) -> str:
         return f"http://{self.vllm_host}:{self.vllm_port}"
@@ -86,5 +96,12 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return Settings()
+    """The process-wide settings, read once; a bad value fails naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"REFINERY_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

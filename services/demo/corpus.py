@@ -18,12 +18,30 @@ DOMAINS = ("retail", "smart_home")
 # Things people mention, per domain.
 _PRODUCTS = {
     "retail": [
-        "order", "jacket", "pair of shoes", "blender", "coffee maker", "backpack",
-        "phone case", "desk lamp", "package", "gift card", "sofa cover", "headphones",
+        "order",
+        "jacket",
+        "pair of shoes",
+        "blender",
+        "coffee maker",
+        "backpack",
+        "phone case",
+        "desk lamp",
+        "package",
+        "gift card",
+        "sofa cover",
+        "headphones",
     ],
     "smart_home": [
-        "thermostat", "doorbell camera", "smart plug", "hub", "motion sensor",
-        "smart lock", "light strip", "security camera", "smoke detector", "bridge",
+        "thermostat",
+        "doorbell camera",
+        "smart plug",
+        "hub",
+        "motion sensor",
+        "smart lock",
+        "light strip",
+        "security camera",
+        "smoke detector",
+        "bridge",
     ],
 }
 
@@ -128,16 +146,49 @@ _PATTERNS: dict[str, dict[str, list[str]]] = {
 
 # Label mix per domain: the new product line is mostly technical trouble.
 _LABEL_WEIGHTS = {
-    "retail": {"billing": 0.22, "shipping": 0.26, "account": 0.18, "technical": 0.12,
-               "returns": 0.22},
-    "smart_home": {"billing": 0.12, "shipping": 0.08, "account": 0.15, "technical": 0.55,
-                   "returns": 0.10},
+    "retail": {
+        "billing": 0.22,
+        "shipping": 0.26,
+        "account": 0.18,
+        "technical": 0.12,
+        "returns": 0.22,
+    },
+    "smart_home": {
+        "billing": 0.12,
+        "shipping": 0.08,
+        "account": 0.15,
+        "technical": 0.55,
+        "returns": 0.10,
+    },
 }
 
-_OPENERS = ["", "", "", "hi, ", "hello, ", "hey ", "good morning, ", "urgent: ", "help! ",
-            "dear support, ", "hi team, "]
-_CLOSERS = ["", "", "", " thanks", " thank you!", " pls help", " asap", " this is ridiculous",
-            " any update?", " cheers", "!!", "?"]
+_OPENERS = [
+    "",
+    "",
+    "",
+    "hi, ",
+    "hello, ",
+    "hey ",
+    "good morning, ",
+    "urgent: ",
+    "help! ",
+    "dear support, ",
+    "hi team, ",
+]
+_CLOSERS = [
+    "",
+    "",
+    "",
+    " thanks",
+    " thank you!",
+    " pls help",
+    " asap",
+    " this is ridiculous",
+    " any update?",
+    " cheers",
+    "!!",
+    "?",
+]
 _DAYS = ["monday", "tuesday", "yesterday", "last week", "on the 3rd", "friday", "today"]
 
 

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from services.common.datasets import LabeledText
 from services.common.task import BaseModelSpec
@@ -41,12 +47,17 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token=EOS, pad_token=PAD,
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token=EOS,
+        pad_token=PAD,
         model_max_length=SERVE_POSITIONS,
     )
 
 
-def build_model(spec: BaseModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+def build_model(
+    spec: BaseModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int
+) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -74,7 +85,9 @@ class PretrainResult:
 
 
 def _batches(
-    tokenizer: PreTrainedTokenizerFast, examples: Sequence[LabeledText], spec: BaseModelSpec,
+    tokenizer: PreTrainedTokenizerFast,
+    examples: Sequence[LabeledText],
+    spec: BaseModelSpec,
     rng: random.Random,
 ) -> list[dict[str, torch.Tensor]]:
     order = list(range(len(examples)))
@@ -84,12 +97,20 @@ def _batches(
         chunk = [examples[i] for i in order[start : start + spec.batch_size]]
         enc = tokenizer(
             [e.prompt + e.completion + EOS for e in chunk],
-            max_length=spec.max_seq_len, truncation=True, padding=True, return_tensors="pt",
+            max_length=spec.max_seq_len,
+            truncation=True,
+            padding=True,
+            return_tensors="pt",
         )
         labels = enc["input_ids"].clone()
         labels[enc["attention_mask"] == 0] = -100
-        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                    "labels": labels})
+        out.append(
+            {
+                "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"],
+                "labels": labels,
+            }
+        )
     return out
 
 
@@ -108,7 +129,9 @@ def pretrain(
     warmup = max(1, total // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
+        lambda s: (
+            min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        ),
     )
     model.train()
     started = time.monotonic()
@@ -125,7 +148,9 @@ def pretrain(
             seen += int(batch["input_ids"].shape[0])
             loss_value = loss.detach().item()
             if time.monotonic() - started > spec.max_train_seconds:
-                log.warning("base model: time budget %.0fs reached at step %d", spec.max_train_seconds, step)
+                log.warning(
+                    "base model: time budget %.0fs reached at step %d", spec.max_train_seconds, step
+                )
                 break
         else:
             log.info("base model: epoch %d/%d loss %.4f", epoch + 1, spec.epochs, loss_value)
@@ -138,8 +163,8 @@ def pretrain(
 
 @torch.no_grad()
 def greedy_complete(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerFast,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     max_new_tokens: int,
     batch_size: int = 64,
@@ -148,8 +173,10 @@ def greedy_complete(
     tokenizer.padding_side = "left"
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
-        generated = model.generate(
+        enc = tokenizer(
+            list(prompts[start : start + batch_size]), return_tensors="pt", padding=True
+        )
+        generated = model.generate(  # type: ignore[operator]
             **enc,
             max_new_tokens=max_new_tokens,
             do_sample=False,

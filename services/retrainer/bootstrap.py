@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.common.datasets import LabeledText, read_jsonl, write_jsonl
 from services.common.registry import CHAMPION, ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.task import TaskFile
 from services.demo.corpus import generate
-from services.retrainer.base_model import build_model, greedy_complete, pretrain, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +68,17 @@ def bootstrap(
     registry = ModelRegistry(settings)
     current = registry.champion() if registry.exists() else None
     if current is not None and not force:
-        log.info("bootstrap: %s already has champion v%s; nothing to do", registry.name, current.version)
+        log.info(
+            "bootstrap: %s already has champion v%s; nothing to do", registry.name, current.version
+        )
         return BootstrapResult(current, created=False, golden_score=None)
 
     seed = task.data.demo_seed
-    train = read_jsonl(train_file) if train_file else generate(task.task, task.data.demo_train_size, seed)
+    train = (
+        read_jsonl(train_file)
+        if train_file
+        else generate(task.task, task.data.demo_train_size, seed)
+    )
     golden = (
         read_jsonl(golden_file)
         if golden_file
@@ -82,39 +86,74 @@ def bootstrap(
     )
     golden_prompts = {e.prompt for e in golden}
     kept = [e for e in train if e.prompt not in golden_prompts]
-    log.info(
-        "bootstrap: %d training examples (%d dropped: also in the golden set), %d golden",
-        len(kept), len(train) - len(kept), len(golden),
+    # Imported only now: torch and transformers take ~15 s to import on two cores, and the
+    # checks above (existing champion, bad data files) should answer without that wait.
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
     )
 
-    params: dict[str, object] = {"base": base or BUILTIN_BASE, "train_examples": len(kept),
-                                 "golden_examples": len(golden), "seed": seed}
+    from services.retrainer.base_model import (
+        build_model,
+        greedy_complete,
+        pretrain,
+        train_tokenizer,
+    )
+
+    log.info(
+        "bootstrap: %d training examples (%d dropped: also in the golden set), %d golden",
+        len(kept),
+        len(train) - len(kept),
+        len(golden),
+    )
+
+    params: dict[str, object] = {
+        "base": base or BUILTIN_BASE,
+        "train_examples": len(kept),
+        "golden_examples": len(golden),
+        "seed": seed,
+    }
     metrics: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="refinery-bootstrap-") as tmp:
         model_dir = Path(tmp) / "model"
+        model: PreTrainedModel
+        tokenizer: PreTrainedTokenizerBase
         if base is None:
             spec = task.base_model
             tokenizer = train_tokenizer([e.prompt + e.completion for e in kept], spec.vocab_size)
             model = build_model(spec, tokenizer, seed)
             result = pretrain(model, tokenizer, kept, spec, seed)
             params.update(spec.model_dump())
-            metrics.update(train_loss=result.final_loss, train_seconds=result.seconds,
-                           train_examples_per_s=result.examples_per_s, train_steps=result.steps)
-            log.info("bootstrap: trained %d steps in %.1fs, loss %.3f",
-                     result.steps, result.seconds, result.final_loss)
+            metrics.update(
+                train_loss=result.final_loss,
+                train_seconds=result.seconds,
+                train_examples_per_s=result.examples_per_s,
+                train_steps=result.steps,
+            )
+            log.info(
+                "bootstrap: trained %d steps in %.1fs, loss %.3f",
+                result.steps,
+                result.seconds,
+                result.final_loss,
+            )
         else:
             tokenizer = AutoTokenizer.from_pretrained(base)
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            model = AutoModelForCausalLM.from_pretrained(base)
+            model = AutoModelForCausalLM.from_pretrained(base)  # type: ignore[assignment]
         params["parameters"] = sum(p.numel() for p in model.parameters())
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
 
-        completions = greedy_complete(model, tokenizer, [e.prompt for e in golden],
-                                      task.task.max_new_tokens)
+        completions = greedy_complete(
+            model, tokenizer, [e.prompt for e in golden], task.task.max_new_tokens
+        )
         golden_score = score(task, completions, golden)
-        metrics["golden_" + ("accuracy" if task.task.kind == "classification" else "exact_match")] = golden_score
+        metrics[
+            "golden_" + ("accuracy" if task.task.kind == "classification" else "exact_match")
+        ] = golden_score
         log.info("bootstrap: golden-set score %.3f", golden_score)
 
         data_dir = Path(tmp) / "data"
@@ -127,8 +166,13 @@ def bootstrap(
         with mlflow.start_run(run_name="bootstrap") as run:
             mlflow.log_params(params)
             mlflow.log_metrics(metrics)
-            mlflow.set_tags({"refinery.step": "bootstrap", "refinery.train_sha": _digest(kept),
-                             "refinery.golden_sha": _digest(golden)})
+            mlflow.set_tags(
+                {
+                    "refinery.step": "bootstrap",
+                    "refinery.train_sha": _digest(kept),
+                    "refinery.golden_sha": _digest(golden),
+                }
+            )
             mlflow.log_artifacts(str(model_dir), "model")
             mlflow.log_artifacts(str(data_dir), "data")
             source = f"{run.info.artifact_uri}/model"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -50,6 +51,8 @@ class ManagedProcess:
     stop_timeout_s: float = 30.0
     # The Popen we started, kept so it can be reaped (and Python does not warn about it).
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    #: whether the last stop() had to SIGKILL (the process ignored or outlasted SIGTERM)
+    last_stop_forced: bool = field(default=False, init=False)
 
     @property
     def pid_file(self) -> Path:
@@ -128,7 +131,9 @@ class ManagedProcess:
         )
 
     def stop(self) -> bool:
-        """SIGTERM the process group, SIGKILL it after ``stop_timeout_s``. True if it was running."""
+        """SIGTERM the process group, SIGKILL it after ``stop_timeout_s``.
+
+        Returns True if it was running."""
         pid = self.pid()
         if pid is None:
             return False
@@ -136,7 +141,8 @@ class ManagedProcess:
         deadline = time.monotonic() + self.stop_timeout_s
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.2)
-        if _alive(pid):
+        self.last_stop_forced = _alive(pid)
+        if self.last_stop_forced:
             log.warning("%s: no exit after SIGTERM, killing", self.name)
             self._signal_group(pid, signal.SIGKILL)
         self._reap()
@@ -160,10 +166,8 @@ class ManagedProcess:
 
     @staticmethod
     def _signal_group(pid: int, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
-        except ProcessLookupError:
-            pass
 
     def log_tail(self, lines: int = 30) -> str:
         try:

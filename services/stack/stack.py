@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from services.common.exceptions import ProcessError, RefineryError
+from services.common.exceptions import RefineryError
 from services.common.kafka.admin import consumer_lag, ensure_topics, wait_for_broker
 from services.common.registry import ModelRegistry, VersionInfo
 from services.common.settings import Settings
@@ -31,10 +31,18 @@ class ProcessStatus:
 
 
 class Stack:
-    """Starts, stops and reports on the processes; ``up`` is idempotent."""
+    """Starts, stops and reports on the processes; ``up`` is idempotent.
+
+    It keeps the handles of what it started, so ``down`` reaps its own children; another
+    Stack (another ``refinery`` command) finds running processes by their pid files.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._started: dict[str, ManagedProcess] = {}
+
+    def _keep(self, proc: ManagedProcess) -> ManagedProcess:
+        return self._started.setdefault(proc.name, proc)
 
     # -- the parts ---------------------------------------------------------------------
     def kafka(self) -> KafkaCluster:
@@ -54,7 +62,7 @@ class Stack:
         if "kafka" in only:
             self._kafka_up()
         if "mlflow" in only:
-            self.mlflow().start()
+            self._keep(self.mlflow()).start()
         if "vllm" in only:
             self._vllm_up()
         return self.status()
@@ -62,7 +70,7 @@ class Stack:
     def _kafka_up(self) -> None:
         cluster = self.kafka()
         cluster.prepare()
-        procs = cluster.processes()
+        procs = [self._keep(p) for p in cluster.processes()]
         for proc in procs:  # a KRaft quorum needs its voters up together
             proc.spawn()
         for proc in procs:
@@ -82,13 +90,16 @@ class Stack:
             champion = bootstrap(self.settings, load_task(self.settings.task_file)).version
         base = registry.serving_base(champion)
         model_dir = registry.local_copy(base, self.settings.models_dir)
-        proc = vllm_process(self.settings, model_dir)
+        proc = self._keep(vllm_process(self.settings, model_dir))
         proc.start()
         self._record_serving(base)
 
     def _record_serving(self, base: VersionInfo) -> None:
-        serving = {"served_model_name": self.settings.served_model_name,
-                   "registered_model": base.name, "base_version": base.version}
+        serving = {
+            "served_model_name": self.settings.served_model_name,
+            "registered_model": base.name,
+            "base_version": base.version,
+        }
         with open(self._serving_file(), "w") as out:
             json.dump(serving, out)
 
@@ -96,7 +107,7 @@ class Stack:
         """Stop in reverse order; returns the names of what was running."""
         stopped = []
         procs = [vllm_process(self.settings), self.mlflow(), *self._kafka_handles()]
-        for proc in procs:
+        for proc in (self._started.get(p.name, p) for p in procs):
             if proc.stop():
                 stopped.append(proc.name)
         return stopped
@@ -121,8 +132,9 @@ class Stack:
     @staticmethod
     def _row(proc: ManagedProcess, address: str) -> ProcessStatus:
         pid = proc.pid()
-        return ProcessStatus(proc.name, pid, pid is not None and proc.is_healthy(), address,
-                             str(proc.log_file))
+        return ProcessStatus(
+            proc.name, pid, pid is not None and proc.is_healthy(), address, str(proc.log_file)
+        )
 
     def champion(self) -> VersionInfo | None:
         registry = ModelRegistry(self.settings)

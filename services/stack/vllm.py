@@ -36,7 +36,10 @@ def vllm_process(settings: Settings, model_dir: Path | None = None) -> ManagedPr
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "HF_HUB_OFFLINE": "1"}
     if model_dir is None:
         return ManagedProcess(
-            name="vllm", argv=[], run_dir=settings.run_dir, log_dir=settings.log_dir,
+            name="vllm",
+            argv=[],
+            run_dir=settings.run_dir,
+            log_dir=settings.log_dir,
             health=lambda: vllm_healthy(settings.vllm_url),
         )
     python = settings.vllm_python

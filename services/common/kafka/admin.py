@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -51,10 +52,9 @@ def ensure_topics(settings: Settings) -> list[str]:
             for n in missing
         ]
         if new:
-            try:
+            # A concurrent creator may win the race; the topic is there either way.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new, timeout_ms=30000)
-            except TopicAlreadyExistsError:
-                pass  # a concurrent creator won the race; the topic is there either way
         log.info("topics: %d created, %d already there", len(missing), len(existing))
         return missing
     finally:

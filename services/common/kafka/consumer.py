@@ -114,9 +114,7 @@ class EventConsumer:
                     pending.append(self._dead_letter(record, exc))
                     continue
                 key = record.key.decode() if record.key is not None else None
-                received.append(
-                    Received(event, key, record.topic, record.partition, record.offset)
-                )
+                received.append(Received(event, key, record.topic, record.partition, record.offset))
         for future in pending:
             future.get(timeout=30)  # a dead letter must be durable before its offset commits
         return received

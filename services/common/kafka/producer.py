@@ -24,7 +24,6 @@ class EventProducer:
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 5,
-            "key_serializer": lambda k: k.encode() if isinstance(k, str) else k,
         }
         options.update(kafka_options)
         self._producer = KafkaProducer(**options)
@@ -41,7 +40,8 @@ class EventProducer:
             payload = expected.model_validate(event.model_dump()).to_bytes()
         except ValidationError as exc:
             raise EventValidationError(f"invalid {expected.__name__}: {exc}") from exc
-        return self._producer.send(self.topics.name(stream), value=payload, key=key)
+        encoded_key = key.encode() if key is not None else None
+        return self._producer.send(self.topics.name(stream), value=payload, key=encoded_key)
 
     def send_and_wait(
         self, stream: Stream, event: Event, key: str | None = None, timeout_s: float = 30.0

@@ -1,0 +1,80 @@
+"""The ``refinery`` CLI and ``.ci/run``, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from services.common.settings import REPO_ROOT, Settings
+from tests.conftest import run_cli
+
+
+def test_up_status_down_lifecycle(stack_settings: Settings, tmp_path: Path) -> None:
+    mine = stack_settings.model_copy(
+        update={
+            "var_dir": tmp_path / "var",
+            "kafka_port": 29392,
+            "kafka_bootstrap": "127.0.0.1:29392",
+            "mlflow_port": 25100,
+            "mlflow_uri": "http://127.0.0.1:25100",
+        }
+    )
+    try:
+        up = run_cli(mine, "up", "kafka")
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert "kafka    healthy" in up.stdout
+        assert (tmp_path / "var" / "run" / "kafka.pid").exists()
+
+        status = run_cli(mine, "status")
+        assert status.returncode == 1  # mlflow and vllm are not running: not all healthy
+        assert "kafka    healthy" in status.stdout
+        assert "mlflow   stopped" in status.stdout
+        assert "consumer lag" in status.stdout
+
+        bad = run_cli(mine, "up", "kafak")
+        assert bad.returncode == 2 and "unknown component" in bad.stderr
+    finally:
+        down = run_cli(mine, "down")
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert "kafka" in down.stdout
+    assert not (tmp_path / "var" / "run" / "kafka.pid").exists()
+    assert "nothing was running" in run_cli(mine, "down").stdout
+
+
+def test_status_reports_the_champion(full_stack: Settings) -> None:
+    status = run_cli(full_stack, "status")
+    assert status.returncode == 0, status.stdout + status.stderr[-2000:]
+    for name in ("kafka", "mlflow", "vllm"):
+        assert f"{name:<8} healthy" in status.stdout
+    assert f"champion: {full_stack.registered_model} v1 (base)" in status.stdout
+
+
+def test_try_sends_one_request_through_vllm(full_stack: Settings) -> None:
+    done = run_cli(full_stack, "try", "I was charged twice, refund me")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "completion:" in done.stdout and "label:" in done.stdout
+
+
+def _ci_run(test_body: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(f"def test_probe():\n    {test_body}\n")
+    env = {**os.environ, "PYTEST_ARGS": str(probe)}
+    env.pop("PYTHONPATH", None)
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / ".ci" / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_ci_run_fails_when_tests_fail(tmp_path: Path) -> None:
+    failed = _ci_run("assert 1 == 2", tmp_path)
+    assert failed.returncode != 0
+    assert "1 failed" in failed.stdout
+    passed = _ci_run("assert 1 == 1", tmp_path)
+    assert passed.returncode == 0, passed.stdout[-2000:] + passed.stderr[-2000:]
+    assert "1 passed" in passed.stdout

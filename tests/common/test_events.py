@@ -1,0 +1,199 @@
+"""Event schemas: the JSON Schema files agree with the models, and every event survives the
+real broker; invalid records land in the DLQ with their cause while the consumer goes on."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+
+import jsonschema
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from services.common.events import (
+    EVENT_TYPES,
+    AlertEvent,
+    DriftMetric,
+    Event,
+    ExampleEvent,
+    FeedbackEvent,
+    ModelEvent,
+    PredictionEvent,
+    SamplingParams,
+    TriggerEvent,
+    schema_of,
+)
+from services.common.exceptions import EventValidationError
+from services.common.kafka import DeadLetter, EventConsumer, EventProducer, Received
+from services.common.settings import REPO_ROOT, Settings
+from services.common.topics import STREAM_EVENTS, Stream, Topics
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def sample_events() -> dict[Stream, Event]:
+    pid = str(uuid.uuid4())
+    return {
+        Stream.PREDICTIONS: PredictionEvent(
+            prediction_id=pid,
+            endpoint="completions",
+            prompt="Ticket: where is it\nTeam:",
+            completion=" shipping",
+            model="refinery-model",
+            model_version="1",
+            served_name="refinery-model-v1",
+            params=SamplingParams(temperature=0, max_tokens=4),
+            prompt_tokens=9,
+            completion_tokens=1,
+            latency_ms=12.5,
+            segment="retail",
+            user="u1",
+        ),
+        Stream.FEEDBACK: FeedbackEvent(
+            prediction_id=pid, rating="down", correction=" billing", user="u1", comment="wrong team"
+        ),
+        Stream.EXAMPLES: ExampleEvent(
+            prediction_id=pid,
+            prompt="p",
+            completion=" shipping",
+            model_version="1",
+            rating="down",
+            correction=" billing",
+            predicted_at=NOW,
+            rated_at=NOW,
+        ),
+        Stream.ALERTS: AlertEvent(
+            window_start=NOW,
+            window_end=NOW,
+            window_size=200,
+            drifted_columns=["prompt_length"],
+            metrics=[
+                DriftMetric(
+                    column="prompt_length", method="ks", score=0.001, threshold=0.05, drifted=True
+                )
+            ],
+            reference_version="1",
+            report_url="file:///tmp/r.html",
+        ),
+        Stream.TRIGGERS: TriggerEvent(
+            trigger_id="t-1", reason="drift", requested_by="monitor", evidence={"alerts": 3}
+        ),
+        Stream.MODELS: ModelEvent(
+            model="refinery-model",
+            version="2",
+            action="promoted",
+            served_name="refinery-model-v2",
+            artifact_uri="file:///a",
+            kind="lora",
+            base_version="1",
+            previous_version="1",
+            metrics={"accuracy": 0.9},
+        ),
+    }
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.schema_name)
+def test_schema_file_matches_model(event_type: type[Event]) -> None:
+    path = REPO_ROOT / "schemas" / f"{event_type.schema_name}.v1.json"
+    assert json.loads(path.read_text()) == schema_of(event_type), (
+        f"{path.name} disagrees with {event_type.__name__}; run `refinery schemas --write`"
+    )
+
+
+def test_every_stream_has_a_sample() -> None:
+    assert set(sample_events()) == set(STREAM_EVENTS)
+
+
+@pytest.mark.parametrize("stream", list(Stream), ids=str)
+def test_schema_file_and_model_accept_and_reject_alike(stream: Stream) -> None:
+    event = sample_events()[stream]
+    schema = json.loads((REPO_ROOT / "schemas" / f"{event.schema_name}.v1.json").read_text())
+    good = json.loads(event.model_dump_json())
+    jsonschema.validate(good, schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    bad = {**good, "unexpected_field": 1}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    with pytest.raises(ValueError):
+        type(event).model_validate(bad)
+
+
+def test_producer_refuses_wrong_event_for_stream(kafka_stack: Settings) -> None:
+    with EventProducer(kafka_stack) as producer:
+        feedback = sample_events()[Stream.FEEDBACK]
+        with pytest.raises(EventValidationError, match="predictions carries PredictionEvent"):
+            producer.send(Stream.PREDICTIONS, feedback)
+        unvalidated = FeedbackEvent.model_construct(**{**feedback.model_dump(), "rating": "meh"})
+        with pytest.raises(EventValidationError, match="rating"):
+            producer.send(Stream.FEEDBACK, unvalidated)
+
+
+def _consume_until(consumer: EventConsumer, want: int, timeout_s: float = 60) -> list[Received]:
+    got: list[Received] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < want and time.monotonic() < deadline:
+        got.extend(consumer.poll(timeout_ms=500))
+    return got
+
+
+def test_every_event_round_trips_through_the_broker(kafka_stack: Settings) -> None:
+    events = sample_events()
+    with EventProducer(kafka_stack) as producer:
+        for stream, event in events.items():
+            meta = producer.send_and_wait(stream, event, key=f"k-{stream.value}")
+            assert meta.offset >= 0
+    group = f"roundtrip-{uuid.uuid4()}"
+    with EventConsumer(kafka_stack, list(Stream), group_id=group) as consumer:
+        received = {r.event.event_id: r for r in _consume_until(consumer, 10_000, timeout_s=15)}
+        consumer.commit()
+    for stream, event in events.items():
+        got = received[event.event_id]
+        assert got.event == event
+        assert type(got.event) is type(event)
+        assert got.topic == Topics.from_settings(kafka_stack).name(stream)
+        assert got.key == f"k-{stream.value}"
+
+
+def test_invalid_records_go_to_dlq_with_cause_and_consumer_goes_on(kafka_stack: Settings) -> None:
+    topics = Topics.from_settings(kafka_stack)
+    topic = topics.name(Stream.FEEDBACK)
+    good_before = FeedbackEvent(prediction_id="p-before", rating="up")
+    good_after = FeedbackEvent(prediction_id="p-after", rating="down")
+    raw = KafkaProducer(bootstrap_servers=kafka_stack.kafka_bootstrap, acks="all")
+    with EventProducer(kafka_stack) as producer:
+        producer.send_and_wait(Stream.FEEDBACK, good_before, key="p")
+        bad_rating = json.loads(good_before.model_dump_json()) | {"rating": "sideways"}
+        bad_meta = raw.send(topic, key=b"p", value=json.dumps(bad_rating).encode()).get(30)
+        garbage_meta = raw.send(topic, key=b"p", value=b"\x00not json").get(30)
+        producer.send_and_wait(Stream.FEEDBACK, good_after, key="p")
+    raw.close()
+
+    group = f"dlq-{uuid.uuid4()}"
+    with EventConsumer(kafka_stack, [Stream.FEEDBACK], group_id=group) as consumer:
+        ids = set()
+        deadline = time.monotonic() + 30
+        while {good_before.event_id, good_after.event_id} - ids and time.monotonic() < deadline:
+            ids |= {r.event.event_id for r in consumer.poll(timeout_ms=500)}
+            consumer.commit()
+        assert {good_before.event_id, good_after.event_id} <= ids, "consumer stopped at bad records"
+        assert consumer.dead_lettered >= 2
+
+    dlq = KafkaConsumer(
+        topics.dlq(Stream.FEEDBACK),
+        bootstrap_servers=kafka_stack.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    letters = {
+        (d.source_partition, d.source_offset): d for d in (DeadLetter.from_record(r) for r in dlq)
+    }
+    dlq.close()
+    bad = letters[(bad_meta.partition, bad_meta.offset)]
+    assert bad.source_topic == topic
+    assert bad.error_type == "ValidationError"
+    assert "rating" in bad.error and "sideways" in bad.error
+    assert json.loads(bad.value)["rating"] == "sideways"  # the original bytes are kept
+    junk = letters[(garbage_meta.partition, garbage_meta.offset)]
+    assert junk.value == b"\x00not json"
+    assert "json" in junk.error.lower()

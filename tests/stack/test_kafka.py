@@ -1,0 +1,122 @@
+"""Kafka from Maven Central jars: restart keeps data; three nodes keep acks=all writes safe."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import KafkaError
+
+from services.common.events import FeedbackEvent
+from services.common.kafka import EventProducer, ensure_topics, wait_for_broker
+from services.common.kafka.consumer import parse_event
+from services.common.settings import Settings
+from services.common.topics import Stream, Topics
+from services.stack.kafka import KafkaCluster
+
+
+def _own_cluster(
+    base: Settings, tmp_path: Path, port: int, nodes: int
+) -> tuple[KafkaCluster, Settings]:
+    settings = base.model_copy(
+        update={
+            "var_dir": tmp_path,
+            "kafka_port": port,
+            "kafka_nodes": nodes,
+            "kafka_bootstrap": ",".join(f"127.0.0.1:{port + i}" for i in range(nodes)),
+        }
+    )
+    return KafkaCluster(settings, data_dir=tmp_path / "kafka"), settings
+
+
+def test_restart_reuses_data(stack_settings: Settings, tmp_path: Path) -> None:
+    cluster, settings = _own_cluster(stack_settings, tmp_path, 29192, 1)
+    cluster.prepare()
+    [proc] = cluster.processes()
+    proc.start()
+    try:
+        wait_for_broker(settings.kafka_bootstrap)
+        ensure_topics(settings)
+        event = FeedbackEvent(prediction_id=str(uuid.uuid4()), rating="up")
+        with EventProducer(settings) as producer:
+            producer.send_and_wait(Stream.FEEDBACK, event, key=event.prediction_id)
+        cluster_id = (cluster.data_dir / "cluster.id").read_text()
+        meta = (cluster.nodes[0].data_dir / "logs" / "meta.properties").read_text()
+
+        assert proc.stop()
+        assert proc.pid() is None
+        assert not proc.last_stop_forced, "broker needed SIGKILL: no clean shutdown"
+
+        cluster.prepare()  # a second start must not reformat
+        assert (cluster.data_dir / "cluster.id").read_text() == cluster_id
+        assert (cluster.nodes[0].data_dir / "logs" / "meta.properties").read_text() == meta
+        proc.start()
+        wait_for_broker(settings.kafka_bootstrap)
+        consumer = KafkaConsumer(
+            Topics.from_settings(settings).name(Stream.FEEDBACK),
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=10_000,
+        )
+        got = [parse_event(Stream.FEEDBACK, r.value) for r in consumer]
+        consumer.close()
+        assert event in got
+    finally:
+        proc.stop()
+
+
+def test_three_node_cluster_replicates_and_refuses_unsafe_writes(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    cluster, settings = _own_cluster(stack_settings, tmp_path, 29292, 3)
+    cluster.prepare()
+    procs = cluster.processes()
+    assert [p.name for p in procs] == ["kafka-1", "kafka-2", "kafka-3"]
+    for proc in procs:
+        proc.spawn()
+    try:
+        for proc in procs:
+            proc.wait_healthy()
+        wait_for_broker(settings.kafka_bootstrap, timeout_s=90, min_brokers=3)
+        ensure_topics(settings)
+        topic = Topics.from_settings(settings).name(Stream.FEEDBACK)
+
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            [described] = admin.describe_topics([topic])
+            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        finally:
+            admin.close()
+        assert all(len(p["replica_nodes"]) == 3 for p in described["partitions"])
+        assert configs["topic"][topic]["min.insync.replicas"]["value"] == "2"
+
+        producer = KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            request_timeout_ms=5000,
+            delivery_timeout_ms=15000,
+        )
+        # Partition 0 only, so "which replicas are up" is about one known partition.
+        producer.send(topic, b"all three up", partition=0).get(30)
+
+        procs[2].kill()
+        deadline = time.monotonic() + 60
+        while True:  # the ISR shrinks to two; acks=all writes go on
+            try:
+                producer.send(topic, b"one node down", partition=0).get(20)
+                break
+            except KafkaError:
+                if time.monotonic() > deadline:
+                    raise
+
+        procs[1].kill()
+        with pytest.raises(KafkaError):  # one replica left: below min ISR, never acknowledged
+            producer.send(topic, b"two nodes down", partition=0).get(30)
+        producer.close(timeout=5)
+    finally:
+        for proc in procs:
+            proc.stop()
