@@ -1,6 +1,6 @@
 # Refinery: two commands do everything on a fresh machine.
 #   make demo   set-up, bootstrap, start the stack, one request through vLLM
-#   make test   set-up, then the whole test suite against real processes
+#   make test   set-up, lint (ruff, mypy), then the whole suite against real processes
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -33,7 +33,7 @@ down:
 status:
 	$(REFINERY) status
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: setup
