@@ -13,11 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from services.common.settings import REPO_ROOT, Settings
 from services.stack.stack import Stack
 
 TEST_TASK = REPO_ROOT / "tests" / "data" / "task-small.yaml"
+API_KEYS = {
+    "admin": "test-admin-key",
+    "inference": "test-inference-key",
+    "feedback": "test-feedback-key",
+}
 
 
 def _test_settings(var_dir: Path) -> Settings:
@@ -31,25 +37,22 @@ def _test_settings(var_dir: Path) -> Settings:
         mlflow_uri="http://127.0.0.1:25000",
         vllm_port=28100,
         vllm_max_model_len=256,
+        gateway_port=28000,
+        api_keys=SecretStr(",".join(f"{key}:{scope}" for scope, key in API_KEYS.items())),
     )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a subprocess (the CLI) see the same settings."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"REFINERY_{name.upper()}"] = str(value)
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return env
+    return {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
 
 
 def run_cli(
-    settings: Settings, *args: str, timeout: float = 600
+    settings: Settings, *args: str, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
-        env=settings_env(settings),
+        env={**settings_env(settings), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -93,6 +96,6 @@ def bootstrapped(mlflow_stack: Settings) -> Settings:
 
 @pytest.fixture(scope="session")
 def full_stack(stack: Stack, bootstrapped: Settings) -> Settings:
-    """Kafka, MLflow and vLLM serving the champion, as ``refinery up`` leaves them."""
+    """Kafka, MLflow, vLLM serving the champion and the gateway, as ``refinery up`` does."""
     stack.up()
     return stack.settings

@@ -20,17 +20,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     from services.stack.stack import COMPONENTS, Stack
 
     started = time.monotonic()
-    stack = Stack(get_settings())
-    rows = stack.up(tuple(args.components) or COMPONENTS)
+    settings = get_settings()
+    rows = Stack(settings).up(tuple(args.components) or COMPONENTS)
     print(f"up in {time.monotonic() - started:.1f}s")
     _print_status(rows)
+    if settings.admin_key_path.exists():
+        print(f"local admin API key: {settings.admin_key_path} (mode 0600)")
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from services.stack.stack import Stack
+    from services.stack.stack import COMPONENTS, Stack
 
-    stopped = Stack(get_settings()).down()
+    stopped = Stack(get_settings()).down(tuple(args.components) or COMPONENTS)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
 
@@ -116,6 +118,78 @@ def cmd_try(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_key() -> str:
+    """REFINERY_CLIENT_API_KEY, else the local admin key `refinery up` wrote."""
+    import os
+
+    settings = get_settings()
+    key = os.environ.get("REFINERY_CLIENT_API_KEY")
+    if key:
+        return key
+    if settings.admin_key_path.exists():
+        return settings.admin_key_path.read_text().strip()
+    raise RefineryError(
+        f"no API key: set REFINERY_CLIENT_API_KEY or run `refinery up` "
+        f"(it writes {settings.admin_key_path})"
+    )
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Ask the gateway (as an app would, with the openai client), then rate the answer."""
+    import httpx
+    import openai
+
+    from services.common.task import load_task
+
+    settings = get_settings()
+    task = load_task(settings.task_file).task
+    key = _client_key()
+    client = openai.OpenAI(base_url=f"{settings.gateway_url}/v1", api_key=key, max_retries=1)
+    prompt = task.render(args.text) if not args.raw else args.text
+    try:
+        answer = client.completions.create(
+            model=settings.registered_model,
+            prompt=prompt,
+            max_tokens=task.max_new_tokens,
+            temperature=0,
+            user=args.user,
+            extra_body={"segment": args.segment} if args.segment else None,
+        )
+    except openai.APIStatusError as exc:
+        print(f"the gateway said {exc.status_code}: {exc.message}", file=sys.stderr)
+        return 1
+    except openai.APIConnectionError:
+        print(f"no gateway at {settings.gateway_url}; start it with `refinery up`", file=sys.stderr)
+        return 1
+    print(f"answer: {answer.choices[0].text.strip()!r}   (model {answer.model}, id {answer.id})")
+    rating, correction = args.rating, args.correction
+    if rating is None and sys.stdin.isatty():
+        reply = input("Was this right? [u]p / [d]own / enter to skip: ").strip().lower()
+        rating = {"u": "up", "up": "up", "d": "down", "down": "down"}.get(reply)
+        if rating == "down":
+            correction = input("The right answer (enter to skip): ").strip() or None
+            if correction and task.kind == "classification":
+                correction = task.completion_for(correction)
+    if rating is None:
+        return 0
+    resp = httpx.post(
+        f"{settings.gateway_url}/v1/feedback",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "prediction_id": answer.id,
+            "rating": rating,
+            "correction": correction,
+            "user": args.user,
+        },
+        timeout=30,
+    )
+    if resp.status_code != 202:
+        print(f"feedback not stored ({resp.status_code}): {resp.text}", file=sys.stderr)
+        return 1
+    print(f"thanks: thumbs-{rating} recorded")
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from services.common.events import EVENT_TYPES, schema_of
     from services.common.settings import REPO_ROOT
@@ -150,15 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "up",
         cmd_up,
-        "start kafka, mlflow and vllm (bootstrapping a model if none), wait for health",
+        "start kafka, mlflow, vllm (bootstrapping a model if none), gateway; wait for health",
     )
     p.add_argument(
         "components",
         nargs="*",
         metavar="COMPONENT",
-        help="only these of kafka, mlflow, vllm (default: all, in dependency order)",
+        help="only these of kafka, mlflow, vllm, gateway (default: all, in dependency order)",
     )
-    add("down", cmd_down, "stop everything `up` started")
+    p = add("down", cmd_down, "stop what `up` started (default: everything)")
+    p.add_argument(
+        "components",
+        nargs="*",
+        metavar="COMPONENT",
+        help="only these of kafka, mlflow, vllm, gateway",
+    )
     add("status", cmd_status, "each process, the champion version, consumer lag")
     p = add("bootstrap", cmd_bootstrap, "register version 1 of the model and make it champion")
     p.add_argument("--base", help="Hugging Face model path or id (default: build the offline base)")
@@ -169,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("try", cmd_try, "send one ticket text straight to vLLM and print the answer")
     p.add_argument("text")
+    p = add("ask", cmd_ask, "ask the gateway one ticket, then give it a thumbs up or down")
+    p.add_argument("text")
+    p.add_argument(
+        "--raw", action="store_true", help="send TEXT as the prompt, without the task template"
+    )
+    p.add_argument("--user", default="cli", help="who is asking (for feedback)")
+    p.add_argument("--segment", help="traffic segment to tag the prediction with")
+    p.add_argument("--rating", choices=["up", "down"], help="rate without asking")
+    p.add_argument("--correction", help="with --rating down: the right answer")
     p = add("schemas", cmd_schemas, "check (or --write) schemas/*.json against the event models")
     p.add_argument("--write", action="store_true")
     return parser

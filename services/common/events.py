@@ -76,6 +76,9 @@ class FeedbackEvent(Event):
 
     schema_name = "feedback"
 
+    feedback_id: str = Field(
+        description="same for the same prediction and user: a later rating replaces an earlier one"
+    )
     prediction_id: str
     rating: Literal["up", "down"]
     comment: str | None = None

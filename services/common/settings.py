@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.exceptions import ConfigError
@@ -66,12 +66,39 @@ class Settings(BaseSettings):
     # The name vLLM serves the base model under; adapters get <model>-v<version>.
     served_model_name: str = "refinery-base"
 
+    # Gateway (services/inference)
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    # API keys as "KEY:scope+scope,KEY2:admin"; scopes are inference, feedback, admin.
+    api_keys: SecretStr | None = None
+    # A file of "KEY scope+scope" lines; default var/secrets/api-keys.
+    api_keys_file: Path | None = None
+    # Only for local experiments: every request is admin.
+    auth_disabled: bool = False
+    # HMAC key that signs prediction ids; `refinery up` writes var/secrets/signing-key.
+    signing_secret: SecretStr | None = None
+    max_body_bytes: int = 256 * 1024
+    # Predictions waiting on disk for Kafka; past this, completions answer 503.
+    outbox_max_events: int = 200_000
+    # How long feedback waits for acks=all before answering 503.
+    feedback_ack_timeout_s: float = 5.0
+
     @field_validator("kafka_nodes")
     @classmethod
     def _one_or_three(cls, value: int) -> int:
         if value not in (1, 3):
             raise ValueError("REFINERY_KAFKA_NODES must be 1 or 3")
         return value
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as REFINERY_* variables, for the processes the stack starts."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                env[f"REFINERY_{name.upper()}"] = str(value)
+        return env
 
     @property
     def vllm_url(self) -> str:
@@ -88,6 +115,28 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.var_dir / "models"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.var_dir / "secrets"
+
+    @property
+    def signing_key_path(self) -> Path:
+        """Where `refinery up` keeps the prediction-id signing key when none is set."""
+        return self.secrets_dir / "signing-key"
+
+    @property
+    def admin_key_path(self) -> Path:
+        """The local admin API key `refinery up` creates when no keys are configured."""
+        return self.secrets_dir / "api-key"
+
+    @property
+    def api_keys_path(self) -> Path:
+        return self.api_keys_file or self.secrets_dir / "api-keys"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"
 
     @property
     def replication(self) -> int:

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 PAD, EOS = "<pad>", "</s>"
 SPECIAL_TOKENS = [PAD, "<s>", EOS]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['content'] }}"
+    "{% if not loop.last %}\n{% endif %}{% endfor %}"
+)
 # Positions vLLM may serve; training uses spec.max_seq_len, RoPE extends beyond it.
 SERVE_POSITIONS = 512
 
@@ -46,13 +50,16 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
         eos_token=EOS,
         pad_token=PAD,
         model_max_length=SERVE_POSITIONS,
     )
+    # Chat requests see the same text as completions: the messages' contents, one per line.
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
 def build_model(

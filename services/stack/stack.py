@@ -1,4 +1,4 @@
-"""The whole stack in dependency order: kafka → topics → mlflow → (bootstrap) → vllm."""
+"""The whole stack in dependency order: kafka → topics → mlflow → (bootstrap) → vllm → gateway."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from services.common.kafka.admin import consumer_lag, ensure_topics, wait_for_br
 from services.common.registry import ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.task import load_task
+from services.stack.gateway import ensure_local_secrets, gateway_process
 from services.stack.kafka import KafkaCluster
 from services.stack.mlflow import mlflow_process
 from services.stack.process import ManagedProcess
@@ -18,7 +19,7 @@ from services.stack.vllm import vllm_process
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("kafka", "mlflow", "vllm")
+COMPONENTS = ("kafka", "mlflow", "vllm", "gateway")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class Stack:
             self._keep(self.mlflow()).start()
         if "vllm" in only:
             self._vllm_up()
+        if "gateway" in only:
+            ensure_local_secrets(self.settings)
+            self._keep(gateway_process(self.settings)).start()
         return self.status()
 
     def _kafka_up(self) -> None:
@@ -103,10 +107,15 @@ class Stack:
         with open(self._serving_file(), "w") as out:
             json.dump(serving, out)
 
-    def down(self) -> list[str]:
+    def down(self, only: tuple[str, ...] = COMPONENTS) -> list[str]:
         """Stop in reverse order; returns the names of what was running."""
         stopped = []
-        procs = [vllm_process(self.settings), self.mlflow(), *self._kafka_handles()]
+        procs = [
+            *([gateway_process(self.settings)] if "gateway" in only else []),
+            *([vllm_process(self.settings)] if "vllm" in only else []),
+            *([self.mlflow()] if "mlflow" in only else []),
+            *(self._kafka_handles() if "kafka" in only else []),
+        ]
         for proc in (self._started.get(p.name, p) for p in procs):
             if proc.stop():
                 stopped.append(proc.name)
@@ -127,6 +136,7 @@ class Stack:
             rows.append(self._row(proc, address))
         rows.append(self._row(self.mlflow(), s.mlflow_uri))
         rows.append(self._row(vllm_process(s), s.vllm_url))
+        rows.append(self._row(gateway_process(s), s.gateway_url))
         return rows
 
     @staticmethod

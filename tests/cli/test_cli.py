@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from services.common.settings import REPO_ROOT, Settings
-from tests.conftest import run_cli
+from tests.conftest import API_KEYS, run_cli
 
 
 def test_up_status_down_lifecycle(stack_settings: Settings, tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_up_status_down_lifecycle(stack_settings: Settings, tmp_path: Path) -> N
 def test_status_reports_the_champion(full_stack: Settings) -> None:
     status = run_cli(full_stack, "status")
     assert status.returncode == 0, status.stdout + status.stderr[-2000:]
-    for name in ("kafka", "mlflow", "vllm"):
+    for name in ("kafka", "mlflow", "vllm", "gateway"):
         assert f"{name:<8} healthy" in status.stdout
     assert f"champion: {full_stack.registered_model} v1 (base)" in status.stdout
 
@@ -54,6 +54,15 @@ def test_try_sends_one_request_through_vllm(full_stack: Settings) -> None:
     done = run_cli(full_stack, "try", "I was charged twice, refund me")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "completion:" in done.stdout and "label:" in done.stdout
+
+
+def test_ask_gets_an_answer_and_records_the_thumbs(full_stack: Settings) -> None:
+    args = ("ask", "where is my parcel", "--rating", "down", "--correction", " shipping")
+    done = run_cli(full_stack, *args, env={"REFINERY_CLIENT_API_KEY": API_KEYS["feedback"]})
+    assert done.returncode != 0 and "inference" in done.stderr  # a feedback-only key cannot ask
+    done = run_cli(full_stack, *args, env={"REFINERY_CLIENT_API_KEY": API_KEYS["admin"]})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "answer:" in done.stdout and "thumbs-down recorded" in done.stdout
 
 
 def _ci_run(test_body: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:

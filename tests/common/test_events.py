@@ -52,7 +52,12 @@ def sample_events() -> dict[Stream, Event]:
             user="u1",
         ),
         Stream.FEEDBACK: FeedbackEvent(
-            prediction_id=pid, rating="down", correction=" billing", user="u1", comment="wrong team"
+            feedback_id="f-1",
+            prediction_id=pid,
+            rating="down",
+            correction=" billing",
+            user="u1",
+            comment="wrong team",
         ),
         Stream.EXAMPLES: ExampleEvent(
             prediction_id=pid,
@@ -158,8 +163,8 @@ def test_every_event_round_trips_through_the_broker(kafka_stack: Settings) -> No
 def test_invalid_records_go_to_dlq_with_cause_and_consumer_goes_on(kafka_stack: Settings) -> None:
     topics = Topics.from_settings(kafka_stack)
     topic = topics.name(Stream.FEEDBACK)
-    good_before = FeedbackEvent(prediction_id="p-before", rating="up")
-    good_after = FeedbackEvent(prediction_id="p-after", rating="down")
+    good_before = FeedbackEvent(feedback_id="f1", prediction_id="p-before", rating="up")
+    good_after = FeedbackEvent(feedback_id="f2", prediction_id="p-after", rating="down")
     raw = KafkaProducer(bootstrap_servers=kafka_stack.kafka_bootstrap, acks="all")
     with EventProducer(kafka_stack) as producer:
         producer.send_and_wait(Stream.FEEDBACK, good_before, key="p")

@@ -41,7 +41,7 @@ def test_restart_reuses_data(stack_settings: Settings, tmp_path: Path) -> None:
     try:
         wait_for_broker(settings.kafka_bootstrap)
         ensure_topics(settings)
-        event = FeedbackEvent(prediction_id=str(uuid.uuid4()), rating="up")
+        event = FeedbackEvent(feedback_id="f", prediction_id=str(uuid.uuid4()), rating="up")
         with EventProducer(settings) as producer:
             producer.send_and_wait(Stream.FEEDBACK, event, key=event.prediction_id)
         cluster_id = (cluster.data_dir / "cluster.id").read_text()

@@ -1,0 +1,1 @@
+"""The inference gateway: OpenAI-compatible API on vLLM, prediction logging, feedback."""

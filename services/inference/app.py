@@ -1,0 +1,142 @@
+"""Wiring: settings → services on app.state → routes; errors mapped to responses here only.
+
+Run with ``uvicorn --factory services.inference.app:create_app`` (``refinery up`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from services.common.exceptions import ConfigError
+from services.common.kafka import EventProducer
+from services.common.registry import ModelRegistry
+from services.common.settings import Settings, get_settings
+from services.inference.auth import KeyRing, load_keys
+from services.inference.exceptions import GatewayError
+from services.inference.feedback import FeedbackService
+from services.inference.ids import PredictionIds
+from services.inference.metrics import GatewayMetrics
+from services.inference.middleware import BodySizeLimit, RequestMetrics
+from services.inference.model_events import ModelEventListener
+from services.inference.outbox import Outbox, OutboxSender
+from services.inference.router import ModelRouter
+from services.inference.routes import completions, feedback, health, models
+from services.inference.serving import CompletionService
+
+log = logging.getLogger(__name__)
+
+
+def signing_secret(settings: Settings) -> bytes:
+    if settings.signing_secret is not None:
+        return settings.signing_secret.get_secret_value().encode()
+    path = settings.signing_key_path
+    if path.exists():
+        return path.read_text().strip().encode()
+    raise ConfigError(
+        f"REFINERY_SIGNING_SECRET is not set and {path} does not exist; set it (32+ random "
+        "characters) or run `refinery up`, which writes the file"
+    )
+
+
+def _error(exc: GatewayError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+    body = {"error": {"message": exc.message, "type": exc.error_type, "code": exc.status_code}}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    reasons = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        reasons.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+    body = {"error": {"message": "; ".join(reasons), "type": "invalid_request_error", "code": 422}}
+    return JSONResponse(body, status_code=422)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    state = app.state
+    state.keyring = KeyRing(load_keys(settings), disabled=settings.auth_disabled)
+    state.ids = PredictionIds(signing_secret(settings))
+    state.vllm = httpx.AsyncClient(
+        base_url=settings.vllm_url,
+        timeout=httpx.Timeout(300.0, connect=5.0),
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+    )
+    registry = ModelRegistry(settings)
+    state.router = ModelRouter(settings, registry, state.vllm)
+    outbox_path = settings.var_dir / "gateway" / f"outbox-{settings.gateway_port}.db"
+    state.outbox = Outbox(outbox_path, settings.outbox_max_events)
+    timeout_ms = int(settings.feedback_ack_timeout_s * 1000)
+    state.sender = OutboxSender(
+        state.outbox,
+        lambda: EventProducer(
+            settings, max_block_ms=5000, request_timeout_ms=5000, delivery_timeout_ms=20000
+        ),
+    )
+    state.sender.start()
+    state.feedback_producer = EventProducer(
+        settings,
+        max_block_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+        delivery_timeout_ms=max(2 * timeout_ms, 10000),
+    )
+    state.completions = CompletionService(
+        settings.registered_model,
+        state.router,
+        state.vllm,
+        state.outbox,
+        state.sender,
+        state.ids,
+        state.metrics,
+    )
+    state.feedback = FeedbackService(
+        state.feedback_producer, state.ids, state.metrics, settings.feedback_ack_timeout_s
+    )
+    # Follow model events first, then take the registry's champion: nothing falls between.
+    listener = ModelEventListener(settings, registry, state.router, asyncio.get_running_loop())
+    listener.start()
+    champion = await asyncio.to_thread(registry.champion)
+    if champion is None:
+        raise ConfigError(f"{settings.registered_model} has no champion; run `refinery bootstrap`")
+    route = await state.router.switch_to(champion)
+    state.metrics.model_version.set(float(route.version))
+    log.info("gateway: serving %s v%s as %s", route.model, route.version, route.served_name)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(listener.stop)
+        await asyncio.to_thread(state.sender.stop)
+        state.feedback_producer.close()
+        state.outbox.close()
+        await state.vllm.aclose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="Refinery gateway", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = GatewayMetrics()
+    for module in (completions, feedback, models, health):
+        app.include_router(module.router)
+
+    @app.exception_handler(GatewayError)
+    async def on_gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc)
+
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,120 @@
+"""Which served model answers now, and the switch to a new one without failing a request.
+
+A route is one registry version under its immutable vLLM name. New requests take the
+current route; a switch loads the new adapter first, then flips the route, then unloads
+the old adapter once its in-flight requests have finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from services.common.registry import ModelRegistry, VersionInfo
+from services.common.settings import Settings
+from services.inference.exceptions import Unavailable, UpstreamError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A registry version and the name vLLM serves it under."""
+
+    model: str
+    version: str
+    kind: str
+    served_name: str
+
+
+class ModelRouter:
+    """Holds the current route; counts in-flight requests per served name."""
+
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, vllm: httpx.AsyncClient
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.vllm = vllm
+        self.current: Route | None = None
+        self._inflight: Counter[str] = Counter()
+        self._idle = asyncio.Condition()
+        self._switch_lock = asyncio.Lock()
+        # The base version vLLM was started with: adapters must apply to it.
+        self.base_version: str | None = None
+        self.switches = 0
+
+    def route_for(self, info: VersionInfo) -> Route:
+        served = self.settings.served_model_name if info.kind == "base" else info.served_name
+        return Route(info.name, info.version, info.kind, served)
+
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[Route]:
+        """The route for one request, held until the request (stream included) is done."""
+        route = self.current
+        if route is None:
+            raise Unavailable("no model is being served yet; retry shortly", retry_after_s=2)
+        self._inflight[route.served_name] += 1
+        try:
+            yield route
+        finally:
+            async with self._idle:
+                self._inflight[route.served_name] -= 1
+                self._idle.notify_all()
+
+    def inflight(self, served_name: str) -> int:
+        return self._inflight[served_name]
+
+    async def switch_to(self, info: VersionInfo) -> Route:
+        """Serve ``info`` from now on; idempotent for the version already served."""
+        async with self._switch_lock:
+            new = self.route_for(info)
+            old = self.current
+            if old == new:
+                return new
+            base = await asyncio.to_thread(self.registry.serving_base, info)
+            if self.base_version is None:
+                self.base_version = base.version
+            elif base.version != self.base_version:
+                raise UpstreamError(
+                    f"v{info.version} needs base v{base.version}, but vLLM serves base "
+                    f"v{self.base_version}; restart vLLM (`refinery down vllm gateway` then "
+                    "`refinery up`) to change the base model"
+                )
+            if new.kind == "lora":
+                await self._load_adapter(info, new.served_name)
+            self.current = new
+            self.switches += 1
+            log.info("router: now serving %s v%s as %s", new.model, new.version, new.served_name)
+            if old is not None and old.kind == "lora" and old.served_name != new.served_name:
+                asyncio.get_running_loop().create_task(self._retire(old))
+            return new
+
+    async def _load_adapter(self, info: VersionInfo, served_name: str) -> None:
+        local: Path = await asyncio.to_thread(
+            self.registry.local_copy, info, self.settings.models_dir
+        )
+        resp = await self.vllm.post(
+            "/v1/load_lora_adapter", json={"lora_name": served_name, "lora_path": str(local)}
+        )
+        # 400 "already loaded" is fine: names are immutable, so it is this very adapter.
+        if resp.status_code != 200 and "already" not in resp.text:
+            raise UpstreamError(f"vLLM refused adapter {served_name}: {resp.text[:300]}")
+
+    async def _retire(self, old: Route) -> None:
+        async with self._idle:
+            await self._idle.wait_for(lambda: self._inflight[old.served_name] == 0)
+        async with self._switch_lock:
+            if self.current is not None and self.current.served_name == old.served_name:
+                return  # rolled back to it while we waited
+            resp = await self.vllm.post(
+                "/v1/unload_lora_adapter", json={"lora_name": old.served_name}
+            )
+        log.info("router: unloaded %s (%d)", old.served_name, resp.status_code)

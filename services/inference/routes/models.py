@@ -1,0 +1,27 @@
+"""``GET /v1/models``: the served model with its registry version."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+
+from services.inference.deps import InferenceScope
+from services.inference.protocol import ModelCard, ModelList
+
+router = APIRouter(dependencies=[InferenceScope])
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    route = request.app.state.router.current
+    if route is None:
+        return ModelList(data=[])
+    card = ModelCard(
+        id=route.model,
+        created=int(time.time()),
+        served_name=route.served_name,
+        version=route.version,
+        kind=route.kind,
+    )
+    return ModelList(data=[card])

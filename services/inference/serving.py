@@ -1,0 +1,200 @@
+"""Completions through vLLM: route to the champion, sign the id, log the prediction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+
+from services.common.events import PredictionEvent
+from services.inference.exceptions import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    Unavailable,
+    UpstreamError,
+)
+from services.inference.ids import PredictionIds
+from services.inference.metrics import GatewayMetrics
+from services.inference.outbox import Outbox, OutboxSender
+from services.inference.protocol import ChatCompletionRequest, CompletionRequest
+from services.inference.router import ModelRouter, Route
+
+log = logging.getLogger(__name__)
+
+Endpoint = Literal["completions", "chat.completions"]
+_PATHS = {"completions": "/v1/completions", "chat.completions": "/v1/chat/completions"}
+_ID_KINDS = {"completions": "cmpl", "chat.completions": "chatcmpl"}
+
+
+def _upstream_error(status: int, text: str) -> GatewayError:
+    try:
+        message = json.loads(text)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = text[:500]
+    if status == 400:
+        return BadRequest(f"vLLM rejected the request: {message}")
+    return UpstreamError(f"vLLM answered {status}: {message}")
+
+
+class CompletionService:
+    """One request in, one logged prediction out."""
+
+    def __init__(
+        self,
+        model_name: str,
+        router: ModelRouter,
+        vllm: httpx.AsyncClient,
+        outbox: Outbox,
+        sender: OutboxSender,
+        ids: PredictionIds,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.model_name = model_name
+        self.router = router
+        self.vllm = vllm
+        self.outbox = outbox
+        self.sender = sender
+        self.ids = ids
+        self.metrics = metrics
+
+    def check_model(self, requested: str) -> None:
+        route = self.router.current
+        allowed = {self.model_name} | ({route.served_name} if route else set())
+        if requested not in allowed:
+            raise NotFound(
+                f"model {requested!r} is not served here; use {self.model_name!r} "
+                "(the champion) — GET /v1/models lists it"
+            )
+
+    async def complete(
+        self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
+    ) -> dict[str, Any]:
+        self.check_model(request.model)
+        async with self.router.use() as route:
+            started = time.perf_counter()
+            try:
+                resp = await self.vllm.post(
+                    _PATHS[endpoint], json=request.upstream_body(route.served_name)
+                )
+            except httpx.TransportError as exc:
+                raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
+            latency_ms = (time.perf_counter() - started) * 1000
+        if resp.status_code != 200:
+            raise _upstream_error(resp.status_code, resp.text)
+        body = resp.json()
+        choice = body["choices"][0]
+        text = choice["text"] if endpoint == "completions" else choice["message"]["content"] or ""
+        usage = body.get("usage") or {}
+        body["id"] = self._log(request, endpoint, route, text, usage, latency_ms)
+        body["model"] = route.served_name
+        return body
+
+    async def open_stream(
+        self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
+    ) -> AsyncIterator[bytes]:
+        """Start the upstream stream (errors surface before any byte is sent), then relay it."""
+        self.check_model(request.model)
+        use = self.router.use()
+        route = await use.__aenter__()
+        try:
+            started = time.perf_counter()
+            upstream = self.vllm.build_request(
+                "POST", _PATHS[endpoint], json=request.upstream_body(route.served_name)
+            )
+            try:
+                resp = await self.vllm.send(upstream, stream=True)
+            except httpx.TransportError as exc:
+                raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode(errors="replace")
+                await resp.aclose()
+                raise _upstream_error(resp.status_code, text)
+        except BaseException:
+            await use.__aexit__(None, None, None)
+            raise
+        return self._relay(request, endpoint, route, resp, use, started)
+
+    async def _relay(
+        self,
+        request: CompletionRequest | ChatCompletionRequest,
+        endpoint: Endpoint,
+        route: Route,
+        resp: httpx.Response,
+        use: Any,
+        started: float,
+    ) -> AsyncIterator[bytes]:
+        prediction_id = self.ids.new(_ID_KINDS[endpoint])
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        try:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    latency_ms = (time.perf_counter() - started) * 1000
+                    self._log(
+                        request, endpoint, route, "".join(parts), usage, latency_ms, prediction_id
+                    )
+                    yield b"data: [DONE]\n\n"
+                    return
+                chunk = json.loads(data)
+                chunk["id"] = prediction_id
+                chunk["model"] = route.served_name
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = (
+                        choice.get("text")
+                        if endpoint == "completions"
+                        else ((choice.get("delta") or {}).get("content"))
+                    )
+                    parts.append(delta or "")
+                if not chunk.get("choices") and not request.client_wants_usage_chunk:
+                    continue  # the usage-only chunk we asked for on our own account
+                if not request.client_wants_usage_chunk:
+                    chunk.pop("usage", None)
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+        finally:
+            await resp.aclose()
+            await use.__aexit__(None, None, None)
+
+    def _log(
+        self,
+        request: CompletionRequest | ChatCompletionRequest,
+        endpoint: Endpoint,
+        route: Route,
+        text: str,
+        usage: dict[str, Any],
+        latency_ms: float,
+        prediction_id: str | None = None,
+    ) -> str:
+        prediction_id = prediction_id or self.ids.new(_ID_KINDS[endpoint])
+        prompt = (
+            request.prompt if isinstance(request, CompletionRequest) else request.logged_prompt()
+        )
+        event = PredictionEvent(
+            prediction_id=prediction_id,
+            endpoint=endpoint,
+            prompt=prompt,
+            completion=text,
+            model=route.model,
+            model_version=route.version,
+            served_name=route.served_name,
+            params=request.sampling_params(),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            latency_ms=latency_ms,
+            segment=request.segment,
+            user=request.user,
+        )
+        self.outbox.append(event)
+        self.sender.notify()
+        self.metrics.tokens.labels("prompt").inc(event.prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(event.completion_tokens)
+        return prediction_id

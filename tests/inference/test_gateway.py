@@ -1,0 +1,200 @@
+"""The gateway with the official openai client, against real vLLM, Kafka and MLflow."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from services.common.events import FeedbackEvent, PredictionEvent
+from services.common.settings import Settings
+from services.common.topics import Stream
+from tests.conftest import API_KEYS
+from tests.inference.helpers import read_events
+
+PROMPT = "Ticket: I was charged twice for my order\nTeam:"
+
+
+@pytest.fixture(scope="module")
+def client(full_stack: Settings) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{full_stack.gateway_url}/v1", api_key=API_KEYS["inference"], max_retries=0
+    )
+
+
+def _prediction(settings: Settings, prediction_id: str) -> PredictionEvent:
+    [event] = read_events(settings, Stream.PREDICTIONS, {prediction_id}, "prediction_id")
+    assert isinstance(event, PredictionEvent)
+    return event
+
+
+def test_completion_is_served_and_logged(full_stack: Settings, client: openai.OpenAI) -> None:
+    resp = client.completions.create(
+        model=full_stack.registered_model,
+        prompt=PROMPT,
+        max_tokens=4,
+        temperature=0,
+        extra_body={"segment": "retail"},
+        user="alice",
+    )
+    assert resp.id.startswith("cmpl-")
+    assert resp.model == f"{full_stack.served_model_name}"  # v1 is the base model itself
+    text = resp.choices[0].text
+    logged = _prediction(full_stack, resp.id)
+    assert logged.completion == text
+    assert logged.prompt == PROMPT
+    assert logged.model_version == "1"
+    assert logged.segment == "retail" and logged.user == "alice"
+    assert logged.params.max_tokens == 4 and logged.params.temperature == 0
+    assert resp.usage is not None
+    assert logged.prompt_tokens == resp.usage.prompt_tokens
+    assert logged.completion_tokens == resp.usage.completion_tokens > 0
+    assert logged.latency_ms > 0
+
+
+def test_chat_completion_is_served_and_logged(full_stack: Settings, client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(
+        model=full_stack.registered_model,
+        max_tokens=4,
+        temperature=0,
+        messages=[{"role": "user", "content": PROMPT}],
+    )
+    assert resp.id.startswith("chatcmpl-")
+    logged = _prediction(full_stack, resp.id)
+    assert logged.endpoint == "chat.completions"
+    assert logged.completion == resp.choices[0].message.content
+    assert logged.prompt == f"user: {PROMPT}"
+
+
+def test_streaming_completion_relays_chunks_and_logs_the_whole_text(
+    full_stack: Settings, client: openai.OpenAI
+) -> None:
+    stream = client.completions.create(
+        model=full_stack.registered_model, prompt=PROMPT, max_tokens=6, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    ids = {c.id for c in chunks}
+    assert len(ids) == 1
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert all(c.usage is None for c in chunks)  # not asked for: not sent
+    logged = _prediction(full_stack, ids.pop())
+    assert logged.completion == text
+    assert logged.completion_tokens > 0  # counted even though the client did not ask
+
+
+def test_streaming_chat_with_usage(full_stack: Settings, client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=full_stack.registered_model,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=4,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    usage = [c.usage for c in chunks if c.usage]
+    assert usage and usage[-1].completion_tokens > 0
+    text = "".join((c.choices[0].delta.content or "") for c in chunks if c.choices)
+    assert _prediction(full_stack, chunks[0].id).completion == text
+
+
+def test_models_lists_the_champion_with_its_version(full_stack: Settings) -> None:
+    resp = httpx.get(
+        f"{full_stack.gateway_url}/v1/models",
+        headers={"Authorization": f"Bearer {API_KEYS['inference']}"},
+    )
+    [card] = resp.json()["data"]
+    assert card["id"] == full_stack.registered_model
+    assert card["version"] == "1"
+
+
+def test_unknown_model_is_a_404_that_names_the_right_one(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError, match="refinery-model"):
+        client.completions.create(model="gpt-4", prompt=PROMPT, max_tokens=2)
+
+
+def _post_feedback(settings: Settings, body: object, key: str = "feedback") -> httpx.Response:
+    return httpx.post(
+        f"{settings.gateway_url}/v1/feedback",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {API_KEYS[key]}"},
+    )
+
+
+def test_feedback_is_accepted_once_on_kafka(full_stack: Settings, client: openai.OpenAI) -> None:
+    resp = client.completions.create(
+        model=full_stack.registered_model, prompt=PROMPT, max_tokens=4, temperature=0
+    )
+    first = _post_feedback(
+        full_stack,
+        {"prediction_id": resp.id, "rating": "down", "correction": " billing", "user": "bob"},
+    )
+    assert first.status_code == 202, first.text
+    again = _post_feedback(full_stack, {"prediction_id": resp.id, "rating": "up", "user": "bob"})
+    assert again.status_code == 202
+    other = _post_feedback(full_stack, {"prediction_id": resp.id, "rating": "up", "user": "eve"})
+    events = read_events(full_stack, Stream.FEEDBACK, {resp.id}, "prediction_id")
+    assert all(isinstance(e, FeedbackEvent) for e in events)
+    by_user = {e.user: e for e in events if isinstance(e, FeedbackEvent)}
+    assert len(events) == 3
+    # bob's second rating carries the id of his first: downstream it replaces, not adds.
+    assert first.json()["feedback_id"] == again.json()["feedback_id"] == by_user["bob"].feedback_id
+    assert other.json()["feedback_id"] != first.json()["feedback_id"]
+    assert by_user["bob"].rating == "up"
+
+
+def test_feedback_rejections_say_why(full_stack: Settings, client: openai.OpenAI) -> None:
+    resp = client.completions.create(model=full_stack.registered_model, prompt=PROMPT, max_tokens=2)
+    forged = resp.id[:-4] + ("0000" if not resp.id.endswith("0000") else "1111")
+    r = _post_feedback(full_stack, {"prediction_id": forged, "rating": "up"})
+    assert r.status_code == 404 and "was not issued by this service" in r.json()["error"]["message"]
+    r = _post_feedback(full_stack, {"prediction_id": "cmpl-made-up", "rating": "up"})
+    assert r.status_code == 404
+    r = _post_feedback(full_stack, {"prediction_id": resp.id, "rating": "sideways"})
+    assert r.status_code == 422
+    message = r.json()["error"]["message"]
+    assert "rating" in message and "sideways" in message
+    r = _post_feedback(
+        full_stack,
+        {
+            "prediction_id": resp.id,
+            "rating": "up",
+            "comment": "x" * (full_stack.max_body_bytes + 10),
+        },
+    )
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+
+
+def test_api_keys_and_scopes(full_stack: Settings) -> None:
+    url = full_stack.gateway_url
+    body = {"model": full_stack.registered_model, "prompt": PROMPT, "max_tokens": 2}
+    assert httpx.post(f"{url}/v1/completions", json=body).status_code == 401
+    wrong = httpx.post(f"{url}/v1/completions", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "unknown API key" in wrong.text
+    scoped = httpx.post(
+        f"{url}/v1/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {API_KEYS['feedback']}"},
+    )
+    assert scoped.status_code == 403 and "inference" in scoped.text
+    admin = httpx.post(
+        f"{url}/v1/completions",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {API_KEYS['admin']}"},
+    )
+    assert admin.status_code == 200
+
+
+def test_health_readiness_and_metrics(full_stack: Settings, client: openai.OpenAI) -> None:
+    url = full_stack.gateway_url
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    client.completions.create(model=full_stack.registered_model, prompt=PROMPT, max_tokens=2)
+    text = httpx.get(f"{url}/metrics").text
+    assert 'refinery_requests_total{route="/v1/completions",status="200"}' in text
+    assert "refinery_request_latency_seconds_bucket" in text
+    assert "refinery_prediction_log_backlog" in text
+    assert 'refinery_tokens_total{kind="completion"}' in text

@@ -1,0 +1,187 @@
+"""Broker outages lose nothing; promotions and rollbacks switch models with no failed request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from services.common.events import ModelEvent, PredictionEvent
+from services.common.kafka import EventProducer
+from services.common.registry import ModelRegistry, VersionInfo
+from services.common.settings import Settings
+from services.common.topics import Stream
+from services.stack.stack import Stack
+from tests.conftest import API_KEYS
+from tests.inference.helpers import read_events
+
+PROMPT = "Ticket: where is my parcel, it is late\nTeam:"
+HEADERS = {"Authorization": f"Bearer {API_KEYS['admin']}"}
+
+
+def _complete(http: httpx.Client, settings: Settings) -> httpx.Response:
+    return http.post(
+        f"{settings.gateway_url}/v1/completions",
+        headers=HEADERS,
+        json={
+            "model": settings.registered_model,
+            "prompt": PROMPT,
+            "max_tokens": 3,
+            "temperature": 0,
+        },
+    )
+
+
+def _backlog(settings: Settings) -> float:
+    for line in httpx.get(f"{settings.gateway_url}/metrics").text.splitlines():
+        if line.startswith("refinery_prediction_log_backlog "):
+            return float(line.split()[1])
+    raise AssertionError("no backlog gauge")
+
+
+def test_broker_outage_loses_no_prediction_and_no_acknowledged_feedback(
+    stack: Stack, full_stack: Settings
+) -> None:
+    http = httpx.Client(timeout=60)
+    sent = [_complete(http, full_stack).json()["id"] for _ in range(10)]
+
+    stack.down(("kafka",))
+    try:
+        during = [_complete(http, full_stack) for _ in range(20)]
+        assert all(r.status_code == 200 for r in during), [
+            r.text for r in during if r.status_code != 200
+        ]
+        sent += [r.json()["id"] for r in during]
+        assert _backlog(full_stack) >= 20
+        started = time.monotonic()
+        refused = http.post(
+            f"{full_stack.gateway_url}/v1/feedback",
+            headers=HEADERS,
+            json={"prediction_id": sent[-1], "rating": "up"},
+        )
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"] == "5"
+        assert time.monotonic() - started < full_stack.feedback_ack_timeout_s + 5
+    finally:
+        stack.up(("kafka",))
+
+    deadline = time.monotonic() + 120
+    while _backlog(full_stack) > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _backlog(full_stack) == 0
+    accepted = http.post(
+        f"{full_stack.gateway_url}/v1/feedback",
+        headers=HEADERS,
+        json={"prediction_id": sent[-1], "rating": "up"},
+    )
+    assert accepted.status_code == 202
+    http.close()
+
+    logged = read_events(full_stack, Stream.PREDICTIONS, set(sent), "prediction_id")
+    unique = {e.event_id: e for e in logged if isinstance(e, PredictionEvent)}
+    per_id = [e.prediction_id for e in unique.values()]
+    assert sorted(per_id) == sorted(sent), "every prediction exactly once after dedup by event_id"
+
+
+def _register_adapter(settings: Settings, base_dir: Path, out: Path) -> VersionInfo:
+    torch.manual_seed(5)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(
+        r=8, lora_alpha=16, init_lora_weights=False, target_modules=["q_proj", "v_proj", "o_proj"]
+    )
+    get_peft_model(model, config).save_pretrained(out)
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_experiment(settings.experiment)
+    with mlflow.start_run(run_name="test-adapter") as run:
+        mlflow.log_artifacts(str(out), "adapter")
+    return ModelRegistry(settings).register(
+        f"{run.info.artifact_uri}/adapter",
+        run.info.run_id,
+        tags={"kind": "lora", "base_version": "1"},
+    )
+
+
+def _announce(settings: Settings, info: VersionInfo, action: str, previous: str) -> None:
+    event = ModelEvent(
+        model=info.name,
+        version=info.version,
+        action=action,  # type: ignore[arg-type]
+        served_name=info.served_name,
+        artifact_uri=info.source,
+        kind=info.kind,  # type: ignore[arg-type]
+        base_version=info.base_version,
+        previous_version=previous,
+    )
+    with EventProducer(settings) as producer:
+        producer.send_and_wait(Stream.MODELS, event, key=info.name)
+
+
+def test_promotion_and_rollback_switch_with_zero_failed_requests(
+    full_stack: Settings, tmp_path: Path
+) -> None:
+    registry = ModelRegistry(full_stack)
+    base = registry.get("1")
+    adapter = _register_adapter(
+        full_stack, registry.local_copy(base, tmp_path / "m"), tmp_path / "adapter"
+    )
+    served: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                r = _complete(http, full_stack)
+                if r.status_code == 200:
+                    served.append(r.json()["model"])
+                else:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+
+    workers = [threading.Thread(target=load) for _ in range(6)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(2)
+        _announce(full_stack, adapter, "promoted", previous="1")
+        deadline = time.monotonic() + 120
+        while adapter.served_name not in served[-6:] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert adapter.served_name in served, "promotion never took effect"
+        time.sleep(2)
+        _announce(full_stack, base, "rolled_back", previous=adapter.version)
+        deadline = time.monotonic() + 120
+        while served[-1] != full_stack.served_model_name and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert failures == []
+    switch_at = served.index(adapter.served_name)
+    assert served[:switch_at] and set(served[:switch_at]) == {full_stack.served_model_name}
+    assert served[-1] == full_stack.served_model_name
+    # The old adapter is unloaded from vLLM once its in-flight requests are done.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        names = [m["id"] for m in httpx.get(f"{full_stack.vllm_url}/v1/models").json()["data"]]
+        if adapter.served_name not in names:
+            break
+        time.sleep(0.5)
+    assert adapter.served_name not in names
+    models = httpx.get(f"{full_stack.gateway_url}/v1/models", headers=HEADERS).json()["data"]
+    assert models[0]["version"] == "1"
+
+
+@pytest.fixture(autouse=True)
+def _registry_champion_untouched(full_stack: Settings):  # type: ignore[no-untyped-def]
+    yield
+    champion = ModelRegistry(full_stack).champion()
+    assert champion is not None and champion.version == "1"
