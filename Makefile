@@ -8,11 +8,12 @@ PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 REFINERY := ./refinery
 
-.PHONY: help setup demo up down status test lint lock clean
+.PHONY: help setup demo up down status test lint bench lock clean
 
 help:
 	@echo "make demo   - set up, bootstrap the model, start kafka+mlflow+vllm, ask it once"
 	@echo "make test   - set up, run the test suite (real Kafka, MLflow, vLLM)"
+	@echo "make bench  - gateway overhead vs vLLM, feedback req/s vs bare FastAPI"
 	@echo "make up / down / status / lint / lock / clean"
 
 setup:
@@ -36,9 +37,14 @@ status:
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# Speed targets live here, measured side by side in one run (never in unit tests).
+bench: setup
+	$(REFINERY) up
+	$(PY) -m bench.gateway
+
 lint: setup
-	$(PY) -m ruff check services tests
-	$(PY) -m ruff format --check services tests
+	$(PY) -m ruff check services tests bench
+	$(PY) -m ruff format --check services tests bench
 	$(PY) -m mypy services
 
 # Re-lock after changing dependencies in pyproject.toml.

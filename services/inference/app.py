@@ -105,6 +105,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Follow model events first, then take the registry's champion: nothing falls between.
     listener = ModelEventListener(settings, registry, state.router, asyncio.get_running_loop())
     listener.start()
+    if not await asyncio.to_thread(listener.ready.wait, 60):
+        raise ConfigError(f"no partitions of the models topic in 60s ({settings.kafka_bootstrap})")
     champion = await asyncio.to_thread(registry.champion)
     if champion is None:
         raise ConfigError(f"{settings.registered_model} has no champion; run `refinery bootstrap`")

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import threading
 
+from kafka.errors import KafkaError
+
 from services.common.events import ModelEvent
 from services.common.kafka import EventConsumer, Received
 from services.common.registry import ModelRegistry
@@ -33,10 +35,14 @@ class ModelEventListener:
         self.router = router
         self.loop = loop
         self._stop = threading.Event()
+        #: set once partitions are assigned: from then on no model event can slip past
+        self.ready = threading.Event()
+        # "latest": the registry's champion, read after `ready`, covers everything before.
         self._consumer = EventConsumer(
             settings,
             [Stream.MODELS],
             group_id=f"gateway-{settings.gateway_host}-{settings.gateway_port}",
+            auto_offset_reset="latest",
         )
         self._thread = threading.Thread(target=self._run, name="model-events", daemon=True)
 
@@ -44,22 +50,38 @@ class ModelEventListener:
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            self._consumer.run(self._handle, self._stop.is_set)
-        except Exception:
-            log.exception("model events: listener stopped")
+        while not self._stop.is_set():
+            try:
+                while not self.ready.is_set() and not self._stop.is_set():
+                    for item in self._consumer.poll(timeout_ms=200):
+                        self._handle(item)
+                    if self._consumer.assignment():
+                        self._consumer.resolve_positions()
+                        self._consumer.commit()
+                        self.ready.set()
+                self._consumer.run(self._handle, self._stop.is_set)
+            except KafkaError as exc:  # broker away: keep trying, the consumer reconnects
+                log.warning("model events: %s; retrying", exc)
+                self._stop.wait(1.0)
 
     def _handle(self, item: Received) -> None:
         event = item.event
         assert isinstance(event, ModelEvent)
         if event.model != self.settings.registered_model or event.action not in SWITCHING_ACTIONS:
             return
-        info = self.registry.get(event.version)  # the registry, not the event, is the truth
-        future = asyncio.run_coroutine_threadsafe(self.router.switch_to(info), self.loop)
-        route = future.result(timeout=300)
-        log.info(
-            "model events: %s v%s → serving %s", event.action, event.version, route.served_name
-        )
+        try:
+            info = self.registry.get(event.version)  # the registry, not the event, is the truth
+            future = asyncio.run_coroutine_threadsafe(self.router.switch_to(info), self.loop)
+            route = future.result(timeout=300)
+        except Exception:  # a bad event must not stop the gateway following later ones
+            log.exception(
+                "model events: cannot apply %s v%s; still serving %s",
+                event.action,
+                event.version,
+                self.router.current,
+            )
+            return
+        log.info("model events: %s v%s -> %s", event.action, event.version, route.served_name)
 
     def stop(self) -> None:
         self._stop.set()

@@ -149,6 +149,9 @@ def test_promotion_and_rollback_switch_with_zero_failed_requests(
         w.start()
     try:
         time.sleep(2)
+        # A promotion of a version the registry does not have is skipped, not fatal.
+        bogus = VersionInfo(adapter.name, "999", "lora", adapter.source, None, "1", {})
+        _announce(full_stack, bogus, "promoted", previous="1")
         _announce(full_stack, adapter, "promoted", previous="1")
         deadline = time.monotonic() + 120
         while adapter.served_name not in served[-6:] and time.monotonic() < deadline:

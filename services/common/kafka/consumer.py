@@ -139,6 +139,18 @@ class EventConsumer:
         value = record.value if record.value is not None else b""
         return self._producer.send_raw(record.topic + DLQ_SUFFIX, value, record.key, headers)
 
+    def assignment(self) -> set[tuple[str, int]]:
+        """The (topic, partition) pairs this consumer holds now."""
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def resolve_positions(self) -> dict[tuple[str, int], int]:
+        """Fix the position of every assigned partition now (``auto_offset_reset`` applies
+        here, not lazily at a later fetch); returns them."""
+        return {
+            (tp.topic, tp.partition): self._consumer.position(tp)
+            for tp in self._consumer.assignment()
+        }
+
     def commit(self) -> None:
         """Commit what poll() has returned so far."""
         self._consumer.commit()
