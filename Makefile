@@ -1,5 +1,5 @@
 # Refinery: two commands do everything on a fresh machine.
-#   make demo   set-up, bootstrap, start the stack, one request through vLLM
+#   make demo   set-up, bootstrap, start the stack, one request to vLLM, one via the gateway
 #   make test   set-up, lint (ruff, mypy), then the whole suite against real processes
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
@@ -22,7 +22,7 @@ setup:
 demo: setup
 	$(REFINERY) up
 	$(REFINERY) try "I was charged twice for my order, please refund"
-	$(REFINERY) try "my thermostat keeps going offline every night"
+	$(REFINERY) ask "my thermostat keeps going offline every night" --rating down --correction technical
 	@echo "Stack is running; \`./refinery status\` to look, \`make down\` to stop."
 
 up: setup

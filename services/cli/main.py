@@ -168,10 +168,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         rating = {"u": "up", "up": "up", "d": "down", "down": "down"}.get(reply)
         if rating == "down":
             correction = input("The right answer (enter to skip): ").strip() or None
-            if correction and task.kind == "classification":
-                correction = task.completion_for(correction)
     if rating is None:
         return 0
+    if correction and task.kind == "classification":
+        correction = task.completion_for(correction.strip())  # " <label>", as generated
     resp = httpx.post(
         f"{settings.gateway_url}/v1/feedback",
         headers={"Authorization": f"Bearer {key}"},
