@@ -84,7 +84,7 @@ class OutboxSender:
         outbox: Outbox,
         producer_factory: Callable[[], EventProducer],
         batch_size: int = 500,
-        idle_wait_s: float = 0.05,
+        idle_wait_s: float = 0.1,
     ) -> None:
         self.outbox = outbox
         self._producer_factory = producer_factory

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from services.common.registry import ModelRegistry, VersionInfo
 from services.common.settings import Settings
@@ -38,7 +38,7 @@ class ModelRouter:
     """Holds the current route; counts in-flight requests per served name."""
 
     def __init__(
-        self, settings: Settings, registry: ModelRegistry, vllm: httpx.AsyncClient
+        self, settings: Settings, registry: ModelRegistry, vllm: aiohttp.ClientSession
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -101,12 +101,13 @@ class ModelRouter:
         local: Path = await asyncio.to_thread(
             self.registry.local_copy, info, self.settings.models_dir
         )
-        resp = await self.vllm.post(
+        async with self.vllm.post(
             "/v1/load_lora_adapter", json={"lora_name": served_name, "lora_path": str(local)}
-        )
+        ) as resp:
+            text = await resp.text()
         # 400 "already loaded" is fine: names are immutable, so it is this very adapter.
-        if resp.status_code != 200 and "already" not in resp.text:
-            raise UpstreamError(f"vLLM refused adapter {served_name}: {resp.text[:300]}")
+        if resp.status != 200 and "already" not in text:
+            raise UpstreamError(f"vLLM refused adapter {served_name}: {text[:300]}")
 
     async def _retire(self, old: Route) -> None:
         async with self._idle:
@@ -114,7 +115,8 @@ class ModelRouter:
         async with self._switch_lock:
             if self.current is not None and self.current.served_name == old.served_name:
                 return  # rolled back to it while we waited
-            resp = await self.vllm.post(
+            async with self.vllm.post(
                 "/v1/unload_lora_adapter", json={"lora_name": old.served_name}
-            )
-        log.info("router: unloaded %s (%d)", old.served_name, resp.status_code)
+            ) as resp:
+                status = resp.status
+        log.info("router: unloaded %s (%d)", old.served_name, status)

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 
 from services.common.events import PredictionEvent
 from services.inference.exceptions import (
@@ -48,7 +48,7 @@ class CompletionService:
         self,
         model_name: str,
         router: ModelRouter,
-        vllm: httpx.AsyncClient,
+        vllm: aiohttp.ClientSession,
         outbox: Outbox,
         sender: OutboxSender,
         ids: PredictionIds,
@@ -78,15 +78,15 @@ class CompletionService:
         async with self.router.use() as route:
             started = time.perf_counter()
             try:
-                resp = await self.vllm.post(
+                async with self.vllm.post(
                     _PATHS[endpoint], json=request.upstream_body(route.served_name)
-                )
-            except httpx.TransportError as exc:
+                ) as resp:
+                    if resp.status != 200:
+                        raise _upstream_error(resp.status, await resp.text())
+                    body = await resp.json()
+            except aiohttp.ClientConnectionError as exc:
                 raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
             latency_ms = (time.perf_counter() - started) * 1000
-        if resp.status_code != 200:
-            raise _upstream_error(resp.status_code, resp.text)
-        body = resp.json()
         choice = body["choices"][0]
         text = choice["text"] if endpoint == "completions" else choice["message"]["content"] or ""
         usage = body.get("usage") or {}
@@ -103,17 +103,16 @@ class CompletionService:
         route = await use.__aenter__()
         try:
             started = time.perf_counter()
-            upstream = self.vllm.build_request(
-                "POST", _PATHS[endpoint], json=request.upstream_body(route.served_name)
-            )
             try:
-                resp = await self.vllm.send(upstream, stream=True)
-            except httpx.TransportError as exc:
+                resp = await self.vllm.post(
+                    _PATHS[endpoint], json=request.upstream_body(route.served_name)
+                )
+            except aiohttp.ClientConnectionError as exc:
                 raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
-            if resp.status_code != 200:
-                text = (await resp.aread()).decode(errors="replace")
-                await resp.aclose()
-                raise _upstream_error(resp.status_code, text)
+            if resp.status != 200:
+                text = await resp.text()
+                resp.release()
+                raise _upstream_error(resp.status, text)
         except BaseException:
             await use.__aexit__(None, None, None)
             raise
@@ -124,7 +123,7 @@ class CompletionService:
         request: CompletionRequest | ChatCompletionRequest,
         endpoint: Endpoint,
         route: Route,
-        resp: httpx.Response,
+        resp: aiohttp.ClientResponse,
         use: Any,
         started: float,
     ) -> AsyncIterator[bytes]:
@@ -132,7 +131,8 @@ class CompletionService:
         parts: list[str] = []
         usage: dict[str, Any] = {}
         try:
-            async for line in resp.aiter_lines():
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\r\n")
                 if not line.startswith("data: "):
                     continue
                 data = line[6:]
@@ -161,7 +161,7 @@ class CompletionService:
                     chunk.pop("usage", None)
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
         finally:
-            await resp.aclose()
+            resp.release()
             await use.__aexit__(None, None, None)
 
     def _log(
@@ -193,8 +193,7 @@ class CompletionService:
             segment=request.segment,
             user=request.user,
         )
-        self.outbox.append(event)
-        self.sender.notify()
+        self.outbox.append(event)  # the sender picks it up on its next tick
         self.metrics.tokens.labels("prompt").inc(event.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(event.completion_tokens)
         return prediction_id

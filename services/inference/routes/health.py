@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,8 +24,8 @@ async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     checks: dict[str, str] = {}
     try:
-        resp = await state.vllm.get("/health", timeout=2.0)
-        checks["vllm"] = "ok" if resp.status_code == 200 else f"status {resp.status_code}"
+        async with state.vllm.get("/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            checks["vllm"] = "ok" if resp.status == 200 else f"status {resp.status}"
     except Exception as exc:  # any failure to reach it means "not ready"
         checks["vllm"] = f"unreachable: {type(exc).__name__}"
     try:
