@@ -190,6 +190,61 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """A manual retrain trigger, on the same topic the monitor's triggers use."""
+    import uuid
+
+    from services.common.events import TriggerEvent
+    from services.common.kafka import EventProducer
+    from services.common.topics import Stream
+
+    trigger_id = args.trigger_id or f"manual-{uuid.uuid4()}"
+    event = TriggerEvent(trigger_id=trigger_id, reason=args.reason, requested_by="cli")
+    with EventProducer(get_settings()) as producer:
+        meta = producer.send_and_wait(Stream.TRIGGERS, event, key=trigger_id)
+    print(f"trigger {trigger_id} sent ({meta.topic}[{meta.partition}]@{meta.offset})")
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Print drift alerts; with --follow, keep printing new ones."""
+    import uuid
+
+    from services.common.events import AlertEvent
+    from services.common.kafka import EventConsumer
+    from services.common.topics import Stream
+
+    settings = get_settings()
+    shown = 0
+    with EventConsumer(
+        settings, [Stream.ALERTS], group_id=f"cli-alerts-{uuid.uuid4()}"
+    ) as consumer:
+        idle = 0
+        while args.follow or idle < 3:
+            batch = consumer.poll(timeout_ms=1000)
+            idle = 0 if batch else idle + 1
+            for item in batch:
+                alert = item.event
+                assert isinstance(alert, AlertEvent)
+                shown += 1
+                columns = ", ".join(alert.drifted_columns) or "-"
+                window = f"{alert.window_start:%H:%M:%S}-{alert.window_end:%H:%M:%S}"
+                report = f" report {alert.report_url}" if alert.report_url else ""
+                print(
+                    f"{alert.occurred_at:%Y-%m-%d %H:%M:%S} {alert.severity.upper()} drift in "
+                    f"{columns} (window {window}, {alert.window_size} predictions, "
+                    f"reference v{alert.reference_version}){report}"
+                )
+                for m in alert.metrics:
+                    if m.drifted:
+                        print(
+                            f"    {m.column}: {m.method} {m.score:.4g} (threshold {m.threshold:g})"
+                        )
+    if not shown:
+        print("no alerts")
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from services.common.events import EVENT_TYPES, schema_of
     from services.common.settings import REPO_ROOT
@@ -224,20 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "up",
         cmd_up,
-        "start kafka, mlflow, vllm (bootstrapping a model if none), gateway; wait for health",
+        "start kafka, mlflow, vllm (bootstrapping a model if none), gateway, monitor",
     )
     p.add_argument(
         "components",
         nargs="*",
         metavar="COMPONENT",
-        help="only these of kafka, mlflow, vllm, gateway (default: all, in dependency order)",
+        help="only these of kafka, mlflow, vllm, gateway, monitor (default: all, in order)",
     )
     p = add("down", cmd_down, "stop what `up` started (default: everything)")
     p.add_argument(
         "components",
         nargs="*",
         metavar="COMPONENT",
-        help="only these of kafka, mlflow, vllm, gateway",
+        help="only these of kafka, mlflow, vllm, gateway, monitor",
     )
     add("status", cmd_status, "each process, the champion version, consumer lag")
     p = add("bootstrap", cmd_bootstrap, "register version 1 of the model and make it champion")
@@ -258,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment", help="traffic segment to tag the prediction with")
     p.add_argument("--rating", choices=["up", "down"], help="rate without asking")
     p.add_argument("--correction", help="with --rating down: the right answer")
+    p = add("retrain", cmd_retrain, "ask the retrainer for a new fine-tune now")
+    p.add_argument("--reason", required=True, help="why (kept with the trigger and the run)")
+    p.add_argument("--trigger-id", help="idempotency key: the same id trains once")
+    p = add("alerts", cmd_alerts, "print drift alerts")
+    p.add_argument("--follow", action="store_true", help="keep printing new alerts")
     p = add("schemas", cmd_schemas, "check (or --write) schemas/*.json against the event models")
     p.add_argument("--write", action="store_true")
     return parser

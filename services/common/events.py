@@ -92,6 +92,7 @@ class ExampleEvent(Event):
 
     schema_name = "example"
 
+    feedback_id: str = Field(description="key: a later example with the same id replaces this one")
     prediction_id: str
     prompt: str
     completion: str

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # How long feedback waits for acks=all before answering 503.
     feedback_ack_timeout_s: float = 5.0
 
+    # Monitor (services/monitor)
+    monitor_app_id: str = "refinery-monitor"
+    # A prediction waits this long for feedback (and feedback for its prediction).
+    join_ttl_s: float = 24 * 3600
+
     @field_validator("kafka_nodes")
     @classmethod
     def _one_or_three(cls, value: int) -> int:

@@ -1,4 +1,5 @@
-"""The whole stack in dependency order: kafka → topics → mlflow → (bootstrap) → vllm → gateway."""
+"""The stack in dependency order: kafka → topics → mlflow → (bootstrap) → vllm → gateway →
+monitor."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from services.common.task import load_task
 from services.stack.gateway import ensure_local_secrets, gateway_process
 from services.stack.kafka import KafkaCluster
 from services.stack.mlflow import mlflow_process
+from services.stack.monitor import monitor_process
 from services.stack.process import ManagedProcess
 from services.stack.vllm import vllm_process
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("kafka", "mlflow", "vllm", "gateway")
+COMPONENTS = ("kafka", "mlflow", "vllm", "gateway", "monitor")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Stack:
         if "gateway" in only:
             ensure_local_secrets(self.settings)
             self._keep(gateway_process(self.settings)).start()
+        if "monitor" in only:
+            self._keep(monitor_process(self.settings)).start()
         return self.status()
 
     def _kafka_up(self) -> None:
@@ -111,6 +115,7 @@ class Stack:
         """Stop in reverse order; returns the names of what was running."""
         stopped = []
         procs = [
+            *([monitor_process(self.settings)] if "monitor" in only else []),
             *([gateway_process(self.settings)] if "gateway" in only else []),
             *([vllm_process(self.settings)] if "vllm" in only else []),
             *([self.mlflow()] if "mlflow" in only else []),
@@ -137,6 +142,7 @@ class Stack:
         rows.append(self._row(self.mlflow(), s.mlflow_uri))
         rows.append(self._row(vllm_process(s), s.vllm_url))
         rows.append(self._row(gateway_process(s), s.gateway_url))
+        rows.append(self._row(monitor_process(s), f"faust app {s.monitor_app_id}"))
         return rows
 
     @staticmethod

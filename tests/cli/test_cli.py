@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
+from services.common.events import AlertEvent, DriftMetric, TriggerEvent
+from services.common.kafka import EventProducer
 from services.common.settings import REPO_ROOT, Settings
+from services.common.topics import Stream
 from tests.conftest import API_KEYS, run_cli
+from tests.inference.helpers import read_events
 
 
 def test_up_status_down_lifecycle(stack_settings: Settings, tmp_path: Path) -> None:
@@ -45,7 +50,7 @@ def test_up_status_down_lifecycle(stack_settings: Settings, tmp_path: Path) -> N
 def test_status_reports_the_champion(full_stack: Settings) -> None:
     status = run_cli(full_stack, "status")
     assert status.returncode == 0, status.stdout + status.stderr[-2000:]
-    for name in ("kafka", "mlflow", "vllm", "gateway"):
+    for name in ("kafka", "mlflow", "vllm", "gateway", "monitor"):
         assert f"{name:<8} healthy" in status.stdout
     assert f"champion: {full_stack.registered_model} v1 (base)" in status.stdout
 
@@ -63,6 +68,36 @@ def test_ask_gets_an_answer_and_records_the_thumbs(full_stack: Settings) -> None
     done = run_cli(full_stack, *args, env={"REFINERY_CLIENT_API_KEY": API_KEYS["admin"]})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "answer:" in done.stdout and "thumbs-down recorded" in done.stdout
+
+
+def test_retrain_sends_a_trigger_and_alerts_prints_them(kafka_stack: Settings) -> None:
+    done = run_cli(
+        kafka_stack, "retrain", "--reason", "new product line", "--trigger-id", "t-cli-1"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    [trigger] = read_events(kafka_stack, Stream.TRIGGERS, {"t-cli-1"}, "trigger_id")
+    assert isinstance(trigger, TriggerEvent)
+    assert trigger.reason == "new product line" and trigger.requested_by == "cli"
+
+    now = datetime.now(UTC)
+    alert = AlertEvent(
+        window_start=now,
+        window_end=now,
+        window_size=200,
+        drifted_columns=["prompt_length"],
+        metrics=[
+            DriftMetric(
+                column="prompt_length", method="ks", score=0.0001, threshold=0.05, drifted=True
+            )
+        ],
+        reference_version="1",
+        report_url="file:///tmp/report.html",
+    )
+    with EventProducer(kafka_stack) as producer:
+        producer.send_and_wait(Stream.ALERTS, alert)
+    shown = run_cli(kafka_stack, "alerts")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "drift in prompt_length" in shown.stdout and "ks 0.0001" in shown.stdout
 
 
 def _ci_run(test_body: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:

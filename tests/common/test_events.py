@@ -60,6 +60,7 @@ def sample_events() -> dict[Stream, Event]:
             comment="wrong team",
         ),
         Stream.EXAMPLES: ExampleEvent(
+            feedback_id="f-1",
             prediction_id=pid,
             prompt="p",
             completion=" shipping",

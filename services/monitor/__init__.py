@@ -1,0 +1,1 @@
+"""The drift monitor: a faust-streaming worker over predictions and feedback."""

@@ -1,0 +1,104 @@
+"""The join of predictions and feedback, as pure functions over the table state.
+
+Feedback may come before its prediction, late, twice (the newest rating of a user wins)
+or never (entries expire after ``join_ttl_s``). Each (prediction, rating) pair becomes one
+labeled example whose ``event_id`` is derived from the feedback event, so re-processing
+after a crash re-emits the very same example (consumers dedup by ``event_id``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from services.common.events import ExampleEvent, FeedbackEvent, PredictionEvent
+
+_EXAMPLE_NS = uuid.UUID("5d1f6c2e-8a4b-4f5e-9a63-0c7d2b9e1f40")
+
+
+def example_id(feedback: FeedbackEvent) -> str:
+    return str(uuid.uuid5(_EXAMPLE_NS, feedback.event_id))
+
+
+def make_example(prediction: PredictionEvent, feedback: FeedbackEvent) -> ExampleEvent:
+    return ExampleEvent(
+        event_id=example_id(feedback),
+        feedback_id=feedback.feedback_id,
+        prediction_id=prediction.prediction_id,
+        prompt=prediction.prompt,
+        completion=prediction.completion,
+        model_version=prediction.model_version,
+        segment=prediction.segment,
+        rating=feedback.rating,
+        correction=feedback.correction,
+        comment=feedback.comment,
+        user=feedback.user,
+        label_source=feedback.source,
+        predicted_at=prediction.occurred_at,
+        rated_at=feedback.occurred_at,
+    )
+
+
+@dataclass
+class JoinState:
+    """What one prediction id holds in the table: the prediction, and the newest rating
+    per feedback id (a user's re-rating replaces their earlier one)."""
+
+    prediction: PredictionEvent | None = None
+    feedback: dict[str, FeedbackEvent] = field(default_factory=dict)
+    touched_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prediction": self.prediction.model_dump(mode="json") if self.prediction else None,
+            "feedback": {k: v.model_dump(mode="json") for k, v in self.feedback.items()},
+            "touched_at": self.touched_at,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any] | None) -> JoinState:
+        if not raw:
+            return cls()
+        prediction = raw.get("prediction")
+        return cls(
+            prediction=PredictionEvent.model_validate(prediction) if prediction else None,
+            feedback={k: FeedbackEvent.model_validate(v) for k, v in raw["feedback"].items()},
+            touched_at=float(raw.get("touched_at", 0.0)),
+        )
+
+
+def _newer(a: FeedbackEvent, b: FeedbackEvent) -> bool:
+    """Is ``a`` a later rating than ``b``? By time, then by event id for a stable order."""
+    key_a: tuple[datetime, str] = (a.occurred_at, a.event_id)
+    return key_a > (b.occurred_at, b.event_id)
+
+
+def on_prediction(state: JoinState, prediction: PredictionEvent, now: float) -> list[ExampleEvent]:
+    """Record a prediction; emit examples for feedback that was waiting for it."""
+    if state.prediction is not None:
+        if state.prediction.event_id != prediction.event_id:
+            return []  # a second event under a known prediction id: keep the first
+        # Redelivered after a crash: the table may have kept it while the examples were not
+        # sent yet, so send them again (same event ids; consumers dedup).
+        return [make_example(prediction, fb) for fb in state.feedback.values()]
+    state.prediction = prediction
+    state.touched_at = now
+    return [make_example(prediction, fb) for fb in state.feedback.values()]
+
+
+def on_feedback(state: JoinState, feedback: FeedbackEvent, now: float) -> list[ExampleEvent]:
+    """Record a rating (unless a newer one of the same user is there); emit its example."""
+    current = state.feedback.get(feedback.feedback_id)
+    if current is not None and not _newer(feedback, current):
+        if current.event_id == feedback.event_id and state.prediction is not None:
+            return [make_example(state.prediction, feedback)]  # redelivery: same example again
+        return []  # an older rating arriving late: the newer one already won
+    state.feedback[feedback.feedback_id] = feedback
+    state.touched_at = now
+    return [make_example(state.prediction, feedback)] if state.prediction is not None else []
+
+
+def expired(state: JoinState, now: float, ttl_s: float) -> bool:
+    return now - state.touched_at > ttl_s

@@ -1,0 +1,49 @@
+"""The drift monitor: ``faust worker`` processes (one per name; they share a consumer group)."""
+
+from __future__ import annotations
+
+import sys
+
+from services.common.settings import REPO_ROOT, Settings
+from services.stack.process import ManagedProcess
+
+START_MARK = "--- "  # ManagedProcess writes "--- <time> starting <name>" before each start
+READY = "[^Worker]: Ready"
+
+
+def _ready_since_last_start(proc: ManagedProcess) -> bool:
+    """faust has no health port without its web server: ready is a line in its log."""
+    try:
+        text = proc.log_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+    return READY in text[text.rfind(START_MARK) :]
+
+
+def monitor_process(settings: Settings, name: str = "monitor") -> ManagedProcess:
+    data_dir = (settings.var_dir / "monitor" / name).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = ManagedProcess(
+        name=name,
+        argv=[
+            sys.executable,
+            "-m",
+            "faust",
+            "-A",
+            "services.monitor.app",
+            "--datadir",
+            str(data_dir),
+            "worker",
+            "--without-web",
+            "-l",
+            "info",
+        ],
+        run_dir=settings.run_dir,
+        log_dir=settings.log_dir,
+        health=lambda: False,
+        env={**settings.to_env(), "PYTHONPATH": str(REPO_ROOT)},
+        cwd=REPO_ROOT,
+        startup_timeout_s=180,
+    )
+    proc.health = lambda: _ready_since_last_start(proc)
+    return proc
