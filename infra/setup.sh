@@ -11,7 +11,9 @@ UV_VERSION=0.13.9
 PYTHON="${REFINERY_BUILD_PYTHON:-python3.11}"
 mkdir -p "$CACHE" "$ROOT/var"
 
-key() { cat "$@" | sha256sum | cut -c1-16; }
+# A cache key: the defining files plus this recipe's version (bump it when make_venv changes).
+RECIPE=2
+key() { { cat "$@"; echo "recipe $RECIPE"; } | sha256sum | cut -c1-16; }
 say() { echo "setup: $*" >&2; }
 
 # uv: fast, cached installs (its wheel cache is ~/.cache/uv).
@@ -30,8 +32,12 @@ make_venv() {
   say "building $dir (from $req)"
   rm -rf "$dir"
   "$UV" venv -q -p "$PYTHON" "$dir"
-  "$UV" pip install -q -p "$dir/bin/python" -r "$req"
-  if [ -n "$nodeps" ]; then "$UV" pip install -q -p "$dir/bin/python" --no-deps "$nodeps"; fi
+  # Bytecode up front: imports are faster, and third-party modules with invalid escapes
+  # (evidently) do not raise SyntaxWarning at import time under warnings-as-errors.
+  "$UV" pip install -q --compile-bytecode -p "$dir/bin/python" -r "$req"
+  if [ -n "$nodeps" ]; then
+    "$UV" pip install -q --compile-bytecode -p "$dir/bin/python" --no-deps "$nodeps"
+  fi
   # A torchvision that does not match torch breaks transformers' imports.
   "$UV" pip uninstall -q -p "$dir/bin/python" torchvision torchaudio 2>/dev/null || true
   touch "$dir/.complete"

@@ -1,0 +1,199 @@
+"""Drift between a reference window and a current window of traffic (Evidently 0.7).
+
+Per prediction we keep a few features: prompt and completion length and word count, the
+share of prompt words outside the reference vocabulary (new product names show up here
+first), latency, token counts, segment and the predicted label. Numeric columns get a
+two-sample Kolmogorov-Smirnov test in Evidently; categorical ones a chi-square test of
+homogeneity on the 2 x K table of counts (scipy: Evidently's chi-square divides by the
+reference frequency, which is zero for a category new in the current window, exactly the
+case that matters); the thumbs-down rate a one-sided two-proportion z-test. All are
+p-values, so one threshold reads the same for all; a column drifts below it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.core.report import Snapshot
+from evidently.metrics import ValueDrift
+from scipy.stats import chi2_contingency
+
+from services.common.events import DriftMetric, PredictionEvent
+from services.common.task import TaskObjective
+
+NUMERIC = (
+    "prompt_chars",
+    "prompt_words",
+    "prompt_oov_share",
+    "completion_chars",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+)
+CATEGORICAL = ("segment", "label")
+THUMBS_DOWN = "thumbs_down_rate"
+
+
+def _words(text: str) -> list[str]:
+    return [w.strip(".,:;!?'\"()").lower() for w in text.split() if w.strip(".,:;!?'\"()")]
+
+
+@dataclass(frozen=True)
+class Row:
+    """The features of one prediction, as the windows keep them."""
+
+    prompt_words_list: tuple[str, ...]
+    prompt_chars: int
+    completion_chars: int
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    segment: str
+    label: str
+
+    @classmethod
+    def of(cls, p: PredictionEvent, task: TaskObjective) -> Row:
+        label = (
+            (task.parse_label(p.completion) or "other") if task.kind == "classification" else "-"
+        )
+        return cls(
+            prompt_words_list=tuple(_words(p.prompt)),
+            prompt_chars=len(p.prompt),
+            completion_chars=len(p.completion),
+            latency_ms=p.latency_ms,
+            prompt_tokens=p.prompt_tokens,
+            completion_tokens=p.completion_tokens,
+            segment=p.segment or "none",
+            label=label,
+        )
+
+
+def _frame(rows: Sequence[Row], vocabulary: set[str]) -> pd.DataFrame:
+    def oov(words: tuple[str, ...]) -> float:
+        return sum(w not in vocabulary for w in words) / len(words) if words else 0.0
+
+    return pd.DataFrame(
+        {
+            "prompt_chars": [r.prompt_chars for r in rows],
+            "prompt_words": [len(r.prompt_words_list) for r in rows],
+            "prompt_oov_share": [oov(r.prompt_words_list) for r in rows],
+            "completion_chars": [r.completion_chars for r in rows],
+            "latency_ms": [r.latency_ms for r in rows],
+            "prompt_tokens": [r.prompt_tokens for r in rows],
+            "completion_tokens": [r.completion_tokens for r in rows],
+            "segment": [r.segment for r in rows],
+            "label": [r.label for r in rows],
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ThumbsCount:
+    down: int
+    total: int
+
+    @property
+    def rate(self) -> float:
+        return self.down / self.total if self.total else 0.0
+
+
+def thumbs_down_p_value(reference: ThumbsCount, current: ThumbsCount) -> float:
+    """One-sided two-proportion z-test: is the current thumbs-down rate higher?"""
+    if reference.total == 0 or current.total == 0:
+        return 1.0
+    pooled = (reference.down + current.down) / (reference.total + current.total)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / reference.total + 1 / current.total))
+    if se == 0:
+        return 1.0
+    z = (current.rate - reference.rate) / se
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def homogeneity_p_value(reference: Sequence[str], current: Sequence[str]) -> float:
+    """Chi-square test that both samples come from one category distribution."""
+    categories = sorted(set(reference) | set(current))
+    if len(categories) < 2:
+        return 1.0
+    table = [[list(sample).count(c) for c in categories] for sample in (reference, current)]
+    return float(chi2_contingency(table).pvalue)
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    metrics: list[DriftMetric]
+    snapshot: Snapshot
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return [m.column for m in self.metrics if m.drifted]
+
+    def save_html(self, path: str) -> None:
+        self.snapshot.save_html(path)
+
+
+def detect_drift(
+    reference: Sequence[Row],
+    current: Sequence[Row],
+    p_value: float,
+    reference_thumbs: ThumbsCount | None = None,
+    current_thumbs: ThumbsCount | None = None,
+    thumbs_p_value: float | None = None,
+) -> DriftResult:
+    """Test every feature of ``current`` against ``reference``.
+
+    The vocabulary comes from the first half of the reference; the reference's own OOV
+    shares are measured on its second half, so both sides are measured the same way.
+    """
+    if len(reference) < 4 or not current:
+        raise ValueError("need at least 4 reference rows and 1 current row")
+    half = len(reference) // 2
+    vocabulary = {w for r in reference[:half] for w in r.prompt_words_list}
+    ref = _frame(reference[half:], vocabulary)
+    cur = _frame(current, vocabulary)
+    definition = DataDefinition(
+        numerical_columns=list(NUMERIC), categorical_columns=list(CATEGORICAL)
+    )
+    tests: list[Any] = [ValueDrift(column=c, method="ks", threshold=p_value) for c in NUMERIC]
+    snapshot = Report(tests).run(
+        Dataset.from_pandas(cur, data_definition=definition),
+        Dataset.from_pandas(ref, data_definition=definition),
+    )
+    metrics = []
+    for column, result in zip(NUMERIC, snapshot.dict()["metrics"], strict=True):
+        score = float(result["value"])
+        if math.isnan(score):
+            score = 1.0  # constant on both sides: nothing to compare
+        metrics.append(
+            DriftMetric(
+                column=column, method="ks", score=score, threshold=p_value, drifted=score < p_value
+            )
+        )
+    for column in CATEGORICAL:
+        score = homogeneity_p_value(ref[column].tolist(), cur[column].tolist())
+        metrics.append(
+            DriftMetric(
+                column=column,
+                method="chi2_contingency",
+                score=score,
+                threshold=p_value,
+                drifted=score < p_value,
+            )
+        )
+    if reference_thumbs is not None and current_thumbs is not None:
+        threshold = thumbs_p_value if thumbs_p_value is not None else p_value
+        score = thumbs_down_p_value(reference_thumbs, current_thumbs)
+        metrics.append(
+            DriftMetric(
+                column=THUMBS_DOWN,
+                method="two_proportion_z",
+                score=score,
+                threshold=threshold,
+                drifted=score < threshold,
+            )
+        )
+    return DriftResult(metrics, snapshot)

@@ -1,0 +1,91 @@
+"""Drift detection on generated traffic: the new product line is caught, the old is not."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.common.events import PredictionEvent
+from services.common.settings import REPO_ROOT
+from services.common.task import load_task
+from services.demo.corpus import generate
+from services.monitor.drift import (
+    THUMBS_DOWN,
+    Row,
+    ThumbsCount,
+    detect_drift,
+    thumbs_down_p_value,
+)
+
+TASK = load_task(REPO_ROOT / "refinery.yaml").task
+
+
+def rows(domain: str, n: int, seed: int) -> list[Row]:
+    rng = random.Random(seed)
+    out = []
+    for ex in generate(TASK, n, seed=seed, domain=domain):
+        p = PredictionEvent(
+            prediction_id=str(uuid.uuid4()),
+            endpoint="completions",
+            prompt=ex.prompt,
+            completion=ex.completion,
+            model="m",
+            model_version="1",
+            served_name="m",
+            prompt_tokens=len(ex.prompt) // 4,
+            completion_tokens=2,
+            latency_ms=rng.gauss(15, 2),
+            segment=domain,
+        )
+        out.append(Row.of(p, TASK))
+    return out
+
+
+def test_stable_traffic_raises_no_alarm_over_many_windows() -> None:
+    reference = rows("retail", 400, seed=1)
+    false_alarms = sum(
+        bool(
+            detect_drift(
+                reference, rows("retail", 200, seed=100 + w), p_value=0.001
+            ).drifted_columns
+        )
+        for w in range(10)
+    )
+    assert false_alarms <= 1  # 10 windows x 9 tests at p < 0.001
+
+
+def test_new_product_line_is_detected_in_one_window(tmp_path: Path) -> None:
+    reference = rows("retail", 400, seed=1)
+    current = rows("retail", 100, seed=2) + rows("smart_home", 100, seed=3)
+    result = detect_drift(reference, current, p_value=0.001)
+    assert {"prompt_oov_share", "segment"} <= set(result.drifted_columns)
+    result.save_html(str(tmp_path / "report.html"))
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("reference", "current", "low"),
+    [
+        (ThumbsCount(20, 200), ThumbsCount(60, 200), True),
+        (ThumbsCount(20, 200), ThumbsCount(22, 200), False),
+        (ThumbsCount(60, 200), ThumbsCount(20, 200), False),  # fewer thumbs-down is no alarm
+        (ThumbsCount(0, 0), ThumbsCount(5, 10), False),
+    ],
+)
+def test_thumbs_down_rate_test(reference: ThumbsCount, current: ThumbsCount, low: bool) -> None:
+    assert (thumbs_down_p_value(reference, current) < 0.001) is low
+
+
+def test_thumbs_down_rise_is_reported_as_a_drifted_column() -> None:
+    reference = rows("retail", 200, seed=1)
+    result = detect_drift(
+        reference,
+        rows("retail", 100, seed=5),
+        p_value=0.001,
+        reference_thumbs=ThumbsCount(10, 150),
+        current_thumbs=ThumbsCount(45, 150),
+    )
+    assert result.drifted_columns == [THUMBS_DOWN]
