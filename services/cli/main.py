@@ -330,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for chatty in ("httpx", "kafka", "urllib3"):
+    for chatty in ("httpx", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # client chatter; errors still show
     try:
         return int(args.func(args))
     except RefineryError as exc:
