@@ -15,15 +15,7 @@ import faust
 from pydantic import ValidationError
 
 from services.common.events import FeedbackEvent, PredictionEvent
-from services.common.kafka.consumer import (
-    H_ERROR,
-    H_ERROR_TYPE,
-    H_OFFSET,
-    H_PARTITION,
-    H_TOPIC,
-    MAX_ERROR_BYTES,
-    parse_event,
-)
+from services.common.kafka.consumer import dead_letter_headers, parse_event
 from services.common.settings import get_settings
 from services.common.topics import DLQ_SUFFIX, Stream, Topics
 from services.monitor.join import JoinState, expired, on_feedback, on_prediction
@@ -54,13 +46,7 @@ join_table = app.Table("join", default=None, partitions=settings.topic_partition
 
 
 async def dead_letter(message: Any, exc: Exception) -> None:
-    headers = [
-        (H_ERROR, str(exc).encode()[:MAX_ERROR_BYTES]),
-        (H_ERROR_TYPE, type(exc).__name__.encode()),
-        (H_TOPIC, message.topic.encode()),
-        (H_PARTITION, str(message.partition).encode()),
-        (H_OFFSET, str(message.offset).encode()),
-    ]
+    headers = dead_letter_headers(message.topic, message.partition, message.offset, exc)
     dlq = app.topic(message.topic + DLQ_SUFFIX, key_serializer="raw", value_serializer="raw")
     await dlq.send(key=message.key, value=message.value or b"", headers=headers)
     log.warning(

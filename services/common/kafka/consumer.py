@@ -68,6 +68,19 @@ class DeadLetter:
         )
 
 
+def dead_letter_headers(
+    topic: str, partition: int, offset: int, exc: Exception
+) -> list[tuple[str, bytes]]:
+    """The headers every dead letter carries: the cause and where the record came from."""
+    return [
+        (H_ERROR, str(exc).encode()[:MAX_ERROR_BYTES]),
+        (H_ERROR_TYPE, type(exc).__name__.encode()),
+        (H_TOPIC, topic.encode()),
+        (H_PARTITION, str(partition).encode()),
+        (H_OFFSET, str(offset).encode()),
+    ]
+
+
 def parse_event(stream: Stream, value: bytes | None) -> Event:
     """Decode and validate one record value; raises ValidationError or ValueError."""
     if value is None:
@@ -121,7 +134,6 @@ class EventConsumer:
 
     def _dead_letter(self, record: ConsumerRecord, exc: Exception) -> Any:
         self.dead_lettered += 1
-        error = str(exc).encode()[:MAX_ERROR_BYTES]
         log.warning(
             "dead-lettering %s[%d]@%d: %s",
             record.topic,
@@ -129,13 +141,7 @@ class EventConsumer:
             record.offset,
             str(exc).splitlines()[0],
         )
-        headers = [
-            (H_ERROR, error),
-            (H_ERROR_TYPE, type(exc).__name__.encode()),
-            (H_TOPIC, record.topic.encode()),
-            (H_PARTITION, str(record.partition).encode()),
-            (H_OFFSET, str(record.offset).encode()),
-        ]
+        headers = dead_letter_headers(record.topic, record.partition, record.offset, exc)
         value = record.value if record.value is not None else b""
         return self._producer.send_raw(record.topic + DLQ_SUFFIX, value, record.key, headers)
 
