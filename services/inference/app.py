@@ -119,7 +119,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         await asyncio.to_thread(listener.stop)
         await asyncio.to_thread(state.sender.stop)
-        state.feedback_producer.close()
+        state.feedback_producer.close(timeout_s=5)
         state.outbox.close()
         await state.vllm.close()
 

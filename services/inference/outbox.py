@@ -111,6 +111,8 @@ class OutboxSender:
                     self._wake.wait(self.idle_wait_s)
                     self._wake.clear()
                 backoff = 0.2
+            except sqlite3.ProgrammingError:
+                return  # the outbox was closed under us at shutdown: what is left stays on disk
             except (KafkaError, OSError) as exc:
                 self.failures += 1
                 log.warning("outbox: Kafka unavailable (%s); %d waiting", exc, len(self.outbox))
@@ -148,7 +150,9 @@ class OutboxSender:
             time.sleep(0.05)
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout=35)
+        # A send may still wait on an absent broker; the thread is a daemon and unsent rows
+        # stay in SQLite, so shutdown need not wait for it.
+        self._thread.join(timeout=2)
         self._reset_producer()
         if len(self.outbox):
             log.warning("outbox: %d predictions stay on disk for the next start", len(self.outbox))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -76,18 +77,50 @@ def test_broker_outage_loses_no_prediction_and_no_acknowledged_feedback(
     while _backlog(full_stack) > 0 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _backlog(full_stack) == 0
-    accepted = http.post(
-        f"{full_stack.gateway_url}/v1/feedback",
-        headers=HEADERS,
-        json={"prediction_id": sent[-1], "rating": "up"},
-    )
-    assert accepted.status_code == 202
+    # A client honours 503 + Retry-After; the producer reconnects within a few tries.
+    deadline = time.monotonic() + 60
+    while True:
+        accepted = http.post(
+            f"{full_stack.gateway_url}/v1/feedback",
+            headers=HEADERS,
+            json={"prediction_id": sent[-1], "rating": "up"},
+        )
+        if accepted.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert accepted.status_code == 202, accepted.text
     http.close()
 
     logged = read_events(full_stack, Stream.PREDICTIONS, set(sent), "prediction_id")
     unique = {e.event_id: e for e in logged if isinstance(e, PredictionEvent)}
     per_id = [e.prediction_id for e in unique.values()]
     assert sorted(per_id) == sorted(sent), "every prediction exactly once after dedup by event_id"
+
+
+def test_predictions_wait_on_disk_across_a_gateway_restart(
+    stack: Stack, full_stack: Settings
+) -> None:
+    """Kafka down, gateway stopped (gracefully): the outbox keeps the predictions on disk
+    and the next gateway sends them."""
+    outbox = full_stack.var_dir / "gateway" / f"outbox-{full_stack.gateway_port}.db"
+    stack.down(("kafka",))
+    try:
+        with httpx.Client(timeout=60) as http:
+            sent = [_complete(http, full_stack).json()["id"] for _ in range(10)]
+        assert _backlog(full_stack) >= 10
+        stack.down(("gateway",))
+        assert not stack._started["gateway"].last_stop_forced
+        with sqlite3.connect(outbox) as db:
+            waiting = {row[0] for row in db.execute("SELECT key FROM outbox")}
+        assert set(sent) <= waiting
+    finally:
+        stack.up(("kafka",))
+        stack.up(("gateway",))
+    deadline = time.monotonic() + 120
+    while _backlog(full_stack) > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    logged = read_events(full_stack, Stream.PREDICTIONS, set(sent), "prediction_id")
+    assert {e.prediction_id for e in logged if isinstance(e, PredictionEvent)} == set(sent)
 
 
 def _register_adapter(settings: Settings, base_dir: Path, out: Path) -> VersionInfo:
