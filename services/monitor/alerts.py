@@ -1,0 +1,89 @@
+"""Turning a drift result into what ops see: an alert event, a saved HTML report, a run in
+the Evidently workspace (for `evidently ui`), and a Slack-compatible webhook POST."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from evidently.ui.workspace import Workspace
+
+from services.common.events import AlertEvent
+from services.monitor.drift import THUMBS_DOWN, DriftResult
+
+log = logging.getLogger(__name__)
+
+PROJECT_NAME = "refinery drift"
+
+
+@dataclass(frozen=True)
+class Window:
+    """The current window a drift result was computed on."""
+
+    start: datetime
+    end: datetime
+    size: int
+    reference_version: str
+
+
+def slack_payload(alert: AlertEvent) -> dict[str, Any]:
+    lines = [
+        f":warning: *{alert.severity}* drift in {', '.join(alert.drifted_columns)} "
+        f"(window {alert.window_start:%Y-%m-%d %H:%M:%S} to {alert.window_end:%H:%M:%S} UTC, "
+        f"{alert.window_size} predictions, reference v{alert.reference_version})"
+    ]
+    lines += [
+        f"• {m.column}: {m.method} p={m.score:.3g} (< {m.threshold:g})"
+        for m in alert.metrics
+        if m.drifted
+    ]
+    if alert.report_url:
+        lines.append(f"report: {alert.report_url}")
+    return {"text": "\n".join(lines)}
+
+
+class AlertPublisher:
+    """Saves the report, records the run in the workspace, and posts the webhook."""
+
+    def __init__(self, reports_dir: Path, workspace_dir: Path, webhook_url: str | None) -> None:
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        self.reports_dir = reports_dir
+        self.workspace = Workspace.create(str(workspace_dir))
+        found = self.workspace.search_project(PROJECT_NAME)
+        self.project = found[0] if found else self.workspace.create_project(PROJECT_NAME)
+        self.webhook_url = webhook_url
+
+    def record(self, result: DriftResult, window: Window) -> None:
+        """Every window goes to the workspace, drifted or not: the dashboard shows the trend."""
+        self.workspace.add_run(self.project.id, result.snapshot, name=f"{window.end:%Y%m%dT%H%M%S}")
+
+    def alert(self, result: DriftResult, window: Window) -> AlertEvent | None:
+        """An alert for a drifted window (None if nothing drifted), report saved, webhook sent."""
+        if not result.drifted_columns:
+            return None
+        report = self.reports_dir / f"drift-{window.end:%Y%m%dT%H%M%S%f}.html"
+        result.save_html(str(report))
+        drifted = result.drifted_columns
+        critical = THUMBS_DOWN in drifted or len(drifted) * 2 >= len(result.metrics)
+        alert = AlertEvent(
+            window_start=window.start,
+            window_end=window.end,
+            window_size=window.size,
+            drifted_columns=drifted,
+            metrics=result.metrics,
+            reference_version=window.reference_version,
+            report_url=report.resolve().as_uri(),
+            severity="critical" if critical else "warning",
+        )
+        if self.webhook_url:
+            try:
+                httpx.post(
+                    self.webhook_url, json=slack_payload(alert), timeout=5
+                ).raise_for_status()
+            except httpx.HTTPError as exc:  # ops still get the alert on Kafka and the CLI
+                log.warning("alert webhook %s failed: %s", self.webhook_url, exc)
+        return alert

@@ -1,0 +1,79 @@
+"""Alerts: report saved, workspace run recorded, Slack-compatible webhook received."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+from evidently.ui.workspace import Workspace
+
+from services.monitor.alerts import PROJECT_NAME, AlertPublisher, Window
+from services.monitor.drift import ThumbsCount, detect_drift
+from tests.monitor.test_drift import rows
+
+END = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+WINDOW = Window(start=END - timedelta(minutes=5), end=END, size=200, reference_version="1")
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, object]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        _Hook.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        publisher = AlertPublisher(
+            tmp_path / "reports",
+            tmp_path / "workspace",
+            f"http://127.0.0.1:{server.server_port}/hook",
+        )
+        reference = rows("retail", 400, seed=1)
+        shifted = detect_drift(
+            reference,
+            rows("smart_home", 200, seed=3),
+            p_value=0.001,
+            reference_thumbs=ThumbsCount(20, 200),
+            current_thumbs=ThumbsCount(70, 200),
+        )
+        stable = detect_drift(reference, rows("retail", 200, seed=4), p_value=0.001)
+        for result in (stable, shifted):
+            publisher.record(result, WINDOW)
+        assert publisher.alert(stable, WINDOW) is None
+        alert = publisher.alert(shifted, WINDOW)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert alert is not None
+    assert alert.severity == "critical" and "thumbs_down_rate" in alert.drifted_columns
+    assert alert.report_url is not None
+    report = Path(alert.report_url.removeprefix("file://"))
+    assert report.exists() and report.stat().st_size > 10_000
+    [payload] = _Hook.received
+    assert "segment" in str(payload["text"]) and str(alert.report_url) in str(payload["text"])
+    workspace = Workspace.create(str(tmp_path / "workspace"))
+    [project] = workspace.search_project(PROJECT_NAME)
+    assert len(workspace.list_runs(project.id)) == 2
+
+
+def test_webhook_failure_still_gives_the_alert(tmp_path: Path) -> None:
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", "http://127.0.0.1:9/unreachable")
+    result = detect_drift(
+        rows("retail", 400, seed=1), rows("smart_home", 200, seed=3), p_value=0.001
+    )
+    alert = publisher.alert(result, WINDOW)
+    assert alert is not None and alert.severity in ("warning", "critical")
