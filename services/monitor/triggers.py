@@ -1,0 +1,69 @@
+"""When drift becomes a retrain request: persistent, with enough new labels, not too often.
+
+The trigger id names the drift episode (reference version + the first drifted window of
+the run), so a replay or a second worker asking again yields the same id, and the
+retrainer trains once per id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from services.common.events import TriggerEvent
+from services.common.task import DriftSpec
+
+
+@dataclass
+class TriggerState:
+    """What the policy remembers between windows (kept in a faust table by the worker)."""
+
+    consecutive: int = 0
+    episode_start: datetime | None = None
+    examples_since_training: int = 0
+    last_trigger_at: datetime | None = None
+    drifted_columns: list[str] = field(default_factory=list)
+
+
+def on_window(
+    spec: DriftSpec,
+    state: TriggerState,
+    reference_version: str,
+    window_end: datetime,
+    drifted_columns: list[str],
+) -> TriggerEvent | None:
+    """Update ``state`` with one closed window; return a trigger when one is due."""
+    if not drifted_columns:
+        state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
+        return None
+    state.consecutive += 1
+    state.episode_start = state.episode_start or window_end
+    state.drifted_columns = sorted(set(state.drifted_columns) | set(drifted_columns))
+    if state.consecutive < spec.persist_windows:
+        return None
+    if state.examples_since_training < spec.min_examples:
+        return None
+    cooldown = timedelta(minutes=spec.cooldown_minutes)
+    if state.last_trigger_at is not None and window_end - state.last_trigger_at < cooldown:
+        return None
+    state.last_trigger_at = window_end
+    evidence: dict[str, Any] = {
+        "drifted_columns": state.drifted_columns,
+        "drifted_windows": state.consecutive,
+        "examples_since_training": state.examples_since_training,
+    }
+    return TriggerEvent(
+        trigger_id=f"drift-v{reference_version}-{state.episode_start:%Y%m%dT%H%M%S}",
+        reason=f"drift in {', '.join(state.drifted_columns)} for {state.consecutive} windows",
+        requested_by="monitor",
+        window_start=state.episode_start,
+        window_end=window_end,
+        evidence=evidence,
+    )
+
+
+def on_promotion(state: TriggerState) -> None:
+    """A new champion: its own reference, no drift yet, no labels since its training."""
+    state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
+    state.examples_since_training = 0

@@ -1,0 +1,54 @@
+"""The trigger policy: persistence, enough labels, cooldown, stable ids."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.common.task import DriftSpec
+from services.monitor.triggers import TriggerState, on_promotion, on_window
+
+SPEC = DriftSpec(persist_windows=2, min_examples=50, cooldown_minutes=30)
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def at(minutes: int) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def test_one_drifted_window_is_not_enough() -> None:
+    state = TriggerState(examples_since_training=500)
+    assert on_window(SPEC, state, "1", at(0), ["segment"]) is None
+    assert on_window(SPEC, state, "1", at(5), []) is None  # the run is broken
+    assert on_window(SPEC, state, "1", at(10), ["segment"]) is None
+
+
+def test_persistent_drift_with_labels_triggers_once_per_episode() -> None:
+    state = TriggerState(examples_since_training=500)
+    on_window(SPEC, state, "3", at(0), ["segment"])
+    trigger = on_window(SPEC, state, "3", at(5), ["label", "segment"])
+    assert trigger is not None
+    assert trigger.trigger_id == "drift-v3-20261129T120000"
+    assert trigger.evidence["drifted_columns"] == ["label", "segment"]
+    assert trigger.window_start == at(0) and trigger.window_end == at(5)
+    assert on_window(SPEC, state, "3", at(10), ["segment"]) is None  # cooldown
+    later = on_window(SPEC, state, "3", at(40), ["segment"])
+    assert later is not None and later.trigger_id == trigger.trigger_id  # same episode
+
+
+def test_too_few_labels_waits() -> None:
+    state = TriggerState(examples_since_training=10)
+    on_window(SPEC, state, "1", at(0), ["segment"])
+    assert on_window(SPEC, state, "1", at(5), ["segment"]) is None
+    state.examples_since_training = 60
+    assert on_window(SPEC, state, "1", at(10), ["segment"]) is not None
+
+
+def test_promotion_resets_the_episode_and_the_label_count() -> None:
+    state = TriggerState(examples_since_training=500)
+    on_window(SPEC, state, "1", at(0), ["segment"])
+    on_promotion(state)
+    assert state.consecutive == 0 and state.examples_since_training == 0
+    state.examples_since_training = 100
+    on_window(SPEC, state, "2", at(60), ["label"])
+    trigger = on_window(SPEC, state, "2", at(65), ["label"])
+    assert trigger is not None and trigger.trigger_id == "drift-v2-20261129T130000"
