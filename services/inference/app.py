@@ -96,7 +96,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.router,
         state.vllm,
         state.outbox,
-        state.sender,
         state.ids,
         state.metrics,
     )
@@ -112,7 +111,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if champion is None:
         raise ConfigError(f"{settings.registered_model} has no champion; run `refinery bootstrap`")
     route = await state.router.switch_to(champion)
-    state.metrics.model_version.set(float(route.version))
     log.info("gateway: serving %s v%s as %s", route.model, route.version, route.served_name)
     try:
         yield

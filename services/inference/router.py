@@ -49,7 +49,6 @@ class ModelRouter:
         self._switch_lock = asyncio.Lock()
         # The base version vLLM was started with: adapters must apply to it.
         self.base_version: str | None = None
-        self.switches = 0
 
     def route_for(self, info: VersionInfo) -> Route:
         served = self.settings.served_model_name if info.kind == "base" else info.served_name
@@ -68,9 +67,6 @@ class ModelRouter:
             async with self._idle:
                 self._inflight[route.served_name] -= 1
                 self._idle.notify_all()
-
-    def inflight(self, served_name: str) -> int:
-        return self._inflight[served_name]
 
     async def switch_to(self, info: VersionInfo) -> Route:
         """Serve ``info`` from now on; idempotent for the version already served."""
@@ -91,7 +87,6 @@ class ModelRouter:
             if new.kind == "lora":
                 await self._load_adapter(info, new.served_name)
             self.current = new
-            self.switches += 1
             log.info("router: now serving %s v%s as %s", new.model, new.version, new.served_name)
             if old is not None and old.kind == "lora" and old.served_name != new.served_name:
                 asyncio.get_running_loop().create_task(self._retire(old))

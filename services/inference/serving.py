@@ -20,7 +20,7 @@ from services.inference.exceptions import (
 )
 from services.inference.ids import PredictionIds
 from services.inference.metrics import GatewayMetrics
-from services.inference.outbox import Outbox, OutboxSender
+from services.inference.outbox import Outbox
 from services.inference.protocol import ChatCompletionRequest, CompletionRequest
 from services.inference.router import ModelRouter, Route
 
@@ -50,7 +50,6 @@ class CompletionService:
         router: ModelRouter,
         vllm: aiohttp.ClientSession,
         outbox: Outbox,
-        sender: OutboxSender,
         ids: PredictionIds,
         metrics: GatewayMetrics,
     ) -> None:
@@ -58,7 +57,6 @@ class CompletionService:
         self.router = router
         self.vllm = vllm
         self.outbox = outbox
-        self.sender = sender
         self.ids = ids
         self.metrics = metrics
 

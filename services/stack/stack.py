@@ -3,7 +3,6 @@ monitor."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -54,9 +53,6 @@ class Stack:
     def mlflow(self) -> ManagedProcess:
         return mlflow_process(self.settings)
 
-    def _serving_file(self) -> str:
-        return str(self.settings.run_dir / "vllm.json")
-
     # -- commands ----------------------------------------------------------------------
     def up(self, only: tuple[str, ...] = COMPONENTS) -> list[ProcessStatus]:
         unknown = set(only) - set(COMPONENTS)
@@ -100,16 +96,6 @@ class Stack:
         model_dir = registry.local_copy(base, self.settings.models_dir)
         proc = self._keep(vllm_process(self.settings, model_dir))
         proc.start()
-        self._record_serving(base)
-
-    def _record_serving(self, base: VersionInfo) -> None:
-        serving = {
-            "served_model_name": self.settings.served_model_name,
-            "registered_model": base.name,
-            "base_version": base.version,
-        }
-        with open(self._serving_file(), "w") as out:
-            json.dump(serving, out)
 
     def down(self, only: tuple[str, ...] = COMPONENTS) -> list[str]:
         """Stop in reverse order; returns the names of what was running."""

@@ -42,4 +42,7 @@ async def readyz(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     m = request.app.state.metrics
     m.backlog.set(len(request.app.state.outbox))
+    route = request.app.state.router.current  # read at scrape time: right after a switch too
+    if route is not None:
+        m.model_version.set(float(route.version))
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
