@@ -76,8 +76,13 @@ class DriftSpec(_Section):
     window_size: int = Field(default=200, ge=20, description="predictions per current window")
     window_minutes: float = Field(default=10, gt=0, description="or this long, if sooner")
     reference_size: int = Field(default=400, ge=40, description="predictions after a promotion")
-    p_value: float = Field(default=0.001, gt=0, lt=1, description="per-column test threshold")
-    thumbs_down_p_value: float = Field(default=0.01, gt=0, lt=1)
+    p_value: float = Field(
+        default=0.001,
+        gt=0,
+        lt=1,
+        description="false-alarm chance of a stable window, all feature columns together",
+    )
+    thumbs_down_p_value: float = Field(default=0.001, gt=0, lt=1)
     persist_windows: int = Field(default=2, ge=1, description="drifted windows in a row")
     min_examples: int = Field(default=100, ge=0, description="labeled examples since training")
     cooldown_minutes: float = Field(default=30, ge=0, description="quiet time after a trigger")

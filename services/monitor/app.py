@@ -1,12 +1,17 @@
 """The faust app: ``faust -A services.monitor.app worker`` (``refinery up`` starts it).
 
-One agent reads predictions and feedback (co-partitioned by prediction id, so both
-halves of a pair reach the same worker), keeps the join state in a changelog-backed
-table, and writes labeled examples. Invalid records go to ``<topic>.dlq``.
+``join`` reads predictions and feedback (co-partitioned by prediction id, so both halves
+of a pair reach the same worker), keeps the join state in a changelog-backed table, and
+writes labeled examples; invalid records go to ``<topic>.dlq``. It also forwards a small
+record per new prediction and rating to the single-partition window topic, where
+``watch`` (on whichever worker owns that partition) keeps the drift windows, runs the
+tests on each closed window, and sends alerts and retrain triggers. ``follow_models``
+resets the reference when a version is promoted or rolled back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -14,16 +19,29 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
-from services.common.events import FeedbackEvent, PredictionEvent
+from services.common.events import FeedbackEvent, ModelEvent, PredictionEvent
 from services.common.kafka.consumer import dead_letter_headers, parse_event
 from services.common.settings import get_settings
+from services.common.task import load_task
 from services.common.topics import DLQ_SUFFIX, Stream, Topics
+from services.monitor.alerts import AlertPublisher, Window
+from services.monitor.drift import detect_drift
 from services.monitor.join import JoinState, expired, on_feedback, on_prediction
+from services.monitor.triggers import on_window
+from services.monitor.windows import (
+    ClosedWindow,
+    DriftWindows,
+    prediction_record,
+    rating_record,
+    reset_record,
+)
 
 log = logging.getLogger(__name__)
 
 settings = get_settings()
 topics = Topics.from_settings(settings)
+task_file = load_task(settings.task_file)
+spec = task_file.drift
 
 app = faust.App(
     settings.monitor_app_id,
@@ -43,6 +61,34 @@ traffic = app.topic(
 )
 examples = app.topic(topics.name(Stream.EXAMPLES), key_serializer="raw", value_serializer="raw")
 join_table = app.Table("join", default=None, partitions=settings.topic_partitions)
+
+# One partition: the windows need the whole stream, in one order, on one worker.
+window_topic = app.topic(
+    f"{settings.monitor_app_id}-window",
+    partitions=1,
+    replicas=settings.replication,
+    internal=True,
+    key_serializer="raw",
+    value_serializer="json",
+)
+window_table = app.Table("window", default=None, partitions=1)
+models = app.topic(topics.name(Stream.MODELS), key_serializer="raw", value_serializer="raw")
+alerts = app.topic(topics.name(Stream.ALERTS), key_serializer="raw", value_serializer="raw")
+triggers = app.topic(topics.name(Stream.TRIGGERS), key_serializer="raw", value_serializer="raw")
+WINDOW_KEY = b"windows"
+# Time-closed windows need a clock in the stream: every worker ticks; extra ticks are harmless.
+TICK_S = min(5.0, spec.window_minutes * 60 / 4)
+_publisher: AlertPublisher | None = None
+
+
+def publisher() -> AlertPublisher:
+    global _publisher
+    if _publisher is None:  # on first use: only the worker owning the windows needs one
+        monitor_dir = settings.var_dir / "monitor"
+        _publisher = AlertPublisher(
+            monitor_dir / "reports", monitor_dir / "workspace", settings.alert_webhook_url
+        )
+    return _publisher
 
 
 async def dead_letter(message: Any, exc: Exception) -> None:
@@ -78,13 +124,87 @@ async def join(stream: faust.StreamT) -> None:
         state = JoinState.from_json(join_table.get(key))
         now = time.time()
         if isinstance(parsed, PredictionEvent):
+            is_new = state.prediction is None
             out = on_prediction(state, parsed, now)
+            if is_new:
+                record = prediction_record(parsed, task_file.task)
+                await window_topic.send(key=WINDOW_KEY, value=record)
         else:
             assert isinstance(parsed, FeedbackEvent)
             out = on_feedback(state, parsed, now)
         join_table[key] = state.to_json()
         for example in out:
             await examples.send(key=example.feedback_id.encode(), value=example.to_bytes())
+            await window_topic.send(key=WINDOW_KEY, value=rating_record(example))
+
+
+@app.agent(models)
+async def follow_models(stream: faust.StreamT) -> None:
+    """A promotion or rollback gives the windows a new reference (bad events are skipped)."""
+    async for value in stream:
+        try:
+            event = ModelEvent.model_validate_json(value)
+        except ValidationError as exc:
+            log.warning("models: skipping an invalid event: %s", str(exc).splitlines()[0])
+            continue
+        if event.action in ("promoted", "rolled_back"):
+            log.info("models: v%s %s; new drift reference", event.version, event.action)
+            await window_topic.send(key=WINDOW_KEY, value=reset_record(event.version))
+
+
+@app.agent(window_topic)
+async def watch(stream: faust.StreamT) -> None:
+    windows = DriftWindows(window_table, spec)
+    async for record in stream:
+        now = time.time()
+        windows.apply(record, now)
+        if record["kind"] == "reset":
+            log.info("windows: reference reset to v%s", record["model_version"])
+        if windows.due(now):
+            await close_window(windows, windows.close())
+
+
+@app.timer(interval=TICK_S)
+async def tick() -> None:
+    await window_topic.send(key=WINDOW_KEY, value={"kind": "tick"})
+
+
+async def close_window(windows: DriftWindows, closed: ClosedWindow) -> None:
+    """Test the window; record it; alert on drift; ask for a retrain when it persists."""
+    result = await asyncio.to_thread(
+        detect_drift,
+        closed.reference,
+        closed.current,
+        spec.p_value,
+        closed.reference_thumbs,
+        closed.current_thumbs,
+        spec.thumbs_down_p_value,
+    )
+    window = Window(closed.start, closed.end, len(closed.current), closed.version)
+    await asyncio.to_thread(publisher().record, result, window)
+    alert = await asyncio.to_thread(publisher().alert, result, window)
+    lowest = min(result.metrics, key=lambda m: m.score / m.threshold)
+    log.info(
+        "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, "
+        "closest %s p=%.3g (threshold %.3g)",
+        closed.index,
+        closed.version,
+        len(closed.current),
+        closed.current_thumbs.down,
+        closed.current_thumbs.total,
+        ",".join(result.drifted_columns) or "-",
+        lowest.column,
+        lowest.score,
+        lowest.threshold,
+    )
+    if alert is not None:
+        await alerts.send(key=closed.version.encode(), value=alert.to_bytes())
+    state = windows.trigger_state
+    trigger = on_window(spec, state, closed.version, closed.end, result.drifted_columns)
+    windows.save_trigger_state(state)
+    if trigger is not None:
+        log.info("trigger %s: %s", trigger.trigger_id, trigger.reason)
+        await triggers.send(key=trigger.trigger_id.encode(), value=trigger.to_bytes())
 
 
 @app.timer(interval=60.0)

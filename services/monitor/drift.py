@@ -7,7 +7,9 @@ two-sample Kolmogorov-Smirnov test in Evidently; categorical ones a chi-square t
 homogeneity on the 2 x K table of counts (scipy: Evidently's chi-square divides by the
 reference frequency, which is zero for a category new in the current window, exactly the
 case that matters); the thumbs-down rate a one-sided two-proportion z-test. All are
-p-values, so one threshold reads the same for all; a column drifts below it.
+p-values. ``p_value`` is the chance that a stable window alarms on any feature column:
+each of the n columns is tested at ``p_value / n`` (Bonferroni), so adding a feature does
+not add false alarms. The thumbs-down test has its own threshold.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def detect_drift(
     """
     if len(reference) < 4 or not current:
         raise ValueError("need at least 4 reference rows and 1 current row")
+    per_column = p_value / (len(NUMERIC) + len(CATEGORICAL))
     half = len(reference) // 2
     vocabulary = {w for r in reference[:half] for w in r.prompt_words_list}
     ref = _frame(reference[half:], vocabulary)
@@ -158,7 +161,7 @@ def detect_drift(
     definition = DataDefinition(
         numerical_columns=list(NUMERIC), categorical_columns=list(CATEGORICAL)
     )
-    tests: list[Any] = [ValueDrift(column=c, method="ks", threshold=p_value) for c in NUMERIC]
+    tests: list[Any] = [ValueDrift(column=c, method="ks", threshold=per_column) for c in NUMERIC]
     snapshot = Report(tests).run(
         Dataset.from_pandas(cur, data_definition=definition),
         Dataset.from_pandas(ref, data_definition=definition),
@@ -170,7 +173,11 @@ def detect_drift(
             score = 1.0  # constant on both sides: nothing to compare
         metrics.append(
             DriftMetric(
-                column=column, method="ks", score=score, threshold=p_value, drifted=score < p_value
+                column=column,
+                method="ks",
+                score=score,
+                threshold=per_column,
+                drifted=score < per_column,
             )
         )
     for column in CATEGORICAL:
@@ -180,8 +187,8 @@ def detect_drift(
                 column=column,
                 method="chi2_contingency",
                 score=score,
-                threshold=p_value,
-                drifted=score < p_value,
+                threshold=per_column,
+                drifted=score < per_column,
             )
         )
     if reference_thumbs is not None and current_thumbs is not None:

@@ -14,6 +14,10 @@ from typing import Any
 from services.common.events import TriggerEvent
 from services.common.task import DriftSpec
 
+#: Columns that say how the service runs, not what it sees: a slow host (say, training on
+#: the same cores) drifts latency, and retraining would not fix that. Alerted, never triggered.
+OPERATIONAL_COLUMNS = frozenset({"latency_ms"})
+
 
 @dataclass
 class TriggerState:
@@ -25,6 +29,34 @@ class TriggerState:
     last_trigger_at: datetime | None = None
     drifted_columns: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        def iso(t: datetime | None) -> str | None:
+            return t.isoformat() if t else None
+
+        return {
+            "consecutive": self.consecutive,
+            "episode_start": iso(self.episode_start),
+            "examples_since_training": self.examples_since_training,
+            "last_trigger_at": iso(self.last_trigger_at),
+            "drifted_columns": self.drifted_columns,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any] | None) -> TriggerState:
+        if not raw:
+            return cls()
+
+        def when(value: str | None) -> datetime | None:
+            return datetime.fromisoformat(value) if value else None
+
+        return cls(
+            consecutive=raw["consecutive"],
+            episode_start=when(raw["episode_start"]),
+            examples_since_training=raw["examples_since_training"],
+            last_trigger_at=when(raw["last_trigger_at"]),
+            drifted_columns=list(raw["drifted_columns"]),
+        )
+
 
 def on_window(
     spec: DriftSpec,
@@ -33,7 +65,11 @@ def on_window(
     window_end: datetime,
     drifted_columns: list[str],
 ) -> TriggerEvent | None:
-    """Update ``state`` with one closed window; return a trigger when one is due."""
+    """Update ``state`` with one closed window; return a trigger when one is due.
+
+    Only quality columns count: drift in :data:`OPERATIONAL_COLUMNS` alone is no episode.
+    """
+    drifted_columns = [c for c in drifted_columns if c not in OPERATIONAL_COLUMNS]
     if not drifted_columns:
         state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,8 @@ from services.common.kafka import DeadLetter, EventProducer
 from services.common.settings import Settings
 from services.common.topics import Stream, Topics
 from services.monitor.join import example_id
+from services.stack.monitor import monitor_process
+from services.stack.process import ManagedProcess
 from services.stack.stack import Stack
 from tests.inference.helpers import read_events
 
@@ -152,3 +155,45 @@ def test_worker_killed_and_restarted_loses_and_duplicates_nothing(
     got = examples_for(monitor, set(pids))
     assert set(got) == {example_id(f) for f in ratings.values()}
     assert {e.prediction_id for e in got.values()} == set(pids)
+
+
+def assigned(worker: ManagedProcess, topic: str) -> set[int]:
+    """The partitions of ``topic`` in the worker's latest assignment (faust logs a table)."""
+    text = worker.log_file.read_text(errors="replace")
+    table = text[text.rfind("Setting newly assigned partitions") :]
+    table = table[: table.find("Executing _on_partitions_assigned")]
+    found = re.search(rf"\|\s*{re.escape(topic)}\s*\|\s*\{{([\d, -]*)\}}", table)
+    partitions: set[int] = set()
+    for part in found.group(1).split(",") if found else []:  # "0", "1-2"
+        low, _, high = part.strip().partition("-")
+        partitions |= set(range(int(low), int(high or low) + 1))
+    return partitions
+
+
+def test_two_workers_split_the_partitions_and_emit_each_example_once(
+    stack: Stack, monitor: Settings
+) -> None:
+    first = stack._started["monitor"]
+    second = monitor_process(monitor, "monitor-2")
+    second.start()
+    try:
+        predictions = Topics.from_settings(monitor).name(Stream.PREDICTIONS)
+        deadline = time.monotonic() + 90
+        while True:  # the first worker logs its share once the rebalance is done
+            one, two = assigned(first, predictions), assigned(second, predictions)
+            if one and two and not one & two and len(one | two) == monitor.topic_partitions:
+                break
+            assert time.monotonic() < deadline, f"no split: {one} / {two}"
+            time.sleep(0.5)
+        run = uuid.uuid4().hex[:8]
+        pids = [f"{run}-{i}" for i in range(200)]
+        ratings = {pid: feedback(pid, "u", "down" if i % 4 else "up") for i, pid in enumerate(pids)}
+        with EventProducer(monitor) as producer:
+            for pid in pids:
+                producer.send(Stream.PREDICTIONS, prediction(pid), key=pid)
+                producer.send(Stream.FEEDBACK, ratings[pid], key=pid)
+            producer.flush()
+        found = read_events(monitor, Stream.EXAMPLES, set(pids), "prediction_id", timeout_s=60)
+        assert sorted(e.event_id for e in found) == sorted(example_id(f) for f in ratings.values())
+    finally:
+        second.stop()

@@ -1,0 +1,163 @@
+"""Monitor throughput and detection delay, one run.
+
+The same pre-written predictions and feedback are read (a) by a plain aiokafka consumer
+that only counts and (b) by a fresh monitor worker (faust: join, examples, windows,
+Evidently on every closed window). Rates are events over the time between the first and
+the last record each produced or counted, so start-up is left out of both. The traffic
+turns to a mix with the new product line after a number of stable windows; the worker's
+window log gives the detection delay in windows.
+
+Needs Kafka (`refinery up`, or `make bench`); uses its own topic prefix and consumer group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+import uuid
+
+from aiokafka import AIOKafkaConsumer
+from kafka import KafkaConsumer
+
+from services.common.kafka import EventProducer, ensure_topics
+from services.common.settings import Settings, get_settings
+from services.common.task import load_task
+from services.common.topics import Stream, Topics
+from services.demo.traffic_events import synthetic_traffic
+from services.stack.monitor import monitor_process
+
+WINDOW_LINE = re.compile(r"drift window (\d+) v\S+: (\d+) predictions, .* drifted=(\S+),")
+
+
+def produce(settings: Settings, stable: int, shifted: int, share: float) -> int:
+    task = load_task(settings.task_file).task
+    sent = 0
+    with EventProducer(settings) as producer:
+        phases = [
+            synthetic_traffic(task, "1", stable, seed=1),
+            synthetic_traffic(task, "1", shifted, shifted_share=share, seed=2),
+        ]
+        for phase in phases:
+            for p, fb in phase:
+                producer.send(Stream.PREDICTIONS, p, key=p.prediction_id)
+                sent += 1
+                if fb is not None:
+                    producer.send(Stream.FEEDBACK, fb, key=fb.prediction_id)
+                    sent += 1
+        producer.flush()
+    return sent
+
+
+async def plain_count(settings: Settings, total: int) -> float:
+    """Events/s of a consumer that deserializes nothing and only counts."""
+    topics = Topics.from_settings(settings)
+    consumer = AIOKafkaConsumer(
+        topics.name(Stream.PREDICTIONS),
+        topics.name(Stream.FEEDBACK),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"bench-count-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    count, first, at_first = 0, 0.0, 0
+    try:
+        while count < total:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+            count += sum(len(records) for records in batch.values())
+            if batch and not first:  # the clock starts after the first batch
+                first, at_first = time.perf_counter(), count
+        return (count - at_first) / (time.perf_counter() - first)
+    finally:
+        await consumer.stop()
+
+
+def monitor_rate(
+    settings: Settings, total: int, examples: int, windows: int
+) -> tuple[float, float, str]:
+    """Events/s through the monitor: from its first example to its last one written, and to
+    the last window closed (the windows run on one worker, after the join)."""
+    worker = monitor_process(settings, f"bench-{settings.monitor_app_id}")
+    worker.start()
+    consumer = KafkaConsumer(
+        Topics.from_settings(settings).name(Stream.EXAMPLES),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=30_000,
+    )
+    stamps = []
+    try:
+        for record in consumer:
+            stamps.append(record.timestamp)
+            if len(stamps) >= examples:
+                break
+        deadline = time.monotonic() + 300
+        while True:
+            log = worker.log_file.read_text(errors="replace")
+            if len(WINDOW_LINE.findall(log)) >= windows or time.monotonic() > deadline:
+                windows_done = time.time()
+                break
+            time.sleep(0.2)
+    finally:
+        consumer.close()
+        worker.stop()
+    if len(stamps) < examples:
+        raise SystemExit(f"only {len(stamps)} of {examples} examples; see {worker.log_file}")
+    joined = total / ((max(stamps) - min(stamps)) / 1000)
+    return joined, total / (windows_done - min(stamps) / 1000), log
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stable-windows", type=int, default=10)
+    parser.add_argument("--shifted-windows", type=int, default=5)
+    parser.add_argument("--share", type=float, default=0.3, help="new-domain share after onset")
+    args = parser.parse_args()
+
+    run = uuid.uuid4().hex[:6]
+    base = get_settings()
+    settings = base.model_copy(
+        update={"topic_prefix": f"bench-{run}", "monitor_app_id": f"bench-monitor-{run}"}
+    )
+    spec = load_task(settings.task_file).drift
+    ensure_topics(settings)
+    stable = spec.reference_size + args.stable_windows * spec.window_size
+    shifted = args.shifted_windows * spec.window_size
+    total = produce(settings, stable, shifted, args.share)
+    predictions = stable + shifted
+    examples = total - predictions
+    print(
+        f"{predictions} predictions + {examples} ratings = {total} events "
+        f"(window {spec.window_size}, reference {spec.reference_size}; "
+        f"{args.share:.0%} new domain after {args.stable_windows} stable windows)"
+    )
+    counted = asyncio.run(plain_count(settings, total))
+    expected_windows = (predictions - spec.reference_size) // spec.window_size
+    joined, windowed, log = monitor_rate(settings, total, examples, expected_windows)
+    print("| reader | events/s | ratio |\n|---|---|---|")
+    print(f"| plain aiokafka consumer, counting | {counted:,.0f} | 1.00x |")
+    for name, rate in (
+        ("join, to the last example", joined),
+        ("+ windows and drift tests", windowed),
+    ):
+        print(f"| monitor worker: {name} | {rate:,.0f} | {rate / counted:.4f}x |")
+
+    windows = [(int(m[0]), m[2]) for m in WINDOW_LINE.findall(log)]
+    onset = args.stable_windows  # the first window made only of traffic after onset
+    false_alarms = [i for i, cols in windows if i < onset - 1 and cols != "-"]
+    detected = [i for i, cols in windows if i >= onset - 1 and cols != "-"]
+    print(f"windows closed: {len(windows)}; false alarms before onset: {len(false_alarms)}")
+    if detected:
+        first = detected[0]
+        print(
+            f"first drifted window: {first} (onset in window {onset - 1}/{onset} boundary): "
+            f"delay {max(0, first - onset + 1)} window(s); drifted: "
+            f"{dict(windows)[first]}"
+        )
+    else:
+        print("no drift detected after onset")
+
+
+if __name__ == "__main__":
+    main()
