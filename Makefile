@@ -13,7 +13,7 @@ REFINERY := ./refinery
 help:
 	@echo "make demo   - set up, bootstrap the model, start kafka+mlflow+vllm, ask it once"
 	@echo "make test   - set up, run the test suite (real Kafka, MLflow, vLLM)"
-	@echo "make bench  - gateway overhead vs vLLM, feedback req/s vs bare FastAPI, monitor events/s"
+	@echo "make bench  - gateway overhead vs vLLM, feedback req/s vs bare FastAPI, monitor events/s, training examples/s"
 	@echo "make up / down / status / lint / lock / clean"
 
 setup:
@@ -42,6 +42,7 @@ bench: setup
 	$(REFINERY) up
 	$(PY) -m bench.gateway
 	$(PY) -m bench.monitor
+	$(PY) -m bench.retrainer
 
 lint: setup
 	$(PY) -m ruff check services tests bench

@@ -206,6 +206,27 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Ops: make a registered version champion, the same path the retrainer's gate takes."""
+    from services.retrainer.promotion import promote
+
+    event = promote(get_settings(), args.version, reasons=[f"promoted by hand: {args.reason}"])
+    print(
+        f"v{event.version} is champion (previous v{event.previous_version}); served as "
+        f"{event.served_name}"
+    )
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Ops: champion back to the 'previous' alias."""
+    from services.retrainer.promotion import rollback
+
+    event = rollback(get_settings())
+    print(f"rolled back: v{event.version} is champion again (was v{event.previous_version})")
+    return 0
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     """Print drift alerts; with --follow, keep printing new ones."""
     import uuid
@@ -279,20 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "up",
         cmd_up,
-        "start kafka, mlflow, vllm (bootstrapping a model if none), gateway, monitor",
+        "start kafka, mlflow, vllm (bootstrapping a model if none), gateway, monitor, retrainer",
     )
     p.add_argument(
         "components",
         nargs="*",
         metavar="COMPONENT",
-        help="only these of kafka, mlflow, vllm, gateway, monitor (default: all, in order)",
+        help="only these of kafka, mlflow, vllm, gateway, monitor, retrainer (default: all)",
     )
     p = add("down", cmd_down, "stop what `up` started (default: everything)")
     p.add_argument(
         "components",
         nargs="*",
         metavar="COMPONENT",
-        help="only these of kafka, mlflow, vllm, gateway, monitor",
+        help="only these of kafka, mlflow, vllm, gateway, monitor, retrainer",
     )
     add("status", cmd_status, "each process, the champion version, consumer lag")
     p = add("bootstrap", cmd_bootstrap, "register version 1 of the model and make it champion")
@@ -316,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("retrain", cmd_retrain, "ask the retrainer for a new fine-tune now")
     p.add_argument("--reason", required=True, help="why (kept with the trigger and the run)")
     p.add_argument("--trigger-id", help="idempotency key: the same id trains once")
+    p = add("promote", cmd_promote, "make VERSION the champion (previous champion kept)")
+    p.add_argument("version")
+    p.add_argument("--reason", default="ops decision", help="kept with the model event")
+    add("rollback", cmd_rollback, "make the previous champion champion again")
     p = add("alerts", cmd_alerts, "print drift alerts")
     p.add_argument("--follow", action="store_true", help="keep printing new alerts")
     p = add("schemas", cmd_schemas, "check (or --write) schemas/*.json against the event models")

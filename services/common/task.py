@@ -1,4 +1,5 @@
-"""The task file (``refinery.yaml``): objective, labels, data and base-model configuration."""
+"""The task file (``refinery.yaml``): objective, labels, data, base model, drift, cleaning,
+training and gating."""
 
 from __future__ import annotations
 
@@ -88,6 +89,69 @@ class DriftSpec(_Section):
     cooldown_minutes: float = Field(default=30, ge=0, description="quiet time after a trigger")
 
 
+class CleaningSpec(_Section):
+    """What the retrainer drops or rewrites before training (services/retrainer/clean.py)."""
+
+    max_prompt_chars: int = Field(default=2000, gt=0)
+    max_target_chars: int = Field(default=500, gt=0)
+    min_alnum_share: float = Field(
+        default=0.5, ge=0, le=1, description="below this share of letters/digits: garbage"
+    )
+    scrub_pii: bool = True
+
+
+class SearchSpec(_Section):
+    """An optional small hyperparameter search; the best on validation loss goes to the gate."""
+
+    enabled: bool = False
+    budget_seconds: float = Field(default=300, gt=0)
+    learning_rate: list[float] = Field(default_factory=lambda: [1e-3, 3e-3])
+    lora_r: list[int] = Field(default_factory=lambda: [8, 16])
+    epochs: list[int] = Field(default_factory=lambda: [3])
+
+
+class TrainingSpec(_Section):
+    """How a challenger is fine-tuned: LoRA on the champion's base model."""
+
+    method: Literal["sft", "kto"] = Field(
+        default="sft", description="kto also learns from thumbs-down without a correction"
+    )
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    learning_rate: float = Field(default=3e-3, gt=0)
+    epochs: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=32, ge=2)
+    max_seq_len: int = Field(default=128, ge=8)
+    packing: bool = Field(default=False, description="pack sequences instead of padding")
+    validation_share: float = Field(default=0.1, gt=0, lt=0.5)
+    early_stopping_patience: int = Field(default=2, ge=1, description="evaluations")
+    evals_per_epoch: int = Field(default=2, ge=1)
+    max_train_seconds: float = Field(default=600, gt=0)
+    seed: int = 0
+    search: SearchSpec = Field(default_factory=SearchSpec)
+
+
+class GateSpec(_Section):
+    """When a challenger replaces the champion (the gate fails closed)."""
+
+    test_share: float = Field(
+        default=0.2, gt=0, lt=1, description="newest share of rated traffic: the test split"
+    )
+    min_test_examples: int = Field(default=30, ge=1)
+    min_improvement: float = Field(
+        default=0.02, ge=0, description="on recent traffic, in the task's main metric"
+    )
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    golden_tolerance: float = Field(
+        default=0.02, ge=0, description="largest drop allowed on the golden set"
+    )
+    bootstrap_samples: int = Field(default=2000, ge=100)
+
+
 class TaskFile(_Section):
     """The whole task file."""
 
@@ -95,6 +159,9 @@ class TaskFile(_Section):
     data: DataSpec = Field(default_factory=DataSpec)
     base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    cleaning: CleaningSpec = Field(default_factory=CleaningSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
 
 
 def load_task(path: Path) -> TaskFile:

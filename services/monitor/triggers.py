@@ -85,6 +85,7 @@ def on_window(
         return None
     state.last_trigger_at = window_end
     evidence: dict[str, Any] = {
+        "reference_version": reference_version,
         "drifted_columns": state.drifted_columns,
         "drifted_windows": state.consecutive,
         "examples_since_training": state.examples_since_training,

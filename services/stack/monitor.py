@@ -11,13 +11,14 @@ START_MARK = "--- "  # ManagedProcess writes "--- <time> starting <name>" before
 READY = "[^Worker]: Ready"
 
 
-def _ready_since_last_start(proc: ManagedProcess) -> bool:
-    """faust has no health port without its web server: ready is a line in its log."""
+def logged_since_last_start(proc: ManagedProcess, line: str) -> bool:
+    """For processes without a health port (faust without its web server, the retrainer):
+    ready is a line in the log since the last start."""
     try:
         text = proc.log_file.read_text(errors="replace")
     except FileNotFoundError:
         return False
-    return READY in text[text.rfind(START_MARK) :]
+    return line in text[text.rfind(START_MARK) :]
 
 
 def monitor_process(settings: Settings, name: str = "monitor") -> ManagedProcess:
@@ -45,5 +46,5 @@ def monitor_process(settings: Settings, name: str = "monitor") -> ManagedProcess
         cwd=REPO_ROOT,
         startup_timeout_s=180,
     )
-    proc.health = lambda: _ready_since_last_start(proc)
+    proc.health = lambda: logged_since_last_start(proc, READY)
     return proc

@@ -1,5 +1,5 @@
 """The stack in dependency order: kafka → topics → mlflow → (bootstrap) → vllm → gateway →
-monitor."""
+monitor → retrainer."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from services.stack.kafka import KafkaCluster
 from services.stack.mlflow import mlflow_process
 from services.stack.monitor import monitor_process
 from services.stack.process import ManagedProcess
+from services.stack.retrainer import retrainer_process
 from services.stack.vllm import vllm_process
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("kafka", "mlflow", "vllm", "gateway", "monitor")
+COMPONENTS = ("kafka", "mlflow", "vllm", "gateway", "monitor", "retrainer")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class Stack:
             self._keep(gateway_process(self.settings)).start()
         if "monitor" in only:
             self._keep(monitor_process(self.settings)).start()
+        if "retrainer" in only:
+            self._keep(retrainer_process(self.settings)).start()
         return self.status()
 
     def _kafka_up(self) -> None:
@@ -101,6 +104,7 @@ class Stack:
         """Stop in reverse order; returns the names of what was running."""
         stopped = []
         procs = [
+            *([retrainer_process(self.settings)] if "retrainer" in only else []),
             *([monitor_process(self.settings)] if "monitor" in only else []),
             *([gateway_process(self.settings)] if "gateway" in only else []),
             *([vllm_process(self.settings)] if "vllm" in only else []),
@@ -129,6 +133,7 @@ class Stack:
         rows.append(self._row(vllm_process(s), s.vllm_url))
         rows.append(self._row(gateway_process(s), s.gateway_url))
         rows.append(self._row(monitor_process(s), f"faust app {s.monitor_app_id}"))
+        rows.append(self._row(retrainer_process(s), "consumer of triggers"))
         return rows
 
     @staticmethod

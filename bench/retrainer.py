@@ -1,0 +1,114 @@
+"""Retraining throughput, one run: training examples/s of the retrainer's SFT step
+(LoRA, target-only loss, validation, checkpoints, early-stopping bookkeeping) vs the same
+model, LoRA and tokenized data through a plain transformers ``Trainer`` loop (no
+evaluation, no checkpoints, no callbacks); then how its time grows with 1x, 2x, 4x
+examples. Early stopping is off here so both run the same number of epochs.
+
+Needs no stack: the base is the offline model's architecture at random initialisation
+(throughput does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from peft import get_peft_model
+from transformers import Trainer, TrainingArguments
+
+from services.common.settings import REPO_ROOT
+from services.common.task import load_task
+from services.demo.corpus import generate
+from services.retrainer.base_model import build_model, train_tokenizer
+from services.retrainer.examples import TrainingExample, from_seed
+from services.retrainer.sequence import PadCollator, build_dataset
+from services.retrainer.training import lora_config, train_sft
+
+
+def examples(n: int) -> list[TrainingExample]:
+    task = load_task(REPO_ROOT / "refinery.yaml").task
+    half = n // 2
+    return [
+        from_seed(e)
+        for e in generate(task, half, seed=5)
+        + generate(task, n - half, seed=6, domain="smart_home")
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    task = load_task(REPO_ROOT / "refinery.yaml")
+    spec = task.training.model_copy(
+        update={"epochs": args.epochs, "early_stopping_patience": 1000, "max_train_seconds": 3600}
+    )
+    corpus = examples(args.examples * 4)
+    tokenizer = train_tokenizer([e.prompt + e.target for e in corpus], task.base_model.vocab_size)
+    with tempfile.TemporaryDirectory(prefix="refinery-bench-") as tmp:
+        base_dir = Path(tmp) / "base"
+        build_model(task.base_model, tokenizer, seed=0).save_pretrained(base_dir)
+        tokenizer.save_pretrained(base_dir)
+        data = corpus[: args.examples]
+        validation = corpus[-100:]
+
+        # The plain loop: same LoRA, same sequences, nothing else.
+        model = get_peft_model(build_model(task.base_model, tokenizer, seed=0), lora_config(spec))
+        train_set = build_dataset(tokenizer, [(e.prompt, e.target) for e in data], spec.max_seq_len)
+        plain = Trainer(
+            model=model,
+            args=TrainingArguments(
+                output_dir=str(Path(tmp) / "plain"),
+                num_train_epochs=spec.epochs,
+                per_device_train_batch_size=spec.batch_size,
+                learning_rate=spec.learning_rate,
+                save_strategy="no",
+                eval_strategy="no",
+                report_to="none",
+                disable_tqdm=True,
+                logging_strategy="no",
+                dataloader_pin_memory=False,
+            ),
+            train_dataset=train_set,
+            data_collator=PadCollator(int(tokenizer.pad_token_id or 0)),
+        )
+        started = time.monotonic()
+        plain.train()
+        plain_rate = len(train_set) * spec.epochs / (time.monotonic() - started)
+
+        timings = {}
+        rates = {}
+        for factor in (1, 2, 4):
+            subset = corpus[: args.examples * factor]
+            t0 = time.monotonic()
+            result = train_sft(
+                base_dir, tokenizer, subset, validation, spec, Path(tmp) / f"ours-{factor}"
+            )
+            timings[factor] = time.monotonic() - t0
+            rates[factor] = result.examples_per_s
+
+    print(
+        f"{args.examples} examples x {spec.epochs} epochs, batch {spec.batch_size}, "
+        f"LoRA r={spec.lora_r} on {', '.join(spec.target_modules)}"
+    )
+    print("| training loop | examples/s | ratio |\n|---|---|---|")
+    print(f"| plain transformers Trainer | {plain_rate:,.0f} | 1.00x |")
+    print(f"| retrainer SFT (eval, checkpoints) | {rates[1]:,.0f} | {rates[1] / plain_rate:.2f}x |")
+    print(
+        "\n| examples | wall s (load, train, save) | examples/s | time vs 1x |\n|---|---|---|---|"
+    )
+    for factor, seconds in timings.items():
+        print(
+            f"| {args.examples * factor} ({factor}x) | {seconds:.1f} | {rates[factor]:,.0f} | "
+            f"{seconds / timings[1]:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

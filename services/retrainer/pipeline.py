@@ -1,0 +1,470 @@
+"""One retraining run, in the lifecycle's order: collect → annotate → split by time → clean
+→ train (optionally a small search) → evaluate both models on the same held-out sets →
+error analysis → register → gate → promote or reject.
+
+Everything a run decides is in its MLflow run (tag ``refinery.trigger_id``): the
+snapshot's offsets come back from there when a killed run resumes, the checkpoints from
+its work dir, and the registered version from the run id, so a trigger trains once and
+registers once however often it is delivered. ``refinery.outcome`` marks a finished run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import random
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.data.pandas_dataset import from_pandas
+
+from services.common.datasets import LabeledText, read_jsonl
+from services.common.events import ExampleEvent, TriggerEvent
+from services.common.registry import ModelRegistry, VersionInfo
+from services.common.settings import Settings
+from services.common.task import TaskFile, TrainingSpec
+from services.retrainer.clean import CleanReport, clean, normalize
+from services.retrainer.collect import Snapshot, end_offsets, read_examples
+from services.retrainer.evaluation import (
+    GateDecision,
+    PairedComparison,
+    Scored,
+    compare,
+    error_analysis,
+    gate,
+    main_metric,
+    metrics,
+    score_outputs,
+    write_report,
+)
+from services.retrainer.examples import TrainingExample, annotate, from_seed
+from services.retrainer.promotion import mark_challenger, promote, reject
+
+log = logging.getLogger(__name__)
+
+TRIGGER_TAG = "refinery.trigger_id"
+OUTCOME_TAG = "refinery.outcome"
+OFFSETS_TAG = "refinery.snapshot_offsets"
+TRIGGER_KEY_TAG = "refinery.trigger_key"
+
+
+def _key(trigger_id: str) -> str:
+    return hashlib.sha256(trigger_id.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    trigger_id: str
+    run_id: str
+    status: str  # promoted | rejected | already_done
+    version: str | None
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The data of one run: train and validation from the pool, test from recent traffic."""
+
+    train: list[TrainingExample]
+    validation: list[TrainingExample]
+    recent_test: list[TrainingExample]
+    golden: list[LabeledText]
+    pool_report: CleanReport
+    test_report: CleanReport
+    held_out_overlap: int
+
+
+def split(
+    task: TaskFile,
+    feedback: Sequence[ExampleEvent],
+    seed: Sequence[LabeledText],
+    golden: Sequence[LabeledText],
+) -> Splits:
+    """Annotate, take the newest rated share as the recent test split, clean, split off
+    validation. Nothing whose prompt (normalized) is in a test set is trained on."""
+    annotated = sorted((annotate(e) for e in feedback), key=lambda e: (e.at, e.example_id))
+    positives = [e for e in annotated if e.positive]
+    n_test = round(len(positives) * task.gate.test_share)
+    test_ids = {e.example_id for e in positives[len(positives) - n_test :]} if n_test else set()
+    recent_raw = [e for e in annotated if e.example_id in test_ids]
+    recent_test, test_report = clean(recent_raw, task.task, task.cleaning)
+    held_out = {normalize(e.prompt) for e in recent_raw} | {normalize(g.prompt) for g in golden}
+    pool_raw = [from_seed(s) for s in seed] + [e for e in annotated if e.example_id not in test_ids]
+    pool = [e for e in pool_raw if normalize(e.prompt) not in held_out]
+    cleaned, pool_report = clean(pool, task.task, task.cleaning)
+    rng = random.Random(task.training.seed)
+    order = list(range(len(cleaned)))
+    rng.shuffle(order)
+    n_val = max(1, round(len(cleaned) * task.training.validation_share))
+    val_idx = set(order[:n_val])
+    return Splits(
+        train=[e for i, e in enumerate(cleaned) if i not in val_idx],
+        validation=[e for i, e in enumerate(cleaned) if i in val_idx],
+        recent_test=recent_test,
+        golden=list(golden),
+        pool_report=pool_report,
+        test_report=test_report,
+        held_out_overlap=len(pool_raw) - len(pool),
+    )
+
+
+def _jsonl(path: Path, items: Sequence[TrainingExample]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for e in items:
+            row = asdict(e)
+            row["at"] = e.at.isoformat() if e.at else None
+            out.write(json.dumps(row) + "\n")
+
+
+def _frame(items: Sequence[TrainingExample]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "prompt": [e.prompt for e in items],
+            "target": [e.target for e in items],
+            "positive": [e.positive for e in items],
+            "source": [e.source for e in items],
+            "segment": [e.segment or "" for e in items],
+        }
+    )
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:120]
+
+
+def _flat(prefix: str, spec: TrainingSpec) -> dict[str, Any]:
+    out = {}
+    for key, value in spec.model_dump().items():
+        if key == "search":
+            continue
+        out[f"{prefix}{key}"] = ",".join(value) if isinstance(value, list) else value
+    return out
+
+
+class Retrainer:
+    """Runs the pipeline for triggers; one instance per retrainer process."""
+
+    def __init__(self, settings: Settings, task: TaskFile) -> None:
+        self.settings = settings
+        self.task = task
+        self.registry = ModelRegistry(settings)
+        self.client = MlflowClient(tracking_uri=settings.mlflow_uri)
+        mlflow.set_tracking_uri(settings.mlflow_uri)
+        self.experiment_id = mlflow.set_experiment(settings.experiment).experiment_id
+        self.work_root = settings.var_dir / "retrainer"
+
+    # -- idempotency ---------------------------------------------------------------------
+    def find_run(self, trigger_id: str) -> Any | None:
+        # Looked up by a hash: a trigger id may hold quotes the filter language would misread.
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIGGER_KEY_TAG}` = '{_key(trigger_id)}'",
+            max_results=5,
+        )
+        return runs[0] if runs else None
+
+    def _registered_for(self, run_id: str) -> VersionInfo | None:
+        found = self.client.search_model_versions(f"run_id = '{run_id}'")
+        mine = [mv for mv in found if mv.name == self.registry.name]
+        return VersionInfo.from_mlflow(mine[0]) if mine else None
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self, trigger: TriggerEvent, **training_overrides: Any) -> Outcome:
+        existing = self.find_run(trigger.trigger_id)
+        if existing is not None and OUTCOME_TAG in existing.data.tags:
+            log.info(
+                "trigger %s: done before (run %s, %s); skipping",
+                trigger.trigger_id,
+                existing.info.run_id,
+                existing.data.tags[OUTCOME_TAG],
+            )
+            return Outcome(trigger.trigger_id, existing.info.run_id, "already_done", None, [])
+        work_dir = self.work_root / _safe(trigger.trigger_id)
+        if existing is None:
+            shutil.rmtree(work_dir, ignore_errors=True)  # leftovers of a run never recorded
+            offsets = end_offsets(self.settings)
+            run = mlflow.start_run(
+                run_name=f"retrain {trigger.trigger_id}",
+                tags={
+                    TRIGGER_TAG: trigger.trigger_id,
+                    TRIGGER_KEY_TAG: _key(trigger.trigger_id),
+                    "refinery.step": "retrain",
+                    "refinery.reason": trigger.reason[:5000],
+                    "refinery.requested_by": trigger.requested_by,
+                    OFFSETS_TAG: json.dumps(offsets),
+                },
+            )
+        else:
+            offsets = {int(k): v for k, v in json.loads(existing.data.tags[OFFSETS_TAG]).items()}
+            run = mlflow.start_run(run_id=existing.info.run_id)
+            log.info("trigger %s: resuming run %s", trigger.trigger_id, run.info.run_id)
+        with run:
+            return self._run(trigger, run.info.run_id, offsets, work_dir, **training_overrides)
+
+    def _run(
+        self,
+        trigger: TriggerEvent,
+        run_id: str,
+        offsets: dict[int, int],
+        work_dir: Path,
+        **training_overrides: Any,
+    ) -> Outcome:
+        from transformers import AutoTokenizer
+
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        champion = self.registry.champion()
+        if champion is None:
+            raise RuntimeError("no champion in the registry: run `refinery bootstrap` first")
+        base = self.registry.serving_base(champion)
+        models_dir = self.settings.models_dir
+        base_dir = self.registry.local_copy(base, models_dir)
+        champion_dir = self.registry.local_copy(champion, models_dir)
+        seed = self._artifact_jsonl(base.tags.get("seed_train_uri"), work_dir)
+        golden = self._artifact_jsonl(base.tags.get("golden_uri"), work_dir)
+
+        examples, snapshot = read_examples(self.settings, offsets)
+        snapshot = Snapshot(
+            **{
+                **asdict(snapshot),
+                "seed_uri": base.tags.get("seed_train_uri"),
+                "seed_examples": len(seed),
+            }
+        )
+        splits = split(self.task, examples, seed, golden)
+        timings["data_seconds"] = time.monotonic() - started
+        mlflow.log_params(
+            {
+                "champion_version": champion.version,
+                "base_version": base.version,
+                "method": self.task.training.method,
+                "examples_in_snapshot": snapshot.examples,
+                "seed_examples": len(seed),
+                "train_examples": len(splits.train),
+                "validation_examples": len(splits.validation),
+                "recent_test_examples": len(splits.recent_test),
+                "golden_examples": len(golden),
+                **_flat("training.", self.task.training),
+            }
+        )
+        mlflow.log_metrics(
+            {
+                **{f"pool_{k}": v for k, v in splits.pool_report.as_metrics().items()},
+                **{f"test_{k}": v for k, v in splits.test_report.as_metrics().items()},
+                "held_out_overlap_removed": splits.held_out_overlap,
+            }
+        )
+        self._log_data(snapshot, splits, work_dir)
+
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        t0 = time.monotonic()
+        result = self._train(base_dir, tokenizer, splits, work_dir, **training_overrides)
+        timings["training_seconds"] = time.monotonic() - t0
+        mlflow.log_metrics(result.metrics())
+
+        t0 = time.monotonic()
+        decision, eval_metrics = self._evaluate(
+            base_dir, champion, champion_dir, result.model, tokenizer, splits, work_dir
+        )
+        timings["evaluation_seconds"] = time.monotonic() - t0
+        mlflow.log_metrics(eval_metrics)
+
+        info = self._registered_for(run_id)
+        if info is None:
+            mlflow.log_artifacts(str(result.adapter_dir), "adapter")
+            info = self.registry.register(
+                f"{mlflow.get_artifact_uri('adapter')}",
+                run_id,
+                tags={
+                    "kind": "lora",
+                    "base_version": base.version,
+                    "trigger_id": trigger.trigger_id,
+                    "golden_uri": base.tags.get("golden_uri", ""),
+                    "seed_train_uri": base.tags.get("seed_train_uri", ""),
+                    "status": "challenger",
+                },
+                description=f"LoRA on v{base.version} for trigger {trigger.trigger_id}",
+            )
+        mark_challenger(self.settings, info)
+        summary = {k: v for k, v in eval_metrics.items() if "_ci_" in k or "difference" in k}
+        t0 = time.monotonic()
+        if decision.promote:
+            promote(self.settings, info.version, metrics=summary, reasons=decision.reasons)
+            status = "promoted"
+        else:
+            reject(self.settings, info, summary, decision.reasons)
+            status = "rejected"
+        timings["switch_seconds"] = time.monotonic() - t0
+        mlflow.log_metrics(timings)
+        mlflow.set_tags(
+            {
+                OUTCOME_TAG: status,
+                "refinery.version": info.version,
+                "refinery.reasons": " | ".join(decision.reasons)[:5000],
+            }
+        )
+        log.info(
+            "trigger %s: v%s %s (%s)",
+            trigger.trigger_id,
+            info.version,
+            status,
+            "; ".join(decision.reasons),
+        )
+        return Outcome(trigger.trigger_id, run_id, status, info.version, decision.reasons)
+
+    def _artifact_jsonl(self, uri: str | None, work_dir: Path) -> list[LabeledText]:
+        if not uri:
+            return []
+        dest = work_dir / "lineage"
+        dest.mkdir(parents=True, exist_ok=True)
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest))
+        return read_jsonl(Path(path))
+
+    def _log_data(self, snapshot: Snapshot, splits: Splits, work_dir: Path) -> None:
+        data = work_dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "snapshot.json").write_text(snapshot.to_json())
+        (data / "cleaning.json").write_text(
+            json.dumps(
+                {"pool": asdict(splits.pool_report), "recent_test": asdict(splits.test_report)},
+                indent=2,
+            )
+        )
+        _jsonl(data / "train.jsonl", splits.train)
+        _jsonl(data / "validation.jsonl", splits.validation)
+        _jsonl(data / "recent_test.jsonl", splits.recent_test)
+        mlflow.log_artifacts(str(data), "data")
+        for name, items, context in (
+            ("train", splits.train, "training"),
+            ("recent_test", splits.recent_test, "testing"),
+        ):
+            dataset = from_pandas(_frame(items), name=f"{name}@{snapshot.sha256[:12]}")
+            mlflow.log_input(dataset, context=context)
+
+    def _train(
+        self,
+        base_dir: Path,
+        tokenizer: Any,
+        splits: Splits,
+        work_dir: Path,
+        **overrides: Any,
+    ) -> Any:
+        from services.retrainer.training import train
+
+        spec = self.task.training
+        search = spec.search
+        if not search.enabled or overrides:
+            return train(
+                base_dir, tokenizer, splits.train, splits.validation, spec, work_dir, **overrides
+            )
+        best = None
+        deadline = time.monotonic() + search.budget_seconds
+        grid = list(itertools.product(search.learning_rate, search.lora_r, search.epochs))
+        for i, (lr, rank, epochs) in enumerate(grid):
+            if time.monotonic() > deadline and best is not None:
+                log.info("search: budget spent after %d of %d trials", i, len(grid))
+                break
+            trial = spec.model_copy(update={"learning_rate": lr, "epochs": epochs})
+            with mlflow.start_run(
+                run_name=f"trial {i}: lr={lr} r={rank} epochs={epochs}", nested=True
+            ):
+                mlflow.log_params({"learning_rate": lr, "lora_r": rank, "epochs": epochs})
+                result = train(
+                    base_dir,
+                    tokenizer,
+                    splits.train,
+                    splits.validation,
+                    trial,
+                    work_dir / f"trial-{i}",
+                    lora_r=rank,
+                )
+                mlflow.log_metrics(result.metrics())
+            if best is None or result.best_eval_loss < best[1].best_eval_loss:
+                best = (i, result)
+        assert best is not None
+        mlflow.log_param("search_best_trial", best[0])
+        return best[1]
+
+    def _evaluate(
+        self,
+        base_dir: Path,
+        champion: VersionInfo,
+        champion_dir: Path,
+        challenger_model: Any,
+        tokenizer: Any,
+        splits: Splits,
+        work_dir: Path,
+    ) -> tuple[GateDecision, dict[str, float]]:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        from services.retrainer.base_model import greedy_complete
+
+        task = self.task.task
+        champion_model: Any = AutoModelForCausalLM.from_pretrained(base_dir)
+        if champion.kind == "lora":
+            champion_model = PeftModel.from_pretrained(champion_model, champion_dir)
+        champion_model.eval()
+        challenger_model.eval()
+        sets = {
+            "golden": [(g.prompt, g.completion, g.segment) for g in splits.golden],
+            "recent": [(e.prompt, e.target, e.segment) for e in splits.recent_test],
+        }
+        scored: dict[str, tuple[list[Scored], list[Scored]]] = {}
+        for name, items in sets.items():
+            prompts = [p for p, _, _ in items]
+            targets = [t for _, t, _ in items]
+            segments = [s for _, _, s in items]
+            both = []
+            for model in (champion_model, challenger_model):
+                outputs = (
+                    greedy_complete(model, tokenizer, prompts, task.max_new_tokens)
+                    if prompts
+                    else []
+                )
+                both.append(score_outputs(task, prompts, targets, outputs, segments))
+            scored[name] = (both[0], both[1])
+        metric = main_metric(task)
+        gate_spec = self.task.gate
+        comparisons: dict[str, PairedComparison] = {}
+        values: dict[str, float] = {}
+        for name, (champ, chall) in scored.items():
+            for who, model_scored in (("champion", champ), ("challenger", chall)):
+                for key, value in metrics(task, model_scored).items():
+                    values[f"{name}_{who}_{key}"] = value
+            if champ:
+                c = compare(
+                    champ,
+                    chall,
+                    gate_spec.confidence,
+                    gate_spec.bootstrap_samples,
+                    metric=metric,
+                )
+                comparisons[name] = c
+                values[f"{name}_difference"] = c.difference
+                values[f"{name}_ci_low"] = c.ci_low
+                values[f"{name}_ci_high"] = c.ci_high
+                values[f"{name}_mcnemar_p"] = c.mcnemar_p
+        if "recent" not in comparisons or "golden" not in comparisons:
+            missing = [n for n in ("recent", "golden") if n not in comparisons]
+            decision = GateDecision(
+                promote=False, reasons=[f"no {' or '.join(missing)} test examples to compare on"]
+            )
+        else:
+            decision = gate(comparisons["recent"], comparisons["golden"], gate_spec)
+        analysis = error_analysis(task, {n: s for n, s in scored.items() if s[0]})
+        report_dir = work_dir / "report"
+        for path in write_report(analysis, comparisons, decision, report_dir):
+            mlflow.log_artifact(str(path), "evaluation")
+        return decision, values

@@ -1,0 +1,97 @@
+"""The retrainer process (``python -m services.retrainer``; ``refinery up`` starts it): a
+kafka-python consumer of ``refinery.triggers`` that runs the pipeline once per trigger.
+
+Triggers are handled one at a time; those that arrive during a run wait in Kafka. When
+several are waiting, the newest one runs and the others are coalesced into it (they would
+train on a subset of the same data). A monitor trigger raised against an older champion
+than the one now serving is stale and skipped: the drift it saw was already answered.
+The offset is committed only after the run has recorded its outcome, so a crash replays
+the trigger and the pipeline's idempotency (services/retrainer/pipeline.py) resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from services.common.events import TriggerEvent
+from services.common.kafka import EventConsumer
+from services.common.registry import ModelRegistry
+from services.common.settings import Settings, get_settings
+from services.common.task import load_task
+from services.common.topics import Stream
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "refinery-retrainer"
+READY = "retrainer: ready"
+
+
+def pick(triggers: list[TriggerEvent], champion_version: str | None) -> TriggerEvent | None:
+    """The trigger to run from a batch that waited: the newest one that is not stale."""
+    fresh = [
+        t
+        for t in triggers
+        if t.requested_by != "monitor"
+        or t.evidence.get("reference_version") in (None, champion_version)
+    ]
+    for t in triggers:
+        if t not in fresh:
+            log.info(
+                "trigger %s: stale (drift seen on v%s, champion is now v%s); skipped",
+                t.trigger_id,
+                t.evidence.get("reference_version"),
+                champion_version,
+            )
+    if not fresh:
+        return None
+    chosen = fresh[-1]
+    for t in fresh[:-1]:
+        log.info("trigger %s: coalesced into %s", t.trigger_id, chosen.trigger_id)
+    return chosen
+
+
+def serve(settings: Settings, stop: threading.Event) -> None:
+    from services.retrainer.pipeline import Retrainer  # heavy: mlflow, torch, transformers
+    from services.retrainer.promotion import reconcile
+
+    task = load_task(settings.task_file)
+    retrainer = Retrainer(settings, task)
+    registry = ModelRegistry(settings)
+    reconcile(settings)
+    with EventConsumer(
+        settings,
+        [Stream.TRIGGERS],
+        group_id=GROUP_ID,
+        max_poll_interval_ms=6 * 3600 * 1000,  # a training run holds the poll loop
+        # Heartbeats run in the background during a run; a killed retrainer's membership
+        # lapses after this, and its replacement takes the uncommitted trigger over.
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+    ) as consumer:
+        log.info(READY)
+        while not stop.is_set():
+            batch = consumer.poll(timeout_ms=1000)
+            triggers = [r.event for r in batch if isinstance(r.event, TriggerEvent)]
+            if triggers:
+                champion = registry.champion()
+                chosen = pick(triggers, champion.version if champion else None)
+                if chosen is not None:
+                    retrainer.run(chosen)
+            if batch:
+                consumer.commit()
+
+
+def main() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve(get_settings(), stop)

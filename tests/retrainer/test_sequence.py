@@ -1,0 +1,55 @@
+"""Tokenization and sequencing with the offline base model's tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from services.retrainer.base_model import train_tokenizer
+from services.retrainer.sequence import IGNORE, PadCollator, encode, pack
+
+PROMPT = "Ticket: my thermostat keeps going offline since the update\nTeam:"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    texts = [PROMPT + " technical", "Ticket: refund my order\nTeam: billing"] * 20
+    return train_tokenizer(texts, vocab_size=300)
+
+
+def test_loss_is_on_the_target_and_eos_only(tokenizer: PreTrainedTokenizerFast) -> None:
+    enc = encode(tokenizer, PROMPT, " technical", max_len=128)
+    n_prompt = len(tokenizer(PROMPT)["input_ids"])
+    assert enc.labels[:n_prompt] == [IGNORE] * n_prompt
+    target = enc.labels[n_prompt:]
+    assert target[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(target[:-1]) == " technical"
+    assert enc.input_ids[n_prompt:] == target
+
+
+def test_truncation_drops_the_start_of_the_prompt(tokenizer: PreTrainedTokenizerFast) -> None:
+    enc = encode(tokenizer, PROMPT, " technical", max_len=12)
+    assert len(enc.input_ids) == 12
+    text = tokenizer.decode(enc.input_ids)
+    assert text.endswith("Team: technical</s>") and not text.startswith("Ticket")
+
+
+def test_packing_keeps_examples_whole(tokenizer: PreTrainedTokenizerFast) -> None:
+    items = [encode(tokenizer, PROMPT, " technical", 128) for _ in range(5)]
+    size = len(items[0].input_ids)
+    blocks = pack(items, max_len=size * 2 + 1)
+    assert [len(b.input_ids) for b in blocks] == [size * 2, size * 2, size]
+    assert sum(label != IGNORE for b in blocks for label in b.labels) == sum(
+        label != IGNORE for i in items for label in i.labels
+    )
+
+
+def test_padding_is_masked_and_not_learned(tokenizer: PreTrainedTokenizerFast) -> None:
+    short = encode(tokenizer, "Ticket: hi\nTeam:", " billing", 128)
+    long = encode(tokenizer, PROMPT, " technical", 128)
+    batch = PadCollator(tokenizer.pad_token_id)([short, long])
+    n = len(short.input_ids)
+    assert batch["input_ids"].shape == (2, len(long.input_ids))
+    assert batch["attention_mask"][0, n:].sum() == 0
+    assert (batch["labels"][0, n:] == IGNORE).all()
+    assert (batch["input_ids"][0, n:] == tokenizer.pad_token_id).all()

@@ -1,0 +1,195 @@
+"""The retrainer as a process on the real stack: a trigger becomes a promoted LoRA version
+that the gateway serves; a kill mid-training resumes and promotes once; a repeated trigger
+trains nothing; a worse challenger is rejected."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from services.common.events import ExampleEvent, ModelEvent, TriggerEvent
+from services.common.kafka import EventProducer, ensure_topics
+from services.common.registry import ModelRegistry
+from services.common.settings import Settings
+from services.common.task import load_task
+from services.common.topics import Stream
+from services.demo.corpus import generate
+from services.retrainer.pipeline import OUTCOME_TAG, Retrainer, _safe
+from services.stack.stack import Stack
+from tests.conftest import API_KEYS, TEST_TASK, run_cli
+from tests.inference.helpers import read_events
+
+TASK = load_task(TEST_TASK)
+
+
+def feedback_events(n: int, seed: int, shuffle_labels: bool = False) -> list[ExampleEvent]:
+    """Ratings of a champion that mostly gets the new product line wrong, with corrections."""
+    rng = random.Random(seed)
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    out = []
+    for i, ex in enumerate(generate(TASK.task, n, seed=seed, domain="smart_home")):
+        right = rng.random() < 0.25
+        truth = rng.choice(TASK.task.labels) if shuffle_labels else ex.completion.strip()
+        out.append(
+            ExampleEvent(
+                feedback_id=f"fb-{uuid.uuid4()}",
+                prediction_id=str(uuid.uuid4()),
+                prompt=ex.prompt,
+                completion=ex.completion if right else " technical",
+                model_version="1",
+                segment="smart_home",
+                rating="up" if right else "down",
+                correction=None if right else f" {truth}",
+                predicted_at=t0 + timedelta(seconds=i),
+                rated_at=t0 + timedelta(seconds=i + 1),
+            )
+        )
+    return out
+
+
+def send_examples(settings: Settings, events: list[ExampleEvent]) -> None:
+    with EventProducer(settings) as producer:
+        for e in events:
+            producer.send(Stream.EXAMPLES, e, key=e.feedback_id)
+        producer.flush()
+
+
+def wait_for_outcome(settings: Settings, trigger_id: str, timeout_s: float = 420) -> str:
+    retrainer = Retrainer(settings, TASK)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = retrainer.find_run(trigger_id)
+        if run is not None and OUTCOME_TAG in run.data.tags:
+            return str(run.info.run_id)
+        time.sleep(2)
+    raise AssertionError(f"no outcome for {trigger_id} in {timeout_s}s")
+
+
+def versions_for(settings: Settings, trigger_id: str) -> list[str]:
+    registry = ModelRegistry(settings)
+    found = registry.client.search_model_versions(f"name = '{registry.name}'")
+    return [mv.version for mv in found if (mv.tags or {}).get("trigger_id") == trigger_id]
+
+
+@pytest.fixture(scope="module")
+def retrainer_up(stack: Stack, full_stack: Settings) -> Iterator[Settings]:
+    send_examples(full_stack, feedback_events(500, seed=41))
+    stack.up(("retrainer",))
+    yield full_stack
+
+
+def test_killed_mid_training_resumes_promotes_once_and_the_gateway_serves_it(
+    stack: Stack, retrainer_up: Settings
+) -> None:
+    settings = retrainer_up
+    trigger_id = f"test-resume-{uuid.uuid4().hex[:6]}"
+    worker = stack._started["retrainer"]
+    sent = run_cli(settings, "retrain", "--reason", "new product line", "--trigger-id", trigger_id)
+    assert sent.returncode == 0, sent.stderr
+    checkpoints = settings.var_dir / "retrainer" / _safe(trigger_id) / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("checkpoint-*")):
+        assert time.monotonic() < deadline, worker.log_tail(40)
+        time.sleep(0.2)
+    worker.kill()
+    stack.up(("retrainer",))
+    run_id = wait_for_outcome(settings, trigger_id)
+
+    log = worker.log_file.read_text(errors="replace")
+    assert f"trigger {trigger_id}: resuming run {run_id}" in log
+    assert "resuming from" in log[log.rfind("--- ") :]
+    assert len(versions_for(settings, trigger_id)) == 1
+    version = versions_for(settings, trigger_id)[0]
+    registry = ModelRegistry(settings)
+    champion = registry.champion()
+    assert champion is not None and champion.version == version
+
+    client = MlflowClient(settings.mlflow_uri)
+    run = client.get_run(run_id)
+    assert run.data.tags[OUTCOME_TAG] == "promoted"
+    assert int(run.data.params["train_examples"]) > 0
+    metrics = run.data.metrics
+    assert metrics["recent_challenger_accuracy"] > metrics["recent_champion_accuracy"] + 0.2
+    assert metrics["pool_clean_input"] > 0 and "best_eval_loss" in metrics
+    artifacts = {
+        a.path for d in ("adapter", "data", "evaluation") for a in client.list_artifacts(run_id, d)
+    }
+    assert {
+        "adapter/adapter_config.json",
+        "data/snapshot.json",
+        "evaluation/report.md",
+    } <= artifacts
+    assert run.inputs.dataset_inputs, "the training data is logged as the run's dataset"
+
+    promoted = [
+        e
+        for e in read_events(settings, Stream.MODELS, {version}, "version", timeout_s=20)
+        if isinstance(e, ModelEvent) and e.action == "promoted"
+    ]
+    assert len(promoted) == 1
+    served = f"{registry.name}-v{version}"
+    deadline = time.monotonic() + 90
+    with httpx.Client(timeout=30) as http:
+        while True:
+            r = http.post(
+                f"{settings.gateway_url}/v1/completions",
+                headers={"Authorization": f"Bearer {API_KEYS['inference']}"},
+                json={
+                    "model": registry.name,
+                    "prompt": "Ticket: my hub is offline\nTeam:",
+                    "max_tokens": 2,
+                },
+            )
+            if r.status_code == 200 and r.json()["model"] == served:
+                break
+            assert time.monotonic() < deadline, r.text
+            time.sleep(1)
+
+
+def test_the_same_trigger_again_trains_nothing(stack: Stack, retrainer_up: Settings) -> None:
+    settings = retrainer_up
+    trigger_id = f"test-twice-{uuid.uuid4().hex[:6]}"
+    for _ in range(2):
+        sent = run_cli(settings, "retrain", "--reason", "twice", "--trigger-id", trigger_id)
+        assert sent.returncode == 0, sent.stderr
+    wait_for_outcome(settings, trigger_id)
+    worker = stack._started["retrainer"]
+    deadline = time.monotonic() + 60
+    while f"trigger {trigger_id}: done before" not in worker.log_file.read_text(errors="replace"):
+        # both deliveries may have come in one poll and been coalesced instead
+        if f"coalesced into {trigger_id}" in worker.log_file.read_text(errors="replace"):
+            break
+        assert time.monotonic() < deadline, worker.log_tail(20)
+        time.sleep(1)
+    assert len(versions_for(settings, trigger_id)) == 1
+
+
+def test_a_challenger_trained_on_shuffled_labels_is_rejected(
+    bootstrapped: Settings, tmp_path: Path
+) -> None:
+    settings = bootstrapped.model_copy(update={"topic_prefix": "shuffled", "var_dir": tmp_path})
+    ensure_topics(settings)
+    send_examples(settings, feedback_events(400, seed=43, shuffle_labels=True))
+    registry = ModelRegistry(settings)
+    before = registry.champion()
+    outcome = Retrainer(settings, TASK).run(
+        TriggerEvent(
+            trigger_id=f"test-shuffled-{uuid.uuid4().hex[:6]}",
+            reason="bad labels",
+            requested_by="cli",
+        )
+    )
+    assert outcome.status == "rejected", outcome.reasons
+    assert outcome.version is not None
+    assert registry.get(outcome.version).tags["status"] == "rejected"
+    assert any("golden" in r or "recent" in r for r in outcome.reasons)
+    after = registry.champion()
+    assert before is not None and after is not None and after.version == before.version

@@ -1,0 +1,93 @@
+"""Annotation, the time split, leakage removal, and which waiting trigger runs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from services.common.datasets import LabeledText
+from services.common.events import ExampleEvent, TriggerEvent
+from services.common.task import GateSpec, TaskFile, TaskObjective
+from services.retrainer.examples import annotate
+from services.retrainer.pipeline import split
+from services.retrainer.service import pick
+
+TASK = TaskFile(
+    task=TaskObjective(
+        name="t",
+        kind="classification",
+        prompt_template="Ticket: {text}\nTeam:",
+        labels=["billing", "shipping", "account", "technical", "returns"],
+    ),
+    gate=GateSpec(test_share=0.25),
+)
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def _word(i: int) -> str:
+    return chr(97 + i % 26) + chr(97 + i // 26) + "zz"
+
+
+def example(
+    i: int, rating: str = "up", correction: str | None = None, **kw: object
+) -> ExampleEvent:
+    return ExampleEvent(
+        feedback_id=f"f{i}",
+        prediction_id=str(uuid.uuid4()),
+        prompt=kw.get("prompt", f"Ticket: smart plug {_word(i)} clicks loud\nTeam:"),  # type: ignore[arg-type]
+        completion=" technical",
+        model_version="1",
+        rating=rating,  # type: ignore[arg-type]
+        correction=correction,
+        label_source=kw.get("label_source", "user"),  # type: ignore[arg-type]
+        predicted_at=T0 + timedelta(minutes=i),
+        rated_at=T0 + timedelta(minutes=i, seconds=30),
+    )
+
+
+def test_feedback_becomes_targets_corrections_and_negatives() -> None:
+    assert annotate(example(1)).target == " technical" and annotate(example(1)).positive
+    fixed = annotate(example(2, "down", " returns"))
+    assert (fixed.target, fixed.positive, fixed.source) == (" returns", True, "correction")
+    review = annotate(example(3, "down", " billing", label_source="reviewer"))
+    assert review.source == "reviewer"
+    negative = annotate(example(4, "down"))
+    assert (negative.target, negative.positive, negative.source) == (
+        " technical",
+        False,
+        "thumbs_down",
+    )
+
+
+def test_the_newest_rated_share_is_the_test_split_and_never_trained_on() -> None:
+    feedback = [example(i) for i in range(40)]
+    # an old seed example that repeats a test prompt (different case and digits) must go
+    seed = [
+        LabeledText(
+            prompt=f"ticket: SMART PLUG {_word(35).upper()} clicks, loud\nTeam:",
+            completion=" technical",
+        )
+    ]
+    golden = [LabeledText(prompt=feedback[0].prompt, completion=" technical")]
+    splits = split(TASK, feedback, seed, golden)
+    assert [e.example_id for e in splits.recent_test] == [e.event_id for e in feedback[30:]]
+    trained = {e.example_id for e in splits.train + splits.validation}
+    assert not trained & {e.event_id for e in feedback[30:]}
+    assert feedback[0].event_id not in trained  # its prompt is in the golden set
+    assert all(e.source != "seed" for e in splits.train + splits.validation)
+    assert splits.held_out_overlap == 2
+
+
+def trigger(tid: str, by: str = "monitor", version: str | None = "1") -> TriggerEvent:
+    evidence = {"reference_version": version} if version else {}
+    return TriggerEvent(trigger_id=tid, reason="r", requested_by=by, evidence=evidence)  # type: ignore[arg-type]
+
+
+def test_waiting_triggers_coalesce_into_the_newest_and_stale_ones_are_skipped() -> None:
+    assert (
+        pick([trigger("a"), trigger("b")], "1") == trigger("b")
+        or pick([trigger("a"), trigger("b")], "1").trigger_id == "b"
+    )  # type: ignore[union-attr]
+    chosen = pick([trigger("old", version="1"), trigger("manual", by="cli", version=None)], "2")
+    assert chosen is not None and chosen.trigger_id == "manual"
+    assert pick([trigger("old", version="1")], "2") is None

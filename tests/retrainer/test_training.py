@@ -1,0 +1,62 @@
+"""LoRA training on the offline base architecture: SFT resumes from its checkpoint, KTO runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from services.common.task import BaseModelSpec, TrainingSpec
+from services.retrainer.base_model import build_model, train_tokenizer
+from services.retrainer.examples import TrainingExample
+from services.retrainer.training import train_kto, train_sft
+
+SPEC = BaseModelSpec(
+    vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=1, num_heads=2
+)
+
+
+def data(n: int) -> list[TrainingExample]:
+    labels = ["billing", "shipping", "technical"]
+    return [
+        TrainingExample(
+            prompt=f"Ticket: problem number {i} with my {labels[i % 3]} thing\nTeam:",
+            target=f" {labels[i % 3]}",
+            positive=i % 5 != 0,
+            source="correction" if i % 5 else "thumbs_down",
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PreTrainedTokenizerFast]:
+    texts = [e.prompt + e.target for e in data(60)]
+    tokenizer = train_tokenizer(texts, SPEC.vocab_size)
+    out = tmp_path_factory.mktemp("base")
+    build_model(SPEC, tokenizer, seed=0).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out, tokenizer
+
+
+def test_sft_saves_an_adapter_and_a_second_call_resumes(
+    base: tuple[Path, PreTrainedTokenizerFast], tmp_path: Path
+) -> None:
+    base_dir, tokenizer = base
+    spec = TrainingSpec(epochs=2, batch_size=8, evals_per_epoch=2, lora_r=8, lora_alpha=16)
+    first = train_sft(base_dir, tokenizer, data(64), data(16), spec, tmp_path)
+    assert (first.adapter_dir / "adapter_config.json").is_file()
+    assert first.resumed_from is None and first.steps > 0
+    again = train_sft(base_dir, tokenizer, data(64), data(16), spec, tmp_path)
+    assert again.resumed_from is not None and again.steps == first.steps
+
+
+def test_kto_trains_on_desirable_and_undesirable_examples(
+    base: tuple[Path, PreTrainedTokenizerFast], tmp_path: Path
+) -> None:
+    base_dir, tokenizer = base
+    spec = TrainingSpec(method="kto", epochs=1, batch_size=8, lora_r=8, lora_alpha=16)
+    result = train_kto(base_dir, tokenizer, data(48), data(16), spec, tmp_path)
+    assert (result.adapter_dir / "adapter_config.json").is_file()
+    assert result.steps > 0
