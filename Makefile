@@ -11,7 +11,7 @@ REFINERY := ./refinery
 .PHONY: help setup demo up down status test lint bench lock clean
 
 help:
-	@echo "make demo   - set up, bootstrap the model, start kafka+mlflow+vllm, ask it once"
+	@echo "make demo   - the closed loop from scratch: shift, drift, retrain, promote, plot"
 	@echo "make test   - set up, run the test suite (real Kafka, MLflow, vLLM)"
 	@echo "make bench  - gateway overhead vs vLLM, feedback req/s vs bare FastAPI, monitor events/s, training examples/s"
 	@echo "make up / down / status / lint / lock / clean"
@@ -20,9 +20,7 @@ setup:
 	@infra/setup.sh
 
 demo: setup
-	$(REFINERY) up
-	$(REFINERY) try "I was charged twice for my order, please refund"
-	$(REFINERY) ask "my thermostat keeps going offline every night" --rating down --correction technical
+	$(REFINERY) demo --fresh
 	@echo "Stack is running; \`./refinery status\` to look, \`make down\` to stop."
 
 up: setup

@@ -1,4 +1,4 @@
-"""``refinery``: up, down, status, bootstrap, try, schemas."""
+"""``refinery``: the command line for the stack, the model and the loop (`refinery -h`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from services.common.exceptions import RefineryError
 from services.common.settings import get_settings
@@ -227,6 +228,74 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulation_config(args: argparse.Namespace) -> Any:
+    from services.demo.simulate import SimulationConfig
+
+    return SimulationConfig(
+        rate=args.rate,
+        shift_at_s=args.shift_at,
+        max_duration_s=args.max_duration,
+        after_promotion_s=args.after_promotion,
+        seed=args.seed,
+    )
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Play apps and users against the running gateway; print accuracy by phase."""
+    import asyncio
+
+    from services.common.task import load_task
+    from services.demo.simulate import accuracy, simulate, until_promoted_then
+
+    settings = get_settings()
+    config = _simulation_config(args)
+    sim = asyncio.run(
+        simulate(
+            settings.gateway_url,
+            _client_key(),
+            settings.registered_model,
+            load_task(settings.task_file).task,
+            config,
+            done=until_promoted_then(config.after_promotion_s)
+            if args.until_promoted
+            else (lambda _: False),
+        )
+    )
+    out = args.out or settings.var_dir / "demo" / "requests.jsonl"
+    sim.save(out)
+    for name, part in (
+        ("before shift", [r for r in sim.requests if r.t < config.shift_at_s]),
+        ("after shift", [r for r in sim.requests if r.t >= config.shift_at_s]),
+    ):
+        for domain in ("retail", "smart_home"):
+            acc = accuracy([r for r in part if r.domain == domain])
+            if acc is not None:
+                print(f"{name:<13} {domain:<11} accuracy {acc:.3f}")
+    print(f"{len(sim.requests)} requests, {sim.feedback_sent} ratings; written to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The closed loop: stack up, traffic through a shift, until a retrained model serves."""
+    from services.demo.loop import run_demo
+
+    return run_demo(get_settings(), _simulation_config(args), None, fresh=args.fresh)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """Label thumbs-down examples that have no correction (an annotation queue)."""
+    import getpass
+
+    from services.cli.review import review
+    from services.common.task import load_task
+
+    settings = get_settings()
+    task = load_task(settings.task_file).task
+    result = review(settings, task, input, print, args.reviewer or getpass.getuser(), args.limit)
+    print(f"\n{result.labeled} labeled, {result.skipped} skipped, of {result.queued} waiting")
+    return 0
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     """Print drift alerts; with --follow, keep printing new ones."""
     import uuid
@@ -341,6 +410,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version")
     p.add_argument("--reason", default="ops decision", help="kept with the model event")
     add("rollback", cmd_rollback, "make the previous champion champion again")
+
+    def traffic_options(p: argparse.ArgumentParser, max_duration: float) -> None:
+        p.add_argument("--rate", type=float, default=20.0, help="requests per second")
+        p.add_argument("--shift-at", type=float, default=60.0, help="seconds before the shift")
+        p.add_argument("--max-duration", type=float, default=max_duration, help="seconds")
+        p.add_argument(
+            "--after-promotion", type=float, default=45.0, help="seconds to go on once served"
+        )
+        p.add_argument("--seed", type=int, default=0)
+
+    p = add("simulate", cmd_simulate, "play apps and users against the gateway")
+    traffic_options(p, max_duration=120.0)
+    p.add_argument("--until-promoted", action="store_true", help="stop once a new version serves")
+    p.add_argument("--out", type=Path, help="JSONL of every request (default var/demo/)")
+    p = add("demo", cmd_demo, "the closed loop: drift, feedback, retraining, recovery")
+    traffic_options(p, max_duration=600.0)
+    p.add_argument(
+        "--fresh", action="store_true", help="stop the stack and start from an empty var/ first"
+    )
+    p = add("review", cmd_review, "label thumbs-down examples that have no correction yet")
+    p.add_argument("--reviewer", help="your name, kept with each label (default: login name)")
+    p.add_argument("--limit", type=int, help="at most this many examples")
     p = add("alerts", cmd_alerts, "print drift alerts")
     p.add_argument("--follow", action="store_true", help="keep printing new alerts")
     p = add("schemas", cmd_schemas, "check (or --write) schemas/*.json against the event models")

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     monitor_app_id: str = "refinery-monitor"
     # A prediction waits this long for feedback (and feedback for its prediction).
     join_ttl_s: float = 24 * 3600
+    # Retrainer: torch threads on a CPU host (default: half the cores, at least one).
+    retrainer_threads: int | None = None
     # Where drift alerts are POSTed as Slack-compatible JSON ({"text": ...}); none: no POST.
     alert_webhook_url: str | None = None
 

@@ -86,6 +86,11 @@ class DriftSpec(_Section):
     thumbs_down_p_value: float = Field(default=0.001, gt=0, lt=1)
     persist_windows: int = Field(default=2, ge=1, description="drifted windows in a row")
     min_examples: int = Field(default=100, ge=0, description="labeled examples since training")
+    min_new_labels: int = Field(
+        default=200,
+        ge=0,
+        description="thumbs-up or corrections since the drift began: data to learn the shift from",
+    )
     cooldown_minutes: float = Field(default=30, ge=0, description="quiet time after a trigger")
 
 

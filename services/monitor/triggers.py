@@ -26,6 +26,7 @@ class TriggerState:
     consecutive: int = 0
     episode_start: datetime | None = None
     examples_since_training: int = 0
+    labels_in_episode: int = 0  # thumbs-up or corrections since the episode's first window
     last_trigger_at: datetime | None = None
     drifted_columns: list[str] = field(default_factory=list)
 
@@ -37,6 +38,7 @@ class TriggerState:
             "consecutive": self.consecutive,
             "episode_start": iso(self.episode_start),
             "examples_since_training": self.examples_since_training,
+            "labels_in_episode": self.labels_in_episode,
             "last_trigger_at": iso(self.last_trigger_at),
             "drifted_columns": self.drifted_columns,
         }
@@ -53,6 +55,7 @@ class TriggerState:
             consecutive=raw["consecutive"],
             episode_start=when(raw["episode_start"]),
             examples_since_training=raw["examples_since_training"],
+            labels_in_episode=raw.get("labels_in_episode", 0),
             last_trigger_at=when(raw["last_trigger_at"]),
             drifted_columns=list(raw["drifted_columns"]),
         )
@@ -72,6 +75,7 @@ def on_window(
     drifted_columns = [c for c in drifted_columns if c not in OPERATIONAL_COLUMNS]
     if not drifted_columns:
         state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
+        state.labels_in_episode = 0
         return None
     state.consecutive += 1
     state.episode_start = state.episode_start or window_end
@@ -79,6 +83,8 @@ def on_window(
     if state.consecutive < spec.persist_windows:
         return None
     if state.examples_since_training < spec.min_examples:
+        return None
+    if state.labels_in_episode < spec.min_new_labels:
         return None
     cooldown = timedelta(minutes=spec.cooldown_minutes)
     if state.last_trigger_at is not None and window_end - state.last_trigger_at < cooldown:
@@ -89,6 +95,7 @@ def on_window(
         "drifted_columns": state.drifted_columns,
         "drifted_windows": state.consecutive,
         "examples_since_training": state.examples_since_training,
+        "labels_in_episode": state.labels_in_episode,
     }
     return TriggerEvent(
         trigger_id=f"drift-v{reference_version}-{state.episode_start:%Y%m%dT%H%M%S}",
@@ -103,4 +110,4 @@ def on_window(
 def on_promotion(state: TriggerState) -> None:
     """A new champion: its own reference, no drift yet, no labels since its training."""
     state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
-    state.examples_since_training = 0
+    state.examples_since_training = state.labels_in_episode = 0

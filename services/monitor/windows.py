@@ -48,6 +48,8 @@ def rating_record(example: ExampleEvent) -> dict[str, Any]:
         "model_version": example.model_version,
         "feedback_id": example.feedback_id,
         "down": example.rating == "down",
+        "reviewer": example.label_source == "reviewer",
+        "labeled": example.rating == "up" or bool(example.correction),
     }
 
 
@@ -140,10 +142,12 @@ class DriftWindows:
     def _on_rating(self, record: dict[str, Any]) -> None:
         state = self.trigger_state
         state.examples_since_training += 1
+        if state.episode_start is not None and record.get("labeled"):
+            state.labels_in_episode += 1
         self.save_trigger_state(state)
         meta = self.meta
-        if record["model_version"] != meta["version"]:
-            return
+        if record["model_version"] != meta["version"] or record.get("reviewer"):
+            return  # reviewers' labels are not users' thumbs: not in the thumbs-down rate
         bucket = "ref" if meta["phase"] == REFERENCE else "cur"
         key = f"rated:{record['feedback_id']}"
         previous = self.store.get(key)

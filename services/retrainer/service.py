@@ -53,9 +53,24 @@ def pick(triggers: list[TriggerEvent], champion_version: str | None) -> TriggerE
     return chosen
 
 
+def cpu_threads(settings: Settings) -> int:
+    """Training threads on a CPU host. The retrainer shares the host with vLLM and the
+    gateway; two torch threads that keep losing their core to them wait on each other at
+    every op (measured here: eval 100x slower than alone), one thread just runs slower."""
+    if settings.retrainer_threads:
+        return settings.retrainer_threads
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def serve(settings: Settings, stop: threading.Event) -> None:
+    import torch
+
     from services.retrainer.pipeline import Retrainer  # heavy: mlflow, torch, transformers
     from services.retrainer.promotion import reconcile
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(cpu_threads(settings))
+        log.info("retrainer: training on the CPU with %d thread(s)", torch.get_num_threads())
 
     task = load_task(settings.task_file)
     retrainer = Retrainer(settings, task)

@@ -75,6 +75,7 @@ def drift_worker(
         "thumbs_down_p_value": 0.001,
         "persist_windows": 2,
         "min_examples": 50,
+        "min_new_labels": 20,
     }
     (var / "task.yaml").write_text(yaml.safe_dump(task))
     settings = kafka_stack.model_copy(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from services.common.task import DriftSpec
 from services.monitor.triggers import TriggerState, on_promotion, on_window
 
-SPEC = DriftSpec(persist_windows=2, min_examples=50, cooldown_minutes=30)
+SPEC = DriftSpec(persist_windows=2, min_examples=50, min_new_labels=0, cooldown_minutes=30)
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
@@ -52,3 +52,16 @@ def test_promotion_resets_the_episode_and_the_label_count() -> None:
     on_window(SPEC, state, "2", at(60), ["label"])
     trigger = on_window(SPEC, state, "2", at(65), ["label"])
     assert trigger is not None and trigger.trigger_id == "drift-v2-20261129T130000"
+
+
+def test_no_trigger_until_the_drift_brought_enough_new_labels() -> None:
+    spec = SPEC.model_copy(update={"min_new_labels": 100})
+    state = TriggerState(examples_since_training=500)
+    on_window(spec, state, "1", at(0), ["segment"])
+    state.labels_in_episode = 60
+    assert on_window(spec, state, "1", at(5), ["segment"]) is None
+    state.labels_in_episode = 120
+    trigger = on_window(spec, state, "1", at(10), ["segment"])
+    assert trigger is not None and trigger.evidence["labels_in_episode"] == 120
+    on_window(spec, state, "1", at(15), [])
+    assert state.labels_in_episode == 0  # a new episode counts afresh

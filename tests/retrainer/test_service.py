@@ -12,17 +12,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import mlflow
 import pytest
 from mlflow import MlflowClient
+from transformers import AutoTokenizer
 
 from services.common.events import ExampleEvent, ModelEvent, TriggerEvent
 from services.common.kafka import EventProducer, ensure_topics
 from services.common.registry import ModelRegistry
 from services.common.settings import Settings
-from services.common.task import load_task
+from services.common.task import SearchSpec, load_task
 from services.common.topics import Stream
 from services.demo.corpus import generate
-from services.retrainer.pipeline import OUTCOME_TAG, Retrainer, _safe
+from services.retrainer.pipeline import OUTCOME_TAG, Retrainer, _safe, split
 from services.stack.stack import Stack
 from tests.conftest import API_KEYS, TEST_TASK, run_cli
 from tests.inference.helpers import read_events
@@ -193,3 +195,27 @@ def test_a_challenger_trained_on_shuffled_labels_is_rejected(
     assert any("golden" in r or "recent" in r for r in outcome.reasons)
     after = registry.champion()
     assert before is not None and after is not None and after.version == before.version
+
+
+def test_the_search_runs_trials_as_nested_runs_and_keeps_the_best(
+    bootstrapped: Settings, tmp_path: Path
+) -> None:
+    search = {"enabled": True, "learning_rate": [1e-4, 3e-3], "lora_r": [8], "epochs": [1]}
+    training = TASK.training.model_copy(update={"search": SearchSpec(**search)})
+    task = TASK.model_copy(update={"training": training})
+    settings = bootstrapped.model_copy(update={"var_dir": tmp_path})
+    retrainer = Retrainer(settings, task)
+    registry = ModelRegistry(settings)
+    base = registry.serving_base(registry.get("1"))
+    base_dir = registry.local_copy(base, tmp_path / "models")
+    splits = split(task, feedback_events(200, seed=47), [], [])
+    with mlflow.start_run(run_name="test-search") as run:
+        best = retrainer._train(base_dir, AutoTokenizer.from_pretrained(base_dir), splits, tmp_path)
+    client = MlflowClient(settings.mlflow_uri)
+    trials = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    losses = sorted(t.data.metrics["best_eval_loss"] for t in trials)
+    assert len(trials) == 2
+    assert best.best_eval_loss == losses[0]
+    assert client.get_run(run.info.run_id).data.params["search_best_trial"] in {"0", "1"}

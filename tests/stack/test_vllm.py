@@ -31,10 +31,11 @@ def _complete(settings: Settings, model: str, prompts: list[str], max_tokens: in
 
 @pytest.fixture(scope="module")
 def champion_dir(full_stack: Settings) -> Path:
+    """The base vLLM serves (the champion itself, unless a test promoted a LoRA on it)."""
     registry = ModelRegistry(full_stack)
     champion = registry.champion()
     assert champion is not None
-    return registry.local_copy(champion, full_stack.models_dir)
+    return registry.local_copy(registry.serving_base(champion), full_stack.models_dir)
 
 
 @pytest.fixture(scope="module")
