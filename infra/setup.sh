@@ -29,6 +29,10 @@ fi
 make_venv() {
   local dir="$1" req="$2" nodeps="${3:-}"
   if [ -f "$dir/.complete" ]; then return; fi
+  # Two set-ups at once (two checkouts sharing the cache) must not build one venv together.
+  exec 9>"$dir.lock"
+  flock 9
+  if [ -f "$dir/.complete" ]; then exec 9>&-; return; fi
   say "building $dir (from $req)"
   rm -rf "$dir"
   "$UV" venv -q -p "$PYTHON" "$dir"
@@ -41,6 +45,7 @@ make_venv() {
   # A torchvision that does not match torch breaks transformers' imports.
   "$UV" pip uninstall -q -p "$dir/bin/python" torchvision torchaudio 2>/dev/null || true
   touch "$dir/.complete"
+  exec 9>&-
 }
 
 # Main venv: every service, the CLI and the tests (requirements.lock from pyproject).
@@ -67,11 +72,16 @@ fi
 # Kafka broker jars from Maven Central.
 KAFKA="$CACHE/kafka-$(key "$ROOT/infra/kafka/pom.xml")"
 if [ ! -f "$KAFKA/.complete" ]; then
-  say "resolving Kafka jars into $KAFKA/libs"
-  rm -rf "$KAFKA"
-  mvn -q -B -Dstyle.color=never -f "$ROOT/infra/kafka/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$KAFKA/libs"
-  touch "$KAFKA/.complete"
+  exec 9>"$KAFKA.lock"
+  flock 9
+  if [ ! -f "$KAFKA/.complete" ]; then
+    say "resolving Kafka jars into $KAFKA/libs"
+    rm -rf "$KAFKA"
+    mvn -q -B -Dstyle.color=never -f "$ROOT/infra/kafka/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$KAFKA/libs"
+    touch "$KAFKA/.complete"
+  fi
+  exec 9>&-
 fi
 
 cat > "$ROOT/var/toolchain.env" <<ENV
