@@ -129,7 +129,11 @@ class KafkaCluster:
             if node.formatted:
                 continue
             argv = self._java(
-                "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(node.config_file)
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cluster_id}",  # an id may start with "-": keep it one token
+                "-c",
+                str(node.config_file),
             )
             done = subprocess.run(argv, capture_output=True, text=True, check=False)
             if done.returncode != 0:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.common.events import AlertEvent, DriftMetric, TriggerEvent
-from services.common.kafka import EventProducer
+from services.common.kafka import EventProducer, ensure_topics
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import Stream
 from tests.conftest import API_KEYS, run_cli
@@ -71,6 +71,9 @@ def test_ask_gets_an_answer_and_records_the_thumbs(full_stack: Settings) -> None
 
 
 def test_retrain_sends_a_trigger_and_alerts_prints_them(kafka_stack: Settings) -> None:
+    # Topics of their own: a trigger on the session's topics would start a real retraining.
+    kafka_stack = kafka_stack.model_copy(update={"topic_prefix": "clitest"})
+    ensure_topics(kafka_stack)
     done = run_cli(
         kafka_stack, "retrain", "--reason", "new product line", "--trigger-id", "t-cli-1"
     )

@@ -156,6 +156,34 @@ def test_killed_mid_training_resumes_promotes_once_and_the_gateway_serves_it(
             time.sleep(1)
 
 
+def test_ops_rollback_and_promote_take_the_same_path(retrainer_up: Settings) -> None:
+    settings = retrainer_up
+    registry = ModelRegistry(settings)
+    champion, previous = registry.champion(), registry.by_alias("previous")
+    assert champion is not None and previous is not None
+    done = run_cli(settings, "rollback")
+    assert done.returncode == 0, done.stderr
+    assert registry.champion().version == previous.version  # type: ignore[union-attr]
+    assert registry.by_alias("previous").version == champion.version  # type: ignore[union-attr]
+    done = run_cli(settings, "promote", champion.version, "--reason", "back again")
+    assert done.returncode == 0, done.stderr
+    assert registry.champion().version == champion.version  # type: ignore[union-attr]
+    events = [
+        e
+        for e in read_events(
+            settings, Stream.MODELS, {champion.version, previous.version}, "version", timeout_s=20
+        )
+        if isinstance(e, ModelEvent)
+    ]
+    assert any(e.action == "rolled_back" and e.version == previous.version for e in events)
+    assert any(
+        e.action == "promoted" and e.version == champion.version and "back again" in e.reasons[0]
+        for e in events
+    )
+    missing = run_cli(settings, "promote", "999")
+    assert missing.returncode != 0 and "999" in missing.stderr + missing.stdout
+
+
 def test_the_same_trigger_again_trains_nothing(stack: Stack, retrainer_up: Settings) -> None:
     settings = retrainer_up
     trigger_id = f"test-twice-{uuid.uuid4().hex[:6]}"
