@@ -16,6 +16,8 @@ import os
 import signal
 import threading
 
+from kafka.errors import KafkaError
+
 from services.common.events import TriggerEvent
 from services.common.kafka import EventConsumer
 from services.common.registry import ModelRegistry
@@ -75,28 +77,39 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     task = load_task(settings.task_file)
     retrainer = Retrainer(settings, task)
     registry = ModelRegistry(settings)
-    reconcile(settings)
-    with EventConsumer(
-        settings,
-        [Stream.TRIGGERS],
-        group_id=GROUP_ID,
-        max_poll_interval_ms=6 * 3600 * 1000,  # a training run holds the poll loop
-        # Heartbeats run in the background during a run; a killed retrainer's membership
-        # lapses after this, and its replacement takes the uncommitted trigger over.
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=3_000,
-    ) as consumer:
-        log.info(READY)
-        while not stop.is_set():
-            batch = consumer.poll(timeout_ms=1000)
-            triggers = [r.event for r in batch if isinstance(r.event, TriggerEvent)]
-            if triggers:
-                champion = registry.champion()
-                chosen = pick(triggers, champion.version if champion else None)
-                if chosen is not None:
-                    retrainer.run(chosen)
-            if batch:
-                consumer.commit()
+    ready = False
+    while not stop.is_set():
+        try:
+            reconcile(settings)
+            with EventConsumer(
+                settings,
+                [Stream.TRIGGERS],
+                group_id=GROUP_ID,
+                max_poll_interval_ms=6 * 3600 * 1000,  # a training run holds the poll loop
+                # Heartbeats run in the background during a run; a killed retrainer's
+                # membership lapses after this, and its replacement takes the uncommitted
+                # trigger over.
+                session_timeout_ms=10_000,
+                heartbeat_interval_ms=3_000,
+            ) as consumer:
+                if not ready:
+                    log.info(READY)
+                    ready = True
+                while not stop.is_set():
+                    batch = consumer.poll(timeout_ms=1000)
+                    triggers = [r.event for r in batch if isinstance(r.event, TriggerEvent)]
+                    if triggers:
+                        champion = registry.champion()
+                        chosen = pick(triggers, champion.version if champion else None)
+                        if chosen is not None:
+                            retrainer.run(chosen)
+                    if batch:
+                        consumer.commit()
+        except KafkaError as exc:
+            # The broker went away (or the group did): nothing was committed past the last
+            # finished trigger, so a new consumer picks up where this one stopped.
+            log.warning("retrainer: Kafka error (%s); reconnecting in 5 s", exc)
+            stop.wait(5)
 
 
 def main() -> None:

@@ -90,6 +90,9 @@ class ManagedProcess:
         come up together, like a KRaft quorum). Returns True if it started it."""
         if self.pid() is not None:
             return False
+        if self._proc is not None:  # ours, and it died on its own: collect its exit status
+            self._proc.poll()
+            self._proc = None
         if not self.argv:
             raise ProcessError(f"{self.name}: no command to start it with")
         self.run_dir.mkdir(parents=True, exist_ok=True)

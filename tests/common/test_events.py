@@ -26,7 +26,13 @@ from services.common.events import (
     schema_of,
 )
 from services.common.exceptions import EventValidationError
-from services.common.kafka import DeadLetter, EventConsumer, EventProducer, Received
+from services.common.kafka import (
+    DeadLetter,
+    EventConsumer,
+    EventProducer,
+    Received,
+    ensure_topics,
+)
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import STREAM_EVENTS, Stream, Topics
 
@@ -144,6 +150,9 @@ def _consume_until(consumer: EventConsumer, want: int, timeout_s: float = 60) ->
 
 
 def test_every_event_round_trips_through_the_broker(kafka_stack: Settings) -> None:
+    # Topics of their own: a trigger or a promotion on the session's topics would be acted on.
+    kafka_stack = kafka_stack.model_copy(update={"topic_prefix": "roundtrip"})
+    ensure_topics(kafka_stack)
     events = sample_events()
     with EventProducer(kafka_stack) as producer:
         for stream, event in events.items():

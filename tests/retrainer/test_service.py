@@ -83,6 +83,8 @@ def versions_for(settings: Settings, trigger_id: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def retrainer_up(stack: Stack, full_stack: Settings) -> Iterator[Settings]:
+    running = stack._started["retrainer"]  # since full_stack, through the Kafka outage tests
+    assert running.pid() is not None, f"the retrainer died:\n{running.log_tail(30)}"
     send_examples(full_stack, feedback_events(500, seed=41))
     stack.up(("retrainer",))
     yield full_stack
