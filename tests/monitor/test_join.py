@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.partitioner import murmur2
 
 from services.common.events import ExampleEvent, FeedbackEvent, PredictionEvent
 from services.common.kafka import DeadLetter, EventProducer
@@ -170,6 +171,12 @@ def assigned(worker: ManagedProcess, topic: str) -> set[int]:
     return partitions
 
 
+def settled(worker: ManagedProcess) -> bool:
+    """Its latest assignment is recovered and it is processing again."""
+    text = worker.log_file.read_text(errors="replace")
+    return "Worker ready" in text[text.rfind("Setting newly assigned partitions") :]
+
+
 def test_two_workers_split_the_partitions_and_each_example_is_there_once(
     stack: Stack, monitor: Settings
 ) -> None:
@@ -179,10 +186,16 @@ def test_two_workers_split_the_partitions_and_each_example_is_there_once(
     try:
         predictions = Topics.from_settings(monitor).name(Stream.PREDICTIONS)
         deadline = time.monotonic() + 90
-        while True:  # the first worker logs its share once the rebalance is done
+        stable_since = None
+        while True:  # both logged their share and recovered it, and it held for 3 s
             one, two = assigned(first, predictions), assigned(second, predictions)
-            if one and two and not one & two and len(one | two) == monitor.topic_partitions:
-                break
+            split = one and two and not one & two and len(one | two) == monitor.topic_partitions
+            if split and settled(first) and settled(second):
+                stable_since = stable_since or time.monotonic()
+                if time.monotonic() - stable_since > 3:
+                    break
+            else:
+                stable_since = None
             assert time.monotonic() < deadline, f"no split: {one} / {two}"
             time.sleep(0.5)
         run = uuid.uuid4().hex[:8]
@@ -193,9 +206,12 @@ def test_two_workers_split_the_partitions_and_each_example_is_there_once(
                 producer.send(Stream.PREDICTIONS, prediction(pid), key=pid)
                 producer.send(Stream.FEEDBACK, ratings[pid], key=pid)
             producer.flush()
-        found = read_events(monitor, Stream.EXAMPLES, set(pids), "prediction_id", timeout_s=60)
+        found = read_events(monitor, Stream.EXAMPLES, set(pids), "prediction_id", timeout_s=120)
         # At-least-once: a record re-read after a commit interval is re-emitted with the same
         # event_id, so after dedup each example is there exactly once.
+        missing = set(pids) - {e.prediction_id for e in found}
+        where = sorted({(murmur2(p.encode()) & 0x7FFFFFFF) % 3 for p in missing})
+        assert not missing, f"{len(missing)} missing, on partitions {where}: {one} / {two}"
         assert {e.event_id for e in found} == {example_id(f) for f in ratings.values()}
         print(f"two workers: {len(found)} example records for {len(pids)} examples")
     finally:
