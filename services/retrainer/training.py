@@ -175,6 +175,23 @@ def _finish(
     )
 
 
+def _callbacks(spec: TrainingSpec) -> list[TrainerCallback]:
+    return [
+        EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience),
+        _Progress(spec.max_train_seconds),
+    ]
+
+
+def _run(trainer: Trainer, work_dir: Path, spec: TrainingSpec, what: str) -> TrainResult:
+    """Train (from the last checkpoint in ``work_dir`` if there is one) and save the adapter."""
+    trainer.remove_callback(PrinterCallback)  # _Progress logs instead
+    resumed = _last_checkpoint(work_dir)
+    log.info("train: %s; %s", what, f"resuming from {resumed}" if resumed else "from the start")
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=resumed)
+    return _finish(trainer, work_dir, resumed, started, spec.batch_size)
+
+
 def _last_checkpoint(work_dir: Path) -> str | None:
     checkpoints = work_dir / "checkpoints"
     return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
@@ -204,23 +221,12 @@ def train_sft(
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=PadCollator(int(tokenizer.pad_token_id or 0)),
-        callbacks=[
-            EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience),
-            _Progress(spec.max_train_seconds),
-        ],
+        callbacks=_callbacks(spec),
     )
-    trainer.remove_callback(PrinterCallback)  # _Progress logs instead
-    resumed = _last_checkpoint(work_dir)
-    log.info(
-        "train: SFT on %d sequences (%d tokens), %d validation; %s",
-        len(train_set),
-        train_set.tokens,
-        len(val_set),
-        f"resuming from {resumed}" if resumed else "from the start",
+    what = (
+        f"SFT on {len(train_set)} sequences ({train_set.tokens} tokens), {len(val_set)} validation"
     )
-    started = time.monotonic()
-    trainer.train(resume_from_checkpoint=resumed)
-    return _finish(trainer, work_dir, resumed, started, spec.batch_size)
+    return _run(trainer, work_dir, spec, what)
 
 
 def train_kto(
@@ -255,23 +261,11 @@ def train_kto(
         eval_dataset=val_rows,
         processing_class=tokenizer,
         peft_config=config,
-        callbacks=[
-            EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience),
-            _Progress(spec.max_train_seconds),
-        ],
+        callbacks=_callbacks(spec),
     )
-    trainer.remove_callback(PrinterCallback)
-    resumed = _last_checkpoint(work_dir)
-    log.info(
-        "train: KTO on %d rows (%d undesirable), %d validation; %s",
-        len(train_rows),
-        sum(not e.positive for e in train),
-        len(val_rows),
-        f"resuming from {resumed}" if resumed else "from the start",
-    )
-    started = time.monotonic()
-    trainer.train(resume_from_checkpoint=resumed)
-    return _finish(trainer, work_dir, resumed, started, spec.batch_size)
+    undesirable = sum(not e.positive for e in train)
+    what = f"KTO on {len(train_rows)} rows ({undesirable} undesirable), {len(val_rows)} validation"
+    return _run(trainer, work_dir, spec, what)
 
 
 def train(

@@ -5,20 +5,9 @@ from __future__ import annotations
 import sys
 
 from services.common.settings import REPO_ROOT, Settings
-from services.stack.process import ManagedProcess
+from services.stack.process import ManagedProcess, logged_since_last_start
 
-START_MARK = "--- "  # ManagedProcess writes "--- <time> starting <name>" before each start
 READY = "[^Worker]: Ready"
-
-
-def logged_since_last_start(proc: ManagedProcess, line: str) -> bool:
-    """For processes without a health port (faust without its web server, the retrainer):
-    ready is a line in the log since the last start."""
-    try:
-        text = proc.log_file.read_text(errors="replace")
-    except FileNotFoundError:
-        return False
-    return line in text[text.rfind(START_MARK) :]
 
 
 def monitor_process(settings: Settings, name: str = "monitor") -> ManagedProcess:

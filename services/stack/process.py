@@ -177,3 +177,13 @@ class ManagedProcess:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def logged_since_last_start(proc: ManagedProcess, line: str) -> bool:
+    """Health for processes without a port (faust without its web server, the retrainer):
+    ``line`` in the log since the last start (each start writes "--- <time> starting")."""
+    try:
+        text = proc.log_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+    return line in text[text.rfind("\n--- ") :]

@@ -6,8 +6,7 @@ import sys
 
 from services.common.settings import REPO_ROOT, Settings
 from services.retrainer.service import READY
-from services.stack.monitor import logged_since_last_start
-from services.stack.process import ManagedProcess
+from services.stack.process import ManagedProcess, logged_since_last_start
 
 
 def retrainer_process(settings: Settings, name: str = "retrainer") -> ManagedProcess:

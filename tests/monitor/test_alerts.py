@@ -19,12 +19,14 @@ END = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 WINDOW = Window(start=END - timedelta(minutes=5), end=END, size=200, reference_version="1")
 
 
-class _Hook(BaseHTTPRequestHandler):
+class Webhook(BaseHTTPRequestHandler):
+    """A Slack-like endpoint that keeps what it was sent (also used by test_drift_stream)."""
+
     received: ClassVar[list[dict[str, object]]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
-        _Hook.received.append(json.loads(self.rfile.read(length)))
+        Webhook.received.append(json.loads(self.rfile.read(length)))
         self.send_response(200)
         self.end_headers()
 
@@ -33,7 +35,7 @@ class _Hook(BaseHTTPRequestHandler):
 
 
 def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    server = HTTPServer(("127.0.0.1", 0), Webhook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -63,7 +65,7 @@ def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
     assert alert.report_url is not None
     report = Path(alert.report_url.removeprefix("file://"))
     assert report.exists() and report.stat().st_size > 10_000
-    [payload] = _Hook.received
+    [payload] = Webhook.received
     assert "segment" in str(payload["text"]) and str(alert.report_url) in str(payload["text"])
     workspace = Workspace.create(str(tmp_path / "workspace"))
     [project] = workspace.search_project(PROJECT_NAME)

@@ -7,15 +7,13 @@ meant it to hold.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import yaml
@@ -34,28 +32,16 @@ from services.monitor.drift import THUMBS_DOWN
 from services.stack.monitor import monitor_process
 from services.stack.process import ManagedProcess
 from tests.conftest import TEST_TASK
+from tests.monitor.test_alerts import Webhook
 
 WINDOW, REFERENCE = 100, 200
 TASK = load_task(TEST_TASK).task
 WINDOW_LINE = re.compile(r"drift window (\d+) v(\S+): (\d+) predictions, .* drifted=(\S+),")
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, object]]] = []
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        _Hook.received.append(json.loads(self.rfile.read(length)))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    server = HTTPServer(("127.0.0.1", 0), Webhook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/hook"
     server.shutdown()
@@ -143,7 +129,7 @@ def test_shift_alerts_within_a_window_stable_traffic_does_not_and_drift_triggers
     drift_worker: tuple[Settings, ManagedProcess],
 ) -> None:
     settings, worker = drift_worker
-    _Hook.received.clear()
+    Webhook.received.clear()
     stable_windows = 8
     send(
         settings, "1", REFERENCE + stable_windows * WINDOW, domain="retail", down_rate=0.1, seed=21
@@ -162,7 +148,7 @@ def test_shift_alerts_within_a_window_stable_traffic_does_not_and_drift_triggers
     assert all(a.reference_version == "1" and a.window_size == WINDOW for a in alerts)
     report = Path(alerts[0].report_url.removeprefix("file://"))  # type: ignore[union-attr]
     assert report.is_file() and report.stat().st_size > 10_000
-    assert len(_Hook.received) == 2 and "prompt_oov_share" in str(_Hook.received[0]["text"])
+    assert len(Webhook.received) == 2 and "prompt_oov_share" in str(Webhook.received[0]["text"])
 
     # Two drifted windows in a row with enough ratings since training: one trigger.
     triggers = [t for t in read_all(settings, Stream.TRIGGERS) if isinstance(t, TriggerEvent)]
