@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from services.common.settings import REPO_ROOT, Settings
 from services.stack.stack import Stack
+from tests.ports import SESSION, ports
 
 TEST_TASK = REPO_ROOT / "tests" / "data" / "task-small.yaml"
 API_KEYS = {
@@ -31,13 +32,8 @@ def _test_settings(var_dir: Path) -> Settings:
     return Settings(
         var_dir=var_dir,
         task_file=TEST_TASK,
-        kafka_port=29092,
-        kafka_bootstrap="127.0.0.1:29092",
-        mlflow_port=25000,
-        mlflow_uri="http://127.0.0.1:25000",
-        vllm_port=28100,
+        **ports(SESSION),
         vllm_max_model_len=256,
-        gateway_port=28000,
         api_keys=SecretStr(",".join(f"{key}:{scope}" for scope, key in API_KEYS.items())),
     )
 

@@ -39,7 +39,12 @@ class Settings(BaseSettings):
     kafka_java: str = "java"
     # 1 for development; 3 (replication 3, min ISR 2) for the fault tests.
     kafka_nodes: int = 1
+    # Broker port of the first node; node i listens on kafka_port + i - 1.
     kafka_port: int = 9092
+    # KRaft controller port of the first node (node i: + i - 1). Keep every listener port
+    # below the kernel's ephemeral range (32768+ on Linux), where outgoing connections
+    # take their local ports at random.
+    kafka_controller_port: int = 19092
     topic_prefix: str = "refinery"
     topic_partitions: int = 3
     # None: 1 on a single node, 3 on the three-node cluster.

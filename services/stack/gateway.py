@@ -59,6 +59,7 @@ def gateway_process(settings: Settings) -> ManagedProcess:
         ],
         run_dir=settings.run_dir,
         log_dir=settings.log_dir,
+        ports={"gateway": settings.gateway_port},
         health=lambda: gateway_healthy(settings.gateway_url),
         env={**settings.to_env(), "PYTHONPATH": str(REPO_ROOT)},
         cwd=REPO_ROOT,

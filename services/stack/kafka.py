@@ -14,7 +14,6 @@ from services.common.settings import REPO_ROOT, Settings
 from services.stack.process import ManagedProcess
 
 LOG4J_CONFIG = REPO_ROOT / "infra" / "kafka" / "log4j2.properties"
-CONTROLLER_PORT_OFFSET = 10000  # controller of the broker on 9092 listens on 19092
 
 
 def _port_open(port: int) -> bool:
@@ -29,11 +28,8 @@ class KafkaNode:
 
     node_id: int
     port: int
+    controller_port: int
     data_dir: Path
-
-    @property
-    def controller_port(self) -> int:
-        return self.port + CONTROLLER_PORT_OFFSET
 
     @property
     def config_file(self) -> Path:
@@ -52,7 +48,6 @@ class KafkaCluster:
         settings: Settings,
         data_dir: Path | None = None,
         nodes: int | None = None,
-        base_port: int | None = None,
     ) -> None:
         if settings.kafka_libs is None or not Path(settings.kafka_libs).is_dir():
             raise ConfigError(
@@ -63,9 +58,14 @@ class KafkaCluster:
         self.libs = Path(settings.kafka_libs)
         self.data_dir = (data_dir or settings.var_dir / "kafka").resolve()
         count = nodes or settings.kafka_nodes
-        port = base_port or settings.kafka_port
         self.nodes = [
-            KafkaNode(i + 1, port + i, self.data_dir / f"node-{i + 1}") for i in range(count)
+            KafkaNode(
+                i + 1,
+                settings.kafka_port + i,
+                settings.kafka_controller_port + i,
+                self.data_dir / f"node-{i + 1}",
+            )
+            for i in range(count)
         ]
 
     @property
@@ -153,6 +153,7 @@ class KafkaCluster:
                 # A node is healthy once its broker port accepts connections; the cluster is
                 # healthy once every node answers metadata (checked by wait_for_broker).
                 health=lambda port=node.port: _port_open(port),  # type: ignore[misc]
+                ports={"broker": node.port, "controller": node.controller_port},
                 startup_timeout_s=90,
             )
             for node in self.nodes

@@ -40,6 +40,7 @@ def mlflow_process(settings: Settings, data_dir: Path | None = None) -> ManagedP
         ],
         run_dir=settings.run_dir,
         log_dir=settings.log_dir,
+        ports={"mlflow": settings.mlflow_port},
         health=lambda: mlflow_healthy(url),
         # MLflow's job runner (huey workers for GenAI jobs) is unused here and costs
         # five extra processes on a two-core machine.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.exceptions import ProcessError
+from services.stack.ports import describe_holders, ensure_free
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,22 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``: a leader's children outlive a SIGKILL of
+    the leader alone (vLLM's engine core and workers did), and still hold its ports."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(proc.name))
+    return members
+
+
 @dataclass
 class ManagedProcess:
     """One process of the stack. It runs in its own session so ``stop`` ends its children too.
@@ -46,6 +63,8 @@ class ManagedProcess:
     log_dir: Path
     health: Callable[[], bool]
     env: dict[str, str] = field(default_factory=dict)
+    # What it listens on (by a name saying whose), checked free before it starts.
+    ports: dict[str, int] = field(default_factory=dict)
     cwd: Path | None = None
     startup_timeout_s: float = 120.0
     stop_timeout_s: float = 30.0
@@ -62,15 +81,22 @@ class ManagedProcess:
     def log_file(self) -> Path:
         return self.log_dir / f"{self.name}.log"
 
-    def pid(self) -> int | None:
-        """The pid of the running process, or None (a stale pid file is removed)."""
+    def _recorded_pid(self) -> int | None:
         try:
-            pid = int(self.pid_file.read_text().strip())
+            return int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
+            return None
+
+    def pid(self) -> int | None:
+        """The pid of the running process, or None (a stale pid file is removed unless the
+        leader's process group lives on: ``stop`` still needs it to end those)."""
+        pid = self._recorded_pid()
+        if pid is None:
             return None
         if _alive(pid):
             return pid
-        self.pid_file.unlink(missing_ok=True)
+        if not _group_members(pid):
+            self.pid_file.unlink(missing_ok=True)
         return None
 
     def is_healthy(self) -> bool:
@@ -95,6 +121,8 @@ class ManagedProcess:
             self._proc = None
         if not self.argv:
             raise ProcessError(f"{self.name}: no command to start it with")
+        self._end_orphans()
+        ensure_free(self.name, self.ports)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as out:
@@ -124,8 +152,9 @@ class ManagedProcess:
             if proc is not None and proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
                 raise ProcessError(
-                    f"{self.name} exited with code {proc.returncode} during start-up; "
-                    f"last lines of {self.log_file}:\n{self.log_tail()}"
+                    f"{self.name} exited with code {proc.returncode} during start-up"
+                    f"{self._bind_conflicts()}; last lines of {self.log_file}:\n"
+                    f"{self.log_tail()}"
                 )
             time.sleep(0.5)
         raise ProcessError(
@@ -133,34 +162,67 @@ class ManagedProcess:
             f"last lines of {self.log_file}:\n{self.log_tail()}"
         )
 
-    def stop(self) -> bool:
-        """SIGTERM the process group, SIGKILL it after ``stop_timeout_s``.
+    def _bind_conflicts(self) -> str:
+        """For a start-up that failed on a taken port: which port, and who holds it."""
+        if "Address already in use" not in self.log_tail(200):
+            return ""
+        busy = [
+            f"{port} ({what}) held by {describe_holders(port)}" for what, port in self.ports.items()
+        ]
+        return " (address already in use: " + "; ".join(busy) + ")" if busy else ""
 
-        Returns True if it was running."""
-        pid = self.pid()
-        if pid is None:
+    def _group_running(self, pgid: int) -> bool:
+        return _alive(pgid) or bool(_group_members(pgid))
+
+    def stop(self) -> bool:
+        """SIGTERM the process group, SIGKILL it after ``stop_timeout_s``; children whose
+        leader already died are ended too. Returns True if anything of it was running."""
+        pgid = self._recorded_pid()
+        if pgid is None or not self._group_running(pgid):
+            self.pid_file.unlink(missing_ok=True)
             return False
-        self._signal_group(pid, signal.SIGTERM)
+        self._signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and self._group_running(pgid):
             time.sleep(0.2)
-        self.last_stop_forced = _alive(pid)
+        self.last_stop_forced = self._group_running(pgid)
         if self.last_stop_forced:
             log.warning("%s: no exit after SIGTERM, killing", self.name)
-            self._signal_group(pid, signal.SIGKILL)
+            self._kill_group(pgid)
         self._reap()
         self.pid_file.unlink(missing_ok=True)
         return True
 
     def kill(self) -> None:
         """SIGKILL the whole group at once: the crash a fault test wants."""
+        pgid = self._recorded_pid()
+        if pgid is not None:
+            self._kill_group(pgid)
+            self._reap()
+            self.pid_file.unlink(missing_ok=True)
+
+    def kill_leader(self) -> None:
+        """SIGKILL the leader alone, as an OOM killer or ``kill -9 PID`` does: its children
+        live on, and only a group-wide stop or restart ends them (for fault tests)."""
         pid = self.pid()
         if pid is not None:
-            self._signal_group(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.05)
             self._reap()
-            self.pid_file.unlink(missing_ok=True)
+
+    def _end_orphans(self) -> None:
+        """Before a start: end what is left of the last instance's group (ports, memory)."""
+        pgid = self._recorded_pid()
+        if pgid is not None and not _alive(pgid) and _group_members(pgid):
+            log.warning("%s: ending orphans of pid %d before starting", self.name, pgid)
+            self._kill_group(pgid)
+
+    def _kill_group(self, pgid: int) -> None:
+        self._signal_group(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + self.stop_timeout_s
+        while self._group_running(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _reap(self) -> None:
         if self._proc is not None:

@@ -15,6 +15,7 @@ from services.stack.gateway import ensure_local_secrets, gateway_process
 from services.stack.kafka import KafkaCluster
 from services.stack.mlflow import mlflow_process
 from services.stack.monitor import monitor_process
+from services.stack.ports import in_ephemeral_range, listener_ports
 from services.stack.process import ManagedProcess
 from services.stack.retrainer import retrainer_process
 from services.stack.vllm import vllm_process
@@ -59,6 +60,14 @@ class Stack:
         unknown = set(only) - set(COMPONENTS)
         if unknown:
             raise RefineryError(f"unknown component(s) {sorted(unknown)}; choose from {COMPONENTS}")
+        for what, port in listener_ports(self.settings).items():
+            if in_ephemeral_range(port):
+                log.warning(
+                    "%s listens on %d, inside the kernel's ephemeral port range: an outgoing "
+                    "connection may hold it at random; choose a port below the range",
+                    what,
+                    port,
+                )
         if "kafka" in only:
             self._kafka_up()
         if "mlflow" in only:

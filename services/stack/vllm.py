@@ -83,6 +83,7 @@ def vllm_process(settings: Settings, model_dir: Path | None = None) -> ManagedPr
         argv=argv,
         run_dir=settings.run_dir,
         log_dir=settings.log_dir,
+        ports={"vllm": settings.vllm_port},
         health=lambda: vllm_healthy(settings.vllm_url),
         env=env,
         startup_timeout_s=300,

@@ -13,18 +13,11 @@ from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import Stream
 from tests.conftest import API_KEYS, run_cli
 from tests.inference.helpers import read_events
+from tests.ports import CLI, ports
 
 
 def test_up_status_down_lifecycle(stack_settings: Settings, tmp_path: Path) -> None:
-    mine = stack_settings.model_copy(
-        update={
-            "var_dir": tmp_path / "var",
-            "kafka_port": 29392,
-            "kafka_bootstrap": "127.0.0.1:29392",
-            "mlflow_port": 25100,
-            "mlflow_uri": "http://127.0.0.1:25100",
-        }
-    )
+    mine = stack_settings.model_copy(update={"var_dir": tmp_path / "var", **ports(CLI)})
     try:
         up = run_cli(mine, "up", "kafka")
         assert up.returncode == 0, up.stderr[-3000:]

@@ -22,6 +22,7 @@ from services.demo.simulate import SimulationConfig, simulate, until_promoted_th
 from services.stack.stack import Stack
 from tests.conftest import API_KEYS
 from tests.inference.helpers import read_events
+from tests.ports import LOOP, ports
 
 LOOP_TASK = REPO_ROOT / "tests" / "data" / "task-loop.yaml"
 
@@ -31,13 +32,8 @@ def loop_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     settings = Settings(
         var_dir=tmp_path_factory.mktemp("loop-var"),
         task_file=LOOP_TASK,
-        kafka_port=29192,
-        kafka_bootstrap="127.0.0.1:29192",
-        mlflow_port=25100,
-        mlflow_uri="http://127.0.0.1:25100",
-        vllm_port=28200,
+        **ports(LOOP),
         vllm_max_model_len=256,
-        gateway_port=28050,
         api_keys=SecretStr(",".join(f"{key}:{scope}" for scope, key in API_KEYS.items())),
     )
     stack = Stack(settings)

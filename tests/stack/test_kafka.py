@@ -17,24 +17,22 @@ from services.common.kafka.consumer import parse_event
 from services.common.settings import Settings
 from services.common.topics import Stream, Topics
 from services.stack.kafka import KafkaCluster
+from tests.ports import KAFKA_RESTART, KAFKA_THREE, ports
 
 
 def _own_cluster(
-    base: Settings, tmp_path: Path, port: int, nodes: int
+    base: Settings, tmp_path: Path, block: int, nodes: int
 ) -> tuple[KafkaCluster, Settings]:
+    own = ports(block)
+    brokers = ",".join(f"127.0.0.1:{own['kafka_port'] + i}" for i in range(nodes))
     settings = base.model_copy(
-        update={
-            "var_dir": tmp_path,
-            "kafka_port": port,
-            "kafka_nodes": nodes,
-            "kafka_bootstrap": ",".join(f"127.0.0.1:{port + i}" for i in range(nodes)),
-        }
+        update={"var_dir": tmp_path, **own, "kafka_nodes": nodes, "kafka_bootstrap": brokers}
     )
     return KafkaCluster(settings, data_dir=tmp_path / "kafka"), settings
 
 
 def test_restart_reuses_data(stack_settings: Settings, tmp_path: Path) -> None:
-    cluster, settings = _own_cluster(stack_settings, tmp_path, 29192, 1)
+    cluster, settings = _own_cluster(stack_settings, tmp_path, KAFKA_RESTART, 1)
     cluster.prepare()
     [proc] = cluster.processes()
     proc.start()
@@ -72,7 +70,7 @@ def test_restart_reuses_data(stack_settings: Settings, tmp_path: Path) -> None:
 def test_three_node_cluster_replicates_and_refuses_unsafe_writes(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
-    cluster, settings = _own_cluster(stack_settings, tmp_path, 29292, 3)
+    cluster, settings = _own_cluster(stack_settings, tmp_path, KAFKA_THREE, 3)
     cluster.prepare()
     procs = cluster.processes()
     assert [p.name for p in procs] == ["kafka-1", "kafka-2", "kafka-3"]

@@ -1,0 +1,39 @@
+"""The port plan of the test suite: each stack a test starts gets a block of its own.
+
+Every block lies below the kernel's ephemeral range (``tests/stack/test_ports.py`` checks
+it against the range read at run time), so no outgoing connection of the suite can take a
+listener's port. ``REFINERY_TEST_PORT_BASE`` moves the whole plan, so two suites can run
+side by side on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+BASE = int(os.environ.get("REFINERY_TEST_PORT_BASE", "21000"))
+BLOCK = 100
+
+# One block per stack (or cluster) the suite starts; add a name here for a new one.
+SESSION = 0  # tests/conftest.py: Kafka, MLflow, vLLM, gateway of the whole session
+LOOP = 1  # tests/demo/test_closed_loop.py: the closed loop on a stack of its own
+CLI = 2  # tests/cli/test_cli.py: `refinery up/status/down`
+KAFKA_RESTART = 3  # tests/stack/test_kafka.py: one node restarted
+KAFKA_THREE = 4  # tests/stack/test_kafka.py: three nodes
+FAILOVER = 5  # tests/inference/test_failover.py: a gateway on three Kafka nodes
+ALL_BLOCKS = (SESSION, LOOP, CLI, KAFKA_RESTART, KAFKA_THREE, FAILOVER)
+
+
+def ports(block: int) -> dict[str, Any]:
+    """Settings fields that put a stack on ``block``'s ports (addresses included)."""
+    base = BASE + block * BLOCK
+    kafka, mlflow = base, base + 20
+    return {
+        "kafka_port": kafka,  # + node index - 1
+        "kafka_controller_port": base + 10,  # + node index - 1
+        "kafka_bootstrap": f"127.0.0.1:{kafka}",
+        "mlflow_port": mlflow,
+        "mlflow_uri": f"http://127.0.0.1:{mlflow}",
+        "vllm_port": base + 30,
+        "gateway_port": base + 40,
+    }
