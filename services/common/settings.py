@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 256 * 1024
     # Predictions waiting on disk for Kafka; past this, completions answer 503.
     outbox_max_events: int = 200_000
+    # How often the gateway checks its route against the registry's champion alias (and
+    # that vLLM still has the champion's adapter); model events switch at once.
+    route_reconcile_s: float = 10.0
     # How long feedback waits for acks=all before answering 503.
     feedback_ack_timeout_s: float = 5.0
 

@@ -61,6 +61,16 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
+async def _keep_reconciling(router: ModelRouter, interval_s: float) -> None:
+    """Converge on the registry's champion even when an event was missed or vLLM restarted."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await router.reconcile()
+        except Exception as exc:  # MLflow or vLLM away: keep the route, try again later
+            log.warning("router: reconcile failed (%s: %s); retrying", type(exc).__name__, exc)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -103,18 +113,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.feedback_producer, state.ids, state.metrics, settings.feedback_ack_timeout_s
     )
     # Follow model events first, then take the registry's champion: nothing falls between.
-    listener = ModelEventListener(settings, registry, state.router, asyncio.get_running_loop())
+    listener = ModelEventListener(settings, state.router, asyncio.get_running_loop())
     listener.start()
     if not await asyncio.to_thread(listener.ready.wait, 60):
         raise ConfigError(f"no partitions of the models topic in 60s ({settings.kafka_bootstrap})")
-    champion = await asyncio.to_thread(registry.champion)
-    if champion is None:
+    route = await state.router.reconcile()
+    if route is None:
         raise ConfigError(f"{settings.registered_model} has no champion; run `refinery bootstrap`")
-    route = await state.router.switch_to(champion)
     log.info("gateway: serving %s v%s as %s", route.model, route.version, route.served_name)
+    reconciler = asyncio.create_task(_keep_reconciling(state.router, settings.route_reconcile_s))
     try:
         yield
     finally:
+        reconciler.cancel()
         await asyncio.to_thread(listener.stop)
         await asyncio.to_thread(state.sender.stop)
         state.feedback_producer.close(timeout_s=5)

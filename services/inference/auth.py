@@ -75,8 +75,10 @@ class KeyRing:
             return
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        token = authorization.removeprefix("Bearer ").strip()
-        found = next((k for k in self.keys if hmac.compare_digest(k.key, token)), None)
+        # Bytes, not str: compare_digest refuses non-ASCII str, and a client may send any
+        # header bytes (the server decodes them as latin-1).
+        token = authorization.removeprefix("Bearer ").strip().encode()
+        found = next((k for k in self.keys if hmac.compare_digest(k.key.encode(), token)), None)
         if found is None:
             raise Unauthorized("unknown API key")
         if not found.allows(scope):

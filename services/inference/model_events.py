@@ -1,4 +1,5 @@
-"""Follows ``refinery.models``: a promotion or rollback switches the served model."""
+"""Follows ``refinery.models``: a promotion or rollback makes the router look at the
+registry's champion alias at once (the event says when to look; the alias says what)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from kafka.errors import KafkaError
 
 from services.common.events import ModelEvent
 from services.common.kafka import EventConsumer, Received
-from services.common.registry import ModelRegistry
 from services.common.settings import Settings
 from services.common.topics import Stream
 from services.inference.router import ModelRouter
@@ -26,12 +26,10 @@ class ModelEventListener:
     def __init__(
         self,
         settings: Settings,
-        registry: ModelRegistry,
         router: ModelRouter,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.settings = settings
-        self.registry = registry
         self.router = router
         self.loop = loop
         self._stop = threading.Event()
@@ -70,8 +68,7 @@ class ModelEventListener:
         if event.model != self.settings.registered_model or event.action not in SWITCHING_ACTIONS:
             return
         try:
-            info = self.registry.get(event.version)  # the registry, not the event, is the truth
-            future = asyncio.run_coroutine_threadsafe(self.router.switch_to(info), self.loop)
+            future = asyncio.run_coroutine_threadsafe(self.router.reconcile(), self.loop)
             route = future.result(timeout=300)
         except Exception:  # a bad event must not stop the gateway following later ones
             log.exception(
@@ -81,7 +78,8 @@ class ModelEventListener:
                 self.router.current,
             )
             return
-        log.info("model events: %s v%s -> %s", event.action, event.version, route.served_name)
+        served = route.served_name if route else "nothing"
+        log.info("model events: %s v%s; serving %s", event.action, event.version, served)
 
     def stop(self) -> None:
         self._stop.set()

@@ -3,6 +3,10 @@
 A route is one registry version under its immutable vLLM name. New requests take the
 current route; a switch loads the new adapter first, then flips the route, then unloads
 the old adapter once its in-flight requests have finished.
+
+The registry's ``champion`` alias is the only truth: model events make the router look
+(fast), a periodic ``reconcile`` makes it right. Reconciling also puts the adapter back
+into a vLLM that restarted without it, so a vLLM restart heals without a gateway restart.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class ModelRouter:
         self._switch_lock = asyncio.Lock()
         # The base version vLLM was started with: adapters must apply to it.
         self.base_version: str | None = None
+        #: the champion version the last reconcile read from the registry (None: never read)
+        self.champion_version: str | None = None
 
     def route_for(self, info: VersionInfo) -> Route:
         served = self.settings.served_model_name if info.kind == "base" else info.served_name
@@ -68,12 +74,47 @@ class ModelRouter:
                 self._inflight[route.served_name] -= 1
                 self._idle.notify_all()
 
+    async def reconcile(self) -> Route | None:
+        """Serve what the registry's champion alias names, with its adapter loaded in vLLM."""
+        champion = await asyncio.to_thread(self.registry.champion)
+        if champion is None:
+            return self.current
+        self.champion_version = champion.version
+        return await self.switch_to(champion)
+
+    async def served_names(self) -> set[str]:
+        """The model names vLLM serves right now (base and loaded adapters)."""
+        async with self.vllm.get("/v1/models", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            if resp.status != 200:
+                raise UpstreamError(f"vLLM /v1/models answered {resp.status}")
+            body = await resp.json()
+        return {card["id"] for card in body.get("data", [])}
+
+    async def heal(self, broken: Route) -> None:
+        """vLLM does not know ``broken`` (it restarted and lost its runtime adapters):
+        load it again unless someone already did."""
+        async with self._switch_lock:
+            if self.current != broken or broken.kind != "lora":
+                return
+            if broken.served_name in await self.served_names():
+                return
+            info = await asyncio.to_thread(self.registry.get, broken.version)
+            log.warning("router: vLLM lost %s; loading it again", broken.served_name)
+            await self._load_adapter(info, broken.served_name)
+
+    def converged(self) -> bool:
+        """Does the route serve the champion the registry named at the last reconcile?"""
+        return self.current is not None and self.current.version == self.champion_version
+
     async def switch_to(self, info: VersionInfo) -> Route:
-        """Serve ``info`` from now on; idempotent for the version already served."""
+        """Serve ``info`` from now on (its adapter loaded if vLLM lacks it); idempotent."""
         async with self._switch_lock:
             new = self.route_for(info)
             old = self.current
             if old == new:
+                if new.kind == "lora" and new.served_name not in await self.served_names():
+                    log.warning("router: vLLM lost %s; loading it again", new.served_name)
+                    await self._load_adapter(info, new.served_name)
                 return new
             base = await asyncio.to_thread(self.registry.serving_base, info)
             if self.base_version is None:

@@ -73,18 +73,13 @@ class CompletionService:
         self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
     ) -> dict[str, Any]:
         self.check_model(request.model)
-        async with self.router.use() as route:
-            started = time.perf_counter()
-            try:
-                async with self.vllm.post(
-                    _PATHS[endpoint], json=request.upstream_body(route.served_name)
-                ) as resp:
-                    if resp.status != 200:
-                        raise _upstream_error(resp.status, await resp.text())
-                    body = await resp.json()
-            except aiohttp.ClientConnectionError as exc:
-                raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
-            latency_ms = (time.perf_counter() - started) * 1000
+        route, resp, use, started = await self._start(request, endpoint)
+        try:
+            body = await resp.json()
+        finally:
+            resp.release()
+            await use.__aexit__(None, None, None)
+        latency_ms = (time.perf_counter() - started) * 1000
         choice = body["choices"][0]
         text = choice["text"] if endpoint == "completions" else choice["message"]["content"] or ""
         usage = body.get("usage") or {}
@@ -97,24 +92,44 @@ class CompletionService:
     ) -> AsyncIterator[bytes]:
         """Start the upstream stream (errors surface before any byte is sent), then relay it."""
         self.check_model(request.model)
-        use = self.router.use()
-        route = await use.__aenter__()
-        try:
-            started = time.perf_counter()
+        route, resp, use, started = await self._start(request, endpoint)
+        return self._relay(request, endpoint, route, resp, use, started)
+
+    async def _start(
+        self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
+    ) -> tuple[Route, aiohttp.ClientResponse, Any, float]:
+        """Send the request to vLLM on the current route and return its 200 response, with
+        the route held (the caller releases both). A vLLM that restarted has lost its
+        runtime adapters and answers 404 for the route: the router loads it again and the
+        request is sent once more, so a vLLM restart fails no request that reaches it."""
+        for attempt in (1, 2):
+            use = self.router.use()
+            route = await use.__aenter__()
             try:
-                resp = await self.vllm.post(
-                    _PATHS[endpoint], json=request.upstream_body(route.served_name)
-                )
-            except aiohttp.ClientConnectionError as exc:
-                raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
-            if resp.status != 200:
+                started = time.perf_counter()
+                try:
+                    resp = await self.vllm.post(
+                        _PATHS[endpoint], json=request.upstream_body(route.served_name)
+                    )
+                except aiohttp.ClientConnectionError as exc:
+                    raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
+                if resp.status == 200:
+                    return route, resp, use, started
                 text = await resp.text()
                 resp.release()
-                raise _upstream_error(resp.status, text)
-        except BaseException:
+                if resp.status != 404 or route.kind != "lora" or attempt == 2:
+                    raise _upstream_error(resp.status, text)
+            except BaseException:
+                await use.__aexit__(None, None, None)
+                raise
             await use.__aexit__(None, None, None)
-            raise
-        return self._relay(request, endpoint, route, resp, use, started)
+            try:
+                await self.router.heal(route)
+            except GatewayError:
+                raise
+            except Exception as exc:  # the registry or vLLM failed us: say so, as a 502
+                raise UpstreamError(f"cannot restore {route.served_name} in vLLM: {exc}") from exc
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _relay(
         self,

@@ -172,6 +172,10 @@ def test_api_keys_and_scopes(full_stack: Settings) -> None:
     assert httpx.post(f"{url}/v1/completions", json=body).status_code == 401
     wrong = httpx.post(f"{url}/v1/completions", json=body, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "unknown API key" in wrong.text
+    accented = httpx.post(
+        f"{url}/v1/completions", json=body, headers={"Authorization": "Bearer clé".encode()}
+    )
+    assert accented.status_code == 401 and "unknown API key" in accented.text
     scoped = httpx.post(
         f"{url}/v1/completions",
         json=body,

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from services.common.events import ModelEvent, PredictionEvent
 from services.common.kafka import EventProducer
-from services.common.registry import ModelRegistry, VersionInfo
+from services.common.registry import CHAMPION, ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.topics import Stream
 from services.stack.stack import Stack
@@ -156,6 +156,48 @@ def _announce(settings: Settings, info: VersionInfo, action: str, previous: str)
         producer.send_and_wait(Stream.MODELS, event, key=info.name)
 
 
+def _make_champion(settings: Settings, info: VersionInfo, action: str, previous: str) -> None:
+    """What promotion and rollback do: move the alias, then announce it."""
+    ModelRegistry(settings).set_alias(CHAMPION, info.version)
+    _announce(settings, info, action, previous)
+
+
+class _Load:
+    """Clients calling the gateway in threads; records which model answered and failures."""
+
+    def __init__(self, settings: Settings, threads: int) -> None:
+        self.settings = settings
+        self.served: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._workers = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=60) as http:
+            while not self._stop.is_set():
+                r = _complete(http, self.settings)
+                if r.status_code == 200:
+                    self.served.append(r.json()["model"])
+                else:
+                    self.failures.append(f"{r.status_code} {r.text[:200]}")
+
+    def wait_for(self, served_name: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while served_name not in self.served[-6:] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert served_name in self.served[-6:], f"{served_name} never served"
+
+    def __enter__(self) -> _Load:
+        for w in self._workers:
+            w.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for w in self._workers:
+            w.join()
+
+
 def test_promotion_and_rollback_switch_with_zero_failed_requests(
     full_stack: Settings, tmp_path: Path
 ) -> None:
@@ -164,43 +206,26 @@ def test_promotion_and_rollback_switch_with_zero_failed_requests(
     adapter = _register_adapter(
         full_stack, registry.local_copy(base, tmp_path / "m"), tmp_path / "adapter"
     )
-    served: list[str] = []
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(timeout=60) as http:
-            while not stop.is_set():
-                r = _complete(http, full_stack)
-                if r.status_code == 200:
-                    served.append(r.json()["model"])
-                else:
-                    failures.append(f"{r.status_code} {r.text[:200]}")
-
-    workers = [threading.Thread(target=load) for _ in range(6)]
-    for w in workers:
-        w.start()
     try:
-        time.sleep(2)
-        # A promotion of a version the registry does not have is skipped, not fatal.
-        bogus = VersionInfo(adapter.name, "999", "lora", adapter.source, None, "1", {})
-        _announce(full_stack, bogus, "promoted", previous="1")
-        _announce(full_stack, adapter, "promoted", previous="1")
-        deadline = time.monotonic() + 120
-        while adapter.served_name not in served[-6:] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert adapter.served_name in served, "promotion never took effect"
-        time.sleep(2)
-        _announce(full_stack, base, "rolled_back", previous=adapter.version)
-        deadline = time.monotonic() + 120
-        while served[-1] != full_stack.served_model_name and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(2)
+        with _Load(full_stack, threads=6) as load:
+            time.sleep(2)
+            # Events only say when to look: a version the registry does not have, and one
+            # the champion alias does not name, are not served.
+            bogus = VersionInfo(adapter.name, "999", "lora", adapter.source, None, "1", {})
+            _announce(full_stack, bogus, "promoted", previous="1")
+            _announce(full_stack, adapter, "promoted", previous="1")
+            time.sleep(3)
+            assert set(load.served) == {full_stack.served_model_name}
+            _make_champion(full_stack, adapter, "promoted", previous="1")
+            load.wait_for(adapter.served_name)
+            time.sleep(2)
+            _make_champion(full_stack, base, "rolled_back", previous=adapter.version)
+            load.wait_for(full_stack.served_model_name)
+            time.sleep(2)
     finally:
-        stop.set()
-        for w in workers:
-            w.join()
-    assert failures == []
+        registry.set_alias(CHAMPION, "1")
+    assert load.failures == []
+    served = load.served
     switch_at = served.index(adapter.served_name)
     assert served[:switch_at] and set(served[:switch_at]) == {full_stack.served_model_name}
     assert served[-1] == full_stack.served_model_name
@@ -214,6 +239,52 @@ def test_promotion_and_rollback_switch_with_zero_failed_requests(
     assert adapter.served_name not in names
     models = httpx.get(f"{full_stack.gateway_url}/v1/models", headers=HEADERS).json()["data"]
     assert models[0]["version"] == "1"
+
+
+def _readyz(settings: Settings) -> httpx.Response:
+    return httpx.get(f"{settings.gateway_url}/readyz", timeout=10)
+
+
+def test_a_vllm_restart_under_a_lora_champion_heals_without_a_gateway_restart(
+    stack: Stack, full_stack: Settings, tmp_path: Path
+) -> None:
+    """vLLM's API server SIGKILLed alone (its engine lives on as an orphan) and started
+    again: the orphans are ended, the gateway puts the champion's adapter back, and no
+    request fails once vLLM answers again; /readyz is red while the champion is not served."""
+    registry = ModelRegistry(full_stack)
+    base = registry.get("1")
+    adapter = _register_adapter(
+        full_stack, registry.local_copy(base, tmp_path / "m"), tmp_path / "adapter"
+    )
+    vllm = stack._started["vllm"]
+    try:
+        with _Load(full_stack, threads=1) as load:
+            _make_champion(full_stack, adapter, "promoted", previous="1")
+            load.wait_for(adapter.served_name)
+        assert _readyz(full_stack).status_code == 200
+
+        vllm.kill_leader()
+        red = _readyz(full_stack)
+        assert red.status_code == 503 and red.json()["vllm"].startswith("unreachable"), red.text
+        stack.up(("vllm",))  # ends the orphaned engine first, then starts a fresh server
+        names = [m["id"] for m in httpx.get(f"{full_stack.vllm_url}/v1/models").json()["data"]]
+        if adapter.served_name not in names:  # the reconcile tick has not run yet
+            assert (
+                _readyz(full_stack).json()["model"] == f"{adapter.served_name} not loaded in vLLM"
+            )
+
+        with httpx.Client(timeout=60) as http:
+            after = [_complete(http, full_stack) for _ in range(5)]
+        assert [r.status_code for r in after] == [200] * 5, [r.text for r in after]
+        assert {r.json()["model"] for r in after} == {adapter.served_name}
+        assert _readyz(full_stack).status_code == 200
+    finally:
+        _make_champion(full_stack, base, "rolled_back", previous=adapter.version)
+    deadline = time.monotonic() + 60
+    while _readyz(full_stack).json().get("model") != "ok" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    with httpx.Client(timeout=60) as http:
+        assert _complete(http, full_stack).json()["model"] == full_stack.served_model_name
 
 
 @pytest.fixture(autouse=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.kafka import wait_for_broker
+from services.inference.router import ModelRouter, Route
 
 router = APIRouter()
 
@@ -23,19 +23,32 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     checks: dict[str, str] = {}
+    route = state.router.current
     try:
-        async with state.vllm.get("/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-            checks["vllm"] = "ok" if resp.status == 200 else f"status {resp.status}"
+        served = await state.router.served_names()
+        checks["vllm"] = "ok"
     except Exception as exc:  # any failure to reach it means "not ready"
+        served = set()
         checks["vllm"] = f"unreachable: {type(exc).__name__}"
     try:
         await asyncio.to_thread(wait_for_broker, state.settings.kafka_bootstrap, 2.0)
         checks["kafka"] = "ok"
     except TimeoutError:
         checks["kafka"] = "unreachable"
-    checks["model"] = state.router.current.served_name if state.router.current else "none"
-    ready = checks["vllm"] == "ok" and checks["kafka"] == "ok" and state.router.current
+    checks["model"] = _model_check(state.router, route, served)
+    ready = all(value == "ok" for value in checks.values())
     return JSONResponse({"ready": bool(ready), **checks}, status_code=200 if ready else 503)
+
+
+def _model_check(model_router: ModelRouter, route: Route | None, served: set[str]) -> str:
+    """ok: the route is the registry's champion and vLLM serves it; else why not."""
+    if route is None:
+        return "none routed"
+    if not model_router.converged():
+        return f"serving v{route.version}, champion is v{model_router.champion_version}"
+    if served and route.served_name not in served:
+        return f"{route.served_name} not loaded in vLLM"
+    return "ok"
 
 
 @router.get("/metrics")
