@@ -22,7 +22,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     settings = get_settings()
-    rows = Stack(settings).up(tuple(args.components) or COMPONENTS)
+    stack = Stack(settings)
+    stack.up(tuple(args.components) or COMPONENTS)
+    stack.supervise()  # from now on a process that dies is started again
+    rows = stack.status()
     print(f"up in {time.monotonic() - started:.1f}s")
     _print_status(rows)
     if settings.admin_key_path.exists():
@@ -44,6 +47,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     stack = Stack(get_settings())
     rows = stack.status()
     _print_status(rows)
+    for name, (count, last) in sorted(stack.restarts().items()):
+        print(f"restarts {name}: {count} (last {last[:19].replace('T', ' ')} UTC)")
     by_name = {r.name: r for r in rows}
     if by_name["mlflow"].healthy:
         champion = stack.champion()
@@ -55,7 +60,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("consumer lag: no consumer groups yet")
         for group, topics in sorted(lag.items()):
             print(f"lag {group}: " + ", ".join(f"{t}={n}" for t, n in sorted(topics.items())))
-    return 0 if all(r.healthy for r in rows) else 1
+    if not by_name["supervisor"].pid:
+        print("supervisor: not running, so a process that dies stays down (`refinery up`)")
+    # The supervisor is a safety net, not a part: without it the stack still serves.
+    return 0 if all(r.healthy for r in rows if r.name != "supervisor") else 1
 
 
 def _print_status(rows: list) -> None:

@@ -18,6 +18,12 @@ from services.stack.monitor import monitor_process
 from services.stack.ports import in_ephemeral_range, listener_ports
 from services.stack.process import ManagedProcess
 from services.stack.retrainer import retrainer_process
+from services.stack.supervisor import (
+    read_restarts,
+    read_wanted,
+    supervisor_process,
+    write_wanted,
+)
 from services.stack.vllm import vllm_process
 
 log = logging.getLogger(__name__)
@@ -81,7 +87,28 @@ class Stack:
             self._keep(monitor_process(self.settings)).start()
         if "retrainer" in only:
             self._keep(retrainer_process(self.settings)).start()
+        wanted = read_wanted(self.settings)
+        write_wanted(self.settings, [c for c in COMPONENTS if c in only or c in wanted])
         return self.status()
+
+    def supervise(self) -> bool:
+        """Start the supervisor (restarts what dies); True if it was not running yet."""
+        return self._keep(supervisor_process(self.settings)).start()
+
+    def running(self, component: str) -> bool:
+        """Is every process of ``component`` alive (pid check only: cheap, no health probe)?"""
+        return all(p.pid() is not None for p in self._handles(component))
+
+    def _handles(self, component: str) -> list[ManagedProcess]:
+        s = self.settings
+        return {
+            "kafka": self._kafka_handles,
+            "mlflow": lambda: [self.mlflow()],
+            "vllm": lambda: [vllm_process(s)],
+            "gateway": lambda: [gateway_process(s)],
+            "monitor": lambda: [monitor_process(s)],
+            "retrainer": lambda: [retrainer_process(s)],
+        }[component]()
 
     def _kafka_up(self) -> None:
         cluster = self.kafka()
@@ -110,15 +137,14 @@ class Stack:
         proc.start()
 
     def down(self, only: tuple[str, ...] = COMPONENTS) -> list[str]:
-        """Stop in reverse order; returns the names of what was running."""
+        """Stop in reverse order; returns the names of what was running. The supervisor
+        lets go of these first (and stops with the last of them), so it undoes no stop."""
         stopped = []
+        left = [c for c in read_wanted(self.settings) if c not in only]
+        write_wanted(self.settings, left)
         procs = [
-            *([retrainer_process(self.settings)] if "retrainer" in only else []),
-            *([monitor_process(self.settings)] if "monitor" in only else []),
-            *([gateway_process(self.settings)] if "gateway" in only else []),
-            *([vllm_process(self.settings)] if "vllm" in only else []),
-            *([self.mlflow()] if "mlflow" in only else []),
-            *(self._kafka_handles() if "kafka" in only else []),
+            *([supervisor_process(self.settings)] if not left else []),
+            *[p for c in reversed(COMPONENTS) if c in only for p in self._handles(c)],
         ]
         for proc in (self._started.get(p.name, p) for p in procs):
             if proc.stop():
@@ -143,7 +169,15 @@ class Stack:
         rows.append(self._row(gateway_process(s), s.gateway_url))
         rows.append(self._row(monitor_process(s), f"faust app {s.monitor_app_id}"))
         rows.append(self._row(retrainer_process(s), "consumer of triggers"))
+        rows.append(self._row(supervisor_process(s), "restarts what dies"))
         return rows
+
+    def restarts(self) -> dict[str, tuple[int, str]]:
+        """Per component: restarts the supervisor made, and when the last one was."""
+        counts: dict[str, tuple[int, str]] = {}
+        for r in read_restarts(self.settings):
+            counts[r.component] = (counts.get(r.component, (0, ""))[0] + 1, r.at)
+        return counts
 
     @staticmethod
     def _row(proc: ManagedProcess, address: str) -> ProcessStatus:
