@@ -6,7 +6,8 @@ writes labeled examples; invalid records go to ``<topic>.dlq``. It also forwards
 record per new prediction and rating to the single-partition window topic, where
 ``watch`` (on whichever worker owns that partition) keeps the drift windows, runs the
 tests on each closed window, and sends alerts and retrain triggers. ``follow_models``
-resets the reference when a version is promoted or rolled back.
+resets the reference when a version is promoted or rolled back. ``sweep`` expires join
+state, one partition per record of the sweep topic.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from services.common.task import load_task
 from services.common.topics import DLQ_SUFFIX, Stream, Topics
 from services.monitor.alerts import AlertPublisher, Window
 from services.monitor.drift import detect_drift
-from services.monitor.join import JoinState, expired, on_feedback, on_prediction
+from services.monitor.join import (
+    JoinState,
+    expired,
+    on_feedback,
+    on_prediction,
+    stale_keys,
+    sweep_interval,
+)
 from services.monitor.triggers import on_window
 from services.monitor.windows import (
     ClosedWindow,
@@ -61,6 +69,20 @@ traffic = app.topic(
 )
 examples = app.topic(topics.name(Stream.EXAMPLES), key_serializer="raw", value_serializer="raw")
 join_table = app.Table("join", default=None, partitions=settings.topic_partitions)
+# faust deletes a table key only inside stream iteration, into the changelog partition of
+# the event being processed. Topics with equal partition counts are co-partitioned, so
+# partition P of this topic lives on the worker owning P of the traffic and of the table:
+# a sweep record of partition P is where the keys of P can be expired.
+sweep_topic = app.topic(
+    f"{settings.monitor_app_id}-join-sweep",
+    partitions=settings.topic_partitions,
+    replicas=settings.replication,
+    internal=True,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+SWEEP_S = sweep_interval(settings.join_ttl_s)
+_last_sweep: dict[int, float] = {}
 
 # One partition: the windows need the whole stream, in one order, on one worker.
 window_topic = app.topic(
@@ -121,8 +143,10 @@ async def join(stream: faust.StreamT) -> None:
                 message, ValueError(f"key {key!r} is not its prediction_id {expected!r}")
             )
             continue
-        state = JoinState.from_json(join_table.get(key))
+        raw = join_table.get(key)
         now = time.time()
+        # Past its TTL but not swept yet: gone all the same, whenever the sweep comes.
+        state = JoinState() if expired(raw, now, settings.join_ttl_s) else JoinState.from_json(raw)
         if isinstance(parsed, PredictionEvent):
             is_new = state.prediction is None
             out = on_prediction(state, parsed, now)
@@ -132,6 +156,7 @@ async def join(stream: faust.StreamT) -> None:
         else:
             assert isinstance(parsed, FeedbackEvent)
             out = on_feedback(state, parsed, now)
+        state.partition = message.partition  # the sweep of this partition expires it
         join_table[key] = state.to_json()
         for example in out:
             await examples.send(key=example.feedback_id.encode(), value=example.to_bytes())
@@ -207,16 +232,34 @@ async def close_window(windows: DriftWindows, closed: ClosedWindow) -> None:
         await triggers.send(key=trigger.trigger_id.encode(), value=trigger.to_bytes())
 
 
-@app.timer(interval=60.0)
-async def expire_join_state() -> None:
-    """Drop pairs that waited longer than ``join_ttl_s`` (feedback that never came, say)."""
-    now = time.time()
-    stale = [
-        k
-        for k, v in join_table.items()
-        if v and expired(JoinState.from_json(v), now, settings.join_ttl_s)
-    ]
-    for key in stale:
-        join_table.pop(key, None)
-    if stale:
-        log.info("join: expired %d entries", len(stale))
+@app.timer(interval=SWEEP_S, on_leader=True)
+async def request_sweeps() -> None:
+    """One sweep record per partition, so partitions without traffic expire state too."""
+    for partition in range(settings.topic_partitions):
+        await sweep_topic.send(value=b"sweep", partition=partition)
+
+
+@app.agent(sweep_topic)
+async def sweep(stream: faust.StreamT) -> None:
+    """Drop the pairs of this record's partition that waited past ``join_ttl_s``."""
+    async for event in stream.events():
+        partition = event.message.partition
+        now = time.time()
+        # A backlog (records sent while no worker ran) needs one sweep, not one each.
+        if now - _last_sweep.get(partition, 0.0) < SWEEP_S / 2:
+            continue
+        _last_sweep[partition] = now
+        stale = stale_keys(
+            join_table.items(), partition, now, settings.join_ttl_s, recovered_partition
+        )
+        for key in stale:
+            join_table.pop(key, None)  # the tombstone goes to changelog partition P
+        if stale:
+            log.info("join: expired %d entries of partition %d", len(stale), partition)
+
+
+def recovered_partition(key: str) -> int | None:
+    """The changelog partition the memory store read ``key`` from on recovery (states
+    written before ``JoinState.partition`` existed reach a worker only that way)."""
+    key_partition: dict[str, int] = getattr(join_table.data, "_key_partition", {})
+    return key_partition.get(key)

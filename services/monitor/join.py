@@ -4,11 +4,15 @@ Feedback may come before its prediction, late, twice (the newest rating of a use
 or never (entries expire after ``join_ttl_s``). Each (prediction, rating) pair becomes one
 labeled example whose ``event_id`` is derived from the feedback event, so re-processing
 after a crash re-emits the very same example (consumers dedup by ``event_id``).
+
+Expiry is a sweep per source partition (see ``stale_keys``): faust can only delete a table
+key while processing an event of that key's partition, which is where the tombstone goes.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,17 +48,21 @@ def make_example(prediction: PredictionEvent, feedback: FeedbackEvent) -> Exampl
 @dataclass
 class JoinState:
     """What one prediction id holds in the table: the prediction, and the newest rating
-    per feedback id (a user's re-rating replaces their earlier one)."""
+    per feedback id (a user's re-rating replaces their earlier one), with the source
+    partition it came from (the sweep of that partition expires it)."""
 
     prediction: PredictionEvent | None = None
     feedback: dict[str, FeedbackEvent] = field(default_factory=dict)
     touched_at: float = 0.0
+    # None in states written before the field existed: see ``stale_keys``.
+    partition: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "prediction": self.prediction.model_dump(mode="json") if self.prediction else None,
             "feedback": {k: v.model_dump(mode="json") for k, v in self.feedback.items()},
             "touched_at": self.touched_at,
+            "partition": self.partition,
         }
 
     @classmethod
@@ -66,6 +74,7 @@ class JoinState:
             prediction=PredictionEvent.model_validate(prediction) if prediction else None,
             feedback={k: FeedbackEvent.model_validate(v) for k, v in raw["feedback"].items()},
             touched_at=float(raw.get("touched_at", 0.0)),
+            partition=raw.get("partition"),
         )
 
 
@@ -100,5 +109,39 @@ def on_feedback(state: JoinState, feedback: FeedbackEvent, now: float) -> list[E
     return [make_example(state.prediction, feedback)] if state.prediction is not None else []
 
 
-def expired(state: JoinState, now: float, ttl_s: float) -> bool:
-    return now - state.touched_at > ttl_s
+def expired(raw: dict[str, Any] | None, now: float, ttl_s: float) -> bool:
+    """Has this table value (``JoinState.to_json``) waited past ``ttl_s``? Reads one field,
+    so a sweep over every entry decodes none of them."""
+    if not raw:
+        return False
+    return now - float(raw.get("touched_at", 0.0)) > ttl_s
+
+
+def sweep_interval(ttl_s: float) -> float:
+    """How often each partition is swept: an entry outlives its TTL by about half of it at
+    most, and by a minute at most with the default day-long TTL."""
+    return min(60.0, ttl_s / 2)
+
+
+def stale_keys(
+    entries: Iterable[tuple[str, dict[str, Any] | None]],
+    partition: int,
+    now: float,
+    ttl_s: float,
+    recovered_partition: Callable[[str], int | None],
+) -> list[str]:
+    """Keys of source ``partition`` whose state waited past ``ttl_s``.
+
+    A state without a ``partition`` field predates it; such states reach a worker only by
+    changelog recovery, and ``recovered_partition`` says where the changelog held them.
+    """
+    stale = []
+    for key, raw in entries:
+        if not raw or not expired(raw, now, ttl_s):
+            continue
+        source = raw.get("partition")
+        if source is None:
+            source = recovered_partition(key)
+        if source == partition:
+            stale.append(key)
+    return stale

@@ -198,6 +198,9 @@ def test_two_workers_split_the_partitions_and_each_example_is_there_once(
                 stable_since = None
             assert time.monotonic() < deadline, f"no split: {one} / {two}"
             time.sleep(0.5)
+        # The join-state sweep of partition P must run where P of the traffic is.
+        sweeps = f"{monitor.monitor_app_id}-join-sweep"
+        assert (assigned(first, sweeps), assigned(second, sweeps)) == (one, two)
         run = uuid.uuid4().hex[:8]
         pids = [f"{run}-{i}" for i in range(200)]
         ratings = {pid: feedback(pid, "u", "down" if i % 4 else "up") for i, pid in enumerate(pids)}
