@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     topic_partitions: int = 3
     # None: 1 on a single node, 3 on the three-node cluster.
     topic_replication: int | None = None
+    # Raw traffic (predictions, feedback) is kept this long: the monitor and the join read it
+    # within minutes, so a week leaves room for outages and replays.
+    traffic_retention_hours: int = 7 * 24
+    # Alerts, triggers, model events and dead letters: the record ops and audits read.
+    ops_retention_hours: int = 90 * 24
+    # The examples topic is the training corpus: compacted by feedback id and never deleted.
 
     # MLflow
     mlflow_uri: str = "http://127.0.0.1:5000"

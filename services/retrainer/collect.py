@@ -18,10 +18,16 @@ from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from services.common.events import ExampleEvent
+from services.common.exceptions import RefineryError
 from services.common.settings import Settings
 from services.common.topics import Stream, Topics
 
 log = logging.getLogger(__name__)
+
+
+class ExamplesGone(RefineryError):
+    """Records the snapshot needs were deleted from the examples topic (retention, or a
+    delete-records): training on the rest would silently drop labels."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,21 @@ def end_offsets(settings: Settings) -> dict[int, int]:
         consumer.close()
 
 
+def _check_nothing_deleted(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+    """A partition whose log starts past 0 lost records (compaction keeps the start at 0);
+    a seek to 0 there would jump to the end and read nothing without a word."""
+    starts = consumer.beginning_offsets(partitions)
+    gone = {tp.partition: start for tp, start in starts.items() if start > 0}
+    if gone:
+        where = ", ".join(f"partition {p} starts at offset {o}" for p, o in sorted(gone.items()))
+        raise ExamplesGone(
+            f"{partitions[0].topic} lost records before the snapshot's start ({where}); "
+            "its retention or a delete-records trimmed the training corpus. Topics made by "
+            "`refinery up` compact it by feedback id and never delete by age: check "
+            "`retention.ms` and `cleanup.policy` on this topic"
+        )
+
+
 def read_examples(
     settings: Settings, until: dict[int, int], timeout_s: float = 120
 ) -> tuple[list[ExampleEvent], Snapshot]:
@@ -67,6 +88,7 @@ def read_examples(
     read = invalid = 0
     try:
         consumer.assign(partitions)
+        _check_nothing_deleted(consumer, partitions)
         for tp in partitions:
             consumer.seek(tp, 0)
         remaining = {tp for tp in partitions}

@@ -11,7 +11,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.common.settings import Settings
-from services.common.topics import Topics
+from services.common.topics import Stream, Topics
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +38,38 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 60.0, min_brokers: int = 
     raise TimeoutError(f"Kafka at {bootstrap} not ready after {timeout_s:.0f}s: {last}")
 
 
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Every Refinery topic with its configuration: retention is explicit, never the
+    broker's default, and the examples topic (the training corpus) is never trimmed."""
+    topics = Topics.from_settings(settings)
+    base = {"min.insync.replicas": str(min(2, settings.replication))}
+    hours = 3600 * 1000
+    traffic = {**base, "retention.ms": str(settings.traffic_retention_hours * hours)}
+    ops = {**base, "retention.ms": str(settings.ops_retention_hours * hours)}
+    # Keyed by feedback id: compaction keeps each rating's newest example, and nothing is
+    # deleted by age, so a retraining months later still reads every label.
+    corpus = {**base, "cleanup.policy": "compact", "retention.ms": "-1"}
+    configs = {}
+    for stream in Stream:
+        if stream is Stream.EXAMPLES:
+            configs[topics.name(stream)] = corpus
+        elif stream in (Stream.PREDICTIONS, Stream.FEEDBACK):
+            configs[topics.name(stream)] = traffic
+        else:
+            configs[topics.name(stream)] = ops
+        configs[topics.dlq(stream)] = ops
+    return configs
+
+
 def ensure_topics(settings: Settings) -> list[str]:
     """Create every Refinery topic (and its ``.dlq``) that is missing; return those created."""
-    topics = Topics.from_settings(settings)
-    replication = settings.replication
-    configs = {"min.insync.replicas": str(min(2, replication))}
+    configs = topic_configs(settings)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000)
     try:
         existing = set(admin.list_topics())
-        missing = [n for n in topics.all_names() if n not in existing]
+        missing = [n for n in configs if n not in existing]
         new = [
-            NewTopic(n, settings.topic_partitions, replication, topic_configs=configs)
+            NewTopic(n, settings.topic_partitions, settings.replication, topic_configs=configs[n])
             for n in missing
         ]
         if new:
