@@ -191,6 +191,9 @@ class Retrainer:
             )
             return Outcome(trigger.trigger_id, existing.info.run_id, "already_done", None, [])
         work_dir = self.work_root / _safe(trigger.trigger_id)
+        # A resumed run gates against the champion it started with, never the one now
+        # serving: after a crash past the alias move, that is this run's own challenger.
+        pinned = existing.data.params.get("champion_version") if existing else None
         if existing is None:
             shutil.rmtree(work_dir, ignore_errors=True)  # leftovers of a run never recorded
             offsets = end_offsets(self.settings)
@@ -210,7 +213,9 @@ class Retrainer:
             run = mlflow.start_run(run_id=existing.info.run_id)
             log.info("trigger %s: resuming run %s", trigger.trigger_id, run.info.run_id)
         with run:
-            return self._run(trigger, run.info.run_id, offsets, work_dir, **training_overrides)
+            return self._run(
+                trigger, run.info.run_id, offsets, work_dir, pinned, **training_overrides
+            )
 
     def _run(
         self,
@@ -218,15 +223,20 @@ class Retrainer:
         run_id: str,
         offsets: dict[int, int],
         work_dir: Path,
+        pinned_champion: str | None = None,
         **training_overrides: Any,
     ) -> Outcome:
         from transformers import AutoTokenizer
 
         timings: dict[str, float] = {}
         started = time.monotonic()
-        champion = self.registry.champion()
-        if champion is None:
+        serving = self.registry.champion()
+        if serving is None:
             raise RuntimeError("no champion in the registry: run `refinery bootstrap` first")
+        mine = self._registered_for(run_id)
+        if mine is not None and mine.version == serving.version:
+            return self._finish_promotion(trigger, run_id, mine)
+        champion = self.registry.get(pinned_champion) if pinned_champion else serving
         base = self.registry.serving_base(champion)
         models_dir = self.settings.models_dir
         base_dir = self.registry.local_copy(base, models_dir)
@@ -322,6 +332,45 @@ class Retrainer:
             "; ".join(decision.reasons),
         )
         return Outcome(trigger.trigger_id, run_id, status, info.version, decision.reasons)
+
+    def record_failure(self, trigger: TriggerEvent, exc: Exception) -> None:
+        """Mark the trigger's run failed (making one if it never started), so ops see why
+        and the same trigger is not run again."""
+        existing = self.find_run(trigger.trigger_id)
+        tags = {OUTCOME_TAG: "failed", "refinery.error": f"{type(exc).__name__}: {exc}"[:5000]}
+        if existing is not None:
+            self.client.set_tag(existing.info.run_id, OUTCOME_TAG, "failed")
+            self.client.set_tag(existing.info.run_id, "refinery.error", tags["refinery.error"])
+            self.client.set_terminated(existing.info.run_id, status="FAILED")
+            return
+        mlflow.start_run(
+            run_name=f"retrain {trigger.trigger_id}",
+            tags={
+                **tags,
+                TRIGGER_TAG: trigger.trigger_id,
+                TRIGGER_KEY_TAG: _key(trigger.trigger_id),
+            },
+        )
+        mlflow.end_run(status="FAILED")
+
+    def _finish_promotion(self, trigger: TriggerEvent, run_id: str, info: VersionInfo) -> Outcome:
+        """The run crashed after moving the champion alias to its version: the gate had
+        passed. Announce it (idempotent) and record the outcome; evaluate nothing again."""
+        log.info(
+            "trigger %s: v%s was promoted before a crash; recording it",
+            trigger.trigger_id,
+            info.version,
+        )
+        reasons = ["promoted before the retrainer stopped; outcome recorded on resume"]
+        promote(self.settings, info.version, reasons=reasons)
+        mlflow.set_tags(
+            {
+                OUTCOME_TAG: "promoted",
+                "refinery.version": info.version,
+                "refinery.reasons": reasons[0],
+            }
+        )
+        return Outcome(trigger.trigger_id, run_id, "promoted", info.version, reasons)
 
     def _artifact_jsonl(self, uri: str | None, work_dir: Path) -> list[LabeledText]:
         if not uri:

@@ -15,20 +15,29 @@ import logging
 import os
 import signal
 import threading
+from typing import TYPE_CHECKING
 
+import requests
 from kafka.errors import KafkaError
+from mlflow.exceptions import MlflowException
 
 from services.common.events import TriggerEvent
 from services.common.kafka import EventConsumer
 from services.common.registry import ModelRegistry
 from services.common.settings import Settings, get_settings
-from services.common.task import load_task
+from services.common.task import TaskFile, load_task
 from services.common.topics import Stream
+
+if TYPE_CHECKING:
+    from services.retrainer.pipeline import Retrainer
 
 log = logging.getLogger(__name__)
 
 GROUP_ID = "refinery-retrainer"
 READY = "retrainer: ready"
+# MLflow or the network away: the trigger is not committed, so it runs again once they are
+# back (the run resumes). Anything else is a fault of this trigger: recorded, then skipped.
+TRANSIENT = (KafkaError, MlflowException, requests.exceptions.RequestException, OSError)
 
 
 def pick(triggers: list[TriggerEvent], champion_version: str | None) -> TriggerEvent | None:
@@ -67,7 +76,6 @@ def cpu_threads(settings: Settings) -> int:
 def serve(settings: Settings, stop: threading.Event) -> None:
     import torch
 
-    from services.retrainer.pipeline import Retrainer  # heavy: mlflow, torch, transformers
     from services.retrainer.promotion import reconcile
 
     if not torch.cuda.is_available():
@@ -75,9 +83,12 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         log.info("retrainer: training on the CPU with %d thread(s)", torch.get_num_threads())
 
     task = load_task(settings.task_file)
-    retrainer = Retrainer(settings, task)
+    retrainer = _connected(settings, task, stop)
+    if retrainer is None:
+        return
     registry = ModelRegistry(settings)
     ready = False
+    backoff = 5.0
     while not stop.is_set():
         try:
             reconcile(settings)
@@ -102,19 +113,52 @@ def serve(settings: Settings, stop: threading.Event) -> None:
                         champion = registry.champion()
                         chosen = pick(triggers, champion.version if champion else None)
                         if chosen is not None:
-                            retrainer.run(chosen)
+                            run_once(retrainer, chosen)
                     if batch:
                         consumer.commit()
-        except KafkaError as exc:
-            # The broker went away (or the group did): nothing was committed past the last
+            backoff = 5.0
+        except TRANSIENT as exc:
+            # Kafka, MLflow or the network went away: nothing was committed past the last
             # finished trigger, so a new consumer picks up where this one stopped.
-            log.warning("retrainer: Kafka error (%s); reconnecting in 5 s", exc)
-            stop.wait(5)
+            log.warning("retrainer: %s (%s); retrying in %.0f s", type(exc).__name__, exc, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 60.0)
+
+
+def _connected(settings: Settings, task: TaskFile, stop: threading.Event) -> Retrainer | None:
+    """The pipeline, once MLflow answers (it may start after us, or be restarting)."""
+    from services.retrainer.pipeline import Retrainer  # heavy: mlflow, torch, transformers
+
+    wait = 2.0
+    while not stop.is_set():
+        try:
+            return Retrainer(settings, task)
+        except TRANSIENT as exc:
+            log.warning("retrainer: MLflow not reachable (%s); retrying in %.0f s", exc, wait)
+            stop.wait(wait)
+            wait = min(wait * 2, 30.0)
+    return None
+
+
+def run_once(retrainer: Retrainer, trigger: TriggerEvent) -> None:
+    """Run one trigger; a failure that retrying cannot fix is recorded and the trigger is
+    let go, so one bad trigger does not stop every later one."""
+    try:
+        retrainer.run(trigger)
+    except TRANSIENT:
+        raise
+    except Exception as exc:
+        log.exception("trigger %s: failed; recorded and skipped", trigger.trigger_id)
+        retrainer.record_failure(trigger, exc)
 
 
 def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # MLflow's client retries a refused connection for minutes on its own; fail sooner and
+    # let the service's loop wait (and log) instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     logging.basicConfig(
         level=logging.INFO,
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
