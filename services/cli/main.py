@@ -344,12 +344,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    from services.common.events import EVENT_TYPES, schema_of
+    from services.common.events import SCHEMA_TYPES, schema_file_name, schema_of
     from services.common.settings import REPO_ROOT
 
     stale = []
-    for event_type in EVENT_TYPES:
-        path = REPO_ROOT / "schemas" / f"{event_type.schema_name}.v1.json"
+    for event_type in SCHEMA_TYPES:
+        path = REPO_ROOT / "schemas" / schema_file_name(event_type)
         text = json.dumps(schema_of(event_type), indent=2, sort_keys=True) + "\n"
         if args.write:
             path.write_text(text)

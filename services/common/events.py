@@ -1,11 +1,17 @@
-"""Event models: the pydantic mirror of ``schemas/*.v1.json``, one class per Kafka value.
+"""Event models: the pydantic mirror of ``schemas/*.v<N>.json``, one class per Kafka value.
 
 The JSON Schema files are what other languages and tools read; ``tests/common/test_events.py``
 fails when a model and its file disagree (``refinery schemas --write`` regenerates the files).
+
+Producers write the newest version of each event; consumers also read the versions before
+it (``parse_versioned``), upgraded to the newest, so records on a topic from before an
+upgrade stay readable. Version 2 of predictions and examples keeps a chat conversation as
+structured messages instead of flattened text.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
@@ -51,14 +57,34 @@ class SamplingParams(BaseModel):
     seed: int | None = None
 
 
+class ChatTurn(BaseModel):
+    """One message of a conversation, as the OpenAI chat API carries it (text content)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+def last_user_text(messages: list[ChatTurn]) -> str:
+    """What a conversation asks now: the last user turn (what drift features look at)."""
+    return next((m.content for m in reversed(messages) if m.role == "user"), "")
+
+
 class PredictionEvent(Event):
     """One answer the gateway gave (topic ``predictions``, key ``prediction_id``)."""
 
     schema_name = "prediction"
 
+    schema_version: Literal[2] = 2  # type: ignore[assignment]
     prediction_id: str
     endpoint: Literal["completions", "chat.completions"]
-    prompt: str
+    prompt: str = Field(
+        description="the prompt of a completion; for chat, the last user message's text"
+    )
+    messages: list[ChatTurn] | None = Field(
+        default=None, description="chat: the whole conversation sent, as structured messages"
+    )
     completion: str
     model: str = Field(description="registered model name")
     model_version: str = Field(description="registry version that answered")
@@ -92,9 +118,13 @@ class ExampleEvent(Event):
 
     schema_name = "example"
 
+    schema_version: Literal[2] = 2  # type: ignore[assignment]
     feedback_id: str = Field(description="key: a later example with the same id replaces this one")
     prediction_id: str
     prompt: str
+    messages: list[ChatTurn] | None = Field(
+        default=None, description="chat: the conversation the completion answered"
+    )
     completion: str
     model_version: str
     segment: str | None = None
@@ -164,6 +194,82 @@ class ModelEvent(Event):
     reasons: list[str] = Field(default_factory=list)
 
 
+class PredictionEventV1(Event):
+    """One answer the gateway gave (topic ``predictions``, key ``prediction_id``)."""
+
+    # Version 1, as published (a chat conversation flattened into ``prompt``): still read.
+    model_config = ConfigDict(title="PredictionEvent")
+    schema_name = "prediction"
+
+    prediction_id: str
+    endpoint: Literal["completions", "chat.completions"]
+    prompt: str
+    completion: str
+    model: str = Field(description="registered model name")
+    model_version: str = Field(description="registry version that answered")
+    served_name: str = Field(description="name vLLM served it under (<model>-v<version>)")
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    latency_ms: float = Field(ge=0)
+    segment: str | None = None
+    user: str | None = None
+
+    def upgrade(self) -> PredictionEvent:
+        return PredictionEvent(**{**self.model_dump(), "schema_version": 2})
+
+
+class ExampleEventV1(Event):
+    """A prediction joined with its latest feedback: one labeled example (topic ``examples``)."""
+
+    # Version 1, as published (no structured conversation): still read.
+    model_config = ConfigDict(title="ExampleEvent")
+    schema_name = "example"
+
+    feedback_id: str = Field(description="key: a later example with the same id replaces this one")
+    prediction_id: str
+    prompt: str
+    completion: str
+    model_version: str
+    segment: str | None = None
+    rating: Literal["up", "down"]
+    correction: str | None = None
+    comment: str | None = None
+    user: str | None = None
+    label_source: Literal["user", "reviewer"] = "user"
+    predicted_at: AwareDatetime
+    rated_at: AwareDatetime
+
+    def upgrade(self) -> ExampleEvent:
+        return ExampleEvent(**{**self.model_dump(), "schema_version": 2})
+
+
+# Older versions each event type still reads, by version number.
+LEGACY_VERSIONS: dict[type[Event], dict[int, type[Any]]] = {
+    PredictionEvent: {1: PredictionEventV1},
+    ExampleEvent: {1: ExampleEventV1},
+}
+
+
+def parse_versioned(event_type: type[Event], value: bytes | str | dict[str, Any]) -> Event:
+    """Validate a record (JSON, or its decoded dict) of ``event_type`` in any version it
+    still reads, as the newest version."""
+    data: Any = value
+    if not isinstance(value, dict):
+        try:
+            data = json.loads(value)
+        except ValueError:
+            data = None  # not JSON: the model's own validation says why, below
+    legacy = LEGACY_VERSIONS.get(event_type, {})
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    model: type[Any] = legacy.get(version, event_type) if isinstance(version, int) else event_type
+    if isinstance(value, dict):
+        parsed = model.model_validate(value)
+    else:
+        parsed = model.model_validate_json(value)
+    return parsed.upgrade() if model is not event_type else parsed  # type: ignore[no-any-return]
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     PredictionEvent,
     FeedbackEvent,
@@ -174,9 +280,24 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 )
 
 
+# Every schema file in schemas/: the current types and the versions consumers still read.
+SCHEMA_TYPES: tuple[type[Event], ...] = (
+    *EVENT_TYPES,
+    *(old for versions in LEGACY_VERSIONS.values() for old in versions.values()),
+)
+
+
+def schema_version_of(event_type: type[Event]) -> int:
+    return int(event_type.model_fields["schema_version"].default)
+
+
+def schema_file_name(event_type: type[Event]) -> str:
+    return f"{event_type.schema_name}.v{schema_version_of(event_type)}.json"
+
+
 def schema_of(event_type: type[Event]) -> dict[str, Any]:
-    """The JSON Schema of an event type, as written to ``schemas/<name>.v1.json``."""
+    """The JSON Schema of an event type, as written to ``schemas/<name>.v<N>.json``."""
     schema = event_type.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = f"https://refinery.dev/schemas/{event_type.schema_name}.v1.json"
+    schema["$id"] = f"https://refinery.dev/schemas/{schema_file_name(event_type)}"
     return schema

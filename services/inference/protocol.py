@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.events import SamplingParams
+from services.common.events import ChatTurn, SamplingParams
 
 
 class _OpenAIRequest(BaseModel):
@@ -60,11 +60,26 @@ class CompletionRequest(_OpenAIRequest):
     prompt: str = Field(min_length=1, description="one prompt per request")
 
 
+class TextPart(BaseModel):
+    """A text part of a message's content (the only kind a text model takes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        """The content as one string (text parts joined, as vLLM joins them)."""
+        if isinstance(self.content, list):
+            return "\n".join(part.text for part in self.content)
+        return self.content or ""
 
 
 class ChatCompletionRequest(_OpenAIRequest):
@@ -72,9 +87,9 @@ class ChatCompletionRequest(_OpenAIRequest):
 
     messages: list[ChatMessage] = Field(min_length=1)
 
-    def logged_prompt(self) -> str:
-        """The conversation as text, one ``role: content`` line per message."""
-        return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
+    def turns(self) -> list[ChatTurn]:
+        """The conversation as logged: structured messages with text content."""
+        return [ChatTurn(role=m.role, content=m.text()) for m in self.messages]
 
 
 class FeedbackCreate(BaseModel):

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from services.common.events import PredictionEvent
+from services.common.events import PredictionEvent, last_user_text
 from services.inference.exceptions import (
     BadRequest,
     GatewayError,
@@ -188,13 +188,16 @@ class CompletionService:
         prediction_id: str | None = None,
     ) -> str:
         prediction_id = prediction_id or self.ids.new(_ID_KINDS[endpoint])
-        prompt = (
-            request.prompt if isinstance(request, CompletionRequest) else request.logged_prompt()
-        )
+        if isinstance(request, CompletionRequest):
+            prompt, messages = request.prompt, None
+        else:
+            messages = request.turns()
+            prompt = last_user_text(messages)
         event = PredictionEvent(
             prediction_id=prediction_id,
             endpoint=endpoint,
             prompt=prompt,
+            messages=messages,
             completion=text,
             model=route.model,
             model_version=route.version,

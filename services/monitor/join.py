@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.common.events import ExampleEvent, FeedbackEvent, PredictionEvent
+from services.common.events import ExampleEvent, FeedbackEvent, PredictionEvent, parse_versioned
 
 _EXAMPLE_NS = uuid.UUID("5d1f6c2e-8a4b-4f5e-9a63-0c7d2b9e1f40")
 
@@ -32,6 +32,7 @@ def make_example(prediction: PredictionEvent, feedback: FeedbackEvent) -> Exampl
         feedback_id=feedback.feedback_id,
         prediction_id=prediction.prediction_id,
         prompt=prediction.prompt,
+        messages=prediction.messages,
         completion=prediction.completion,
         model_version=prediction.model_version,
         segment=prediction.segment,
@@ -71,11 +72,18 @@ class JoinState:
             return cls()
         prediction = raw.get("prediction")
         return cls(
-            prediction=PredictionEvent.model_validate(prediction) if prediction else None,
+            prediction=_prediction(prediction) if prediction else None,
             feedback={k: FeedbackEvent.model_validate(v) for k, v in raw["feedback"].items()},
             touched_at=float(raw.get("touched_at", 0.0)),
             partition=raw.get("partition"),
         )
+
+
+def _prediction(raw: dict[str, Any]) -> PredictionEvent:
+    """A stored prediction, in whichever schema version it was kept (v1 before chat)."""
+    event = parse_versioned(PredictionEvent, raw)
+    assert isinstance(event, PredictionEvent)
+    return event
 
 
 def _newer(a: FeedbackEvent, b: FeedbackEvent) -> bool:

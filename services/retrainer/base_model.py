@@ -29,10 +29,15 @@ from services.common.task import BaseModelSpec
 log = logging.getLogger(__name__)
 
 PAD, EOS = "<pad>", "</s>"
-SPECIAL_TOKENS = [PAD, "<s>", EOS]
+ROLES = ("system", "user", "assistant", "tool", "developer")
+# One token per role marker, so a conversation's structure is never split or merged.
+SPECIAL_TOKENS = [PAD, "<s>", EOS, *(f"<|{role}|>" for role in ROLES)]
+# A real chat template with roles (Zephyr's layout): every turn ends with EOS, so the
+# answer the model learns ends where vLLM stops generating. vLLM serves chat requests with
+# it, and the retrainer builds training and evaluation prompts with the same template.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['content'] }}"
-    "{% if not loop.last %}\n{% endif %}{% endfor %}"
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
+    "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 # Positions vLLM may serve; training uses spec.max_seq_len, RoPE extends beyond it.
 SERVE_POSITIONS = 512
@@ -57,7 +62,6 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
         pad_token=PAD,
         model_max_length=SERVE_POSITIONS,
     )
-    # Chat requests see the same text as completions: the messages' contents, one per line.
     fast.chat_template = CHAT_TEMPLATE
     return fast
 

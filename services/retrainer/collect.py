@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from services.common.events import ExampleEvent
+from services.common.events import ExampleEvent, parse_versioned
 from services.common.exceptions import RefineryError
 from services.common.settings import Settings
 from services.common.topics import Stream, Topics
@@ -104,7 +104,8 @@ def read_examples(
                         continue
                     read += 1
                     try:
-                        event = ExampleEvent.model_validate_json(record.value or b"")
+                        event = parse_versioned(ExampleEvent, record.value or b"")
+                        assert isinstance(event, ExampleEvent)
                     except ValidationError:
                         invalid += 1  # the monitor validates; count what slipped past anyway
                         continue

@@ -1,7 +1,11 @@
 """Tokenization and sequencing: prompt + target as the model sees them, loss on the target.
 
-The prompt is encoded the way the server encodes it (the tokenizer's own special tokens,
-e.g. a BOS), the target without them and followed by EOS, so the model learns to stop.
+The prompt is encoded the way the server encodes it: a completion prompt with the
+tokenizer's own special tokens (e.g. a BOS), as vLLM's ``/v1/completions`` does; a
+conversation through the model's chat template with a generation prompt, tokenized without
+adding special tokens, as vLLM's ``/v1/chat/completions`` does (``prompt_ids`` is that one
+rendering). The target follows without special tokens and ends with EOS, so the model
+learns to stop; the loss is on the target (the last assistant turn) only.
 Over-long examples lose the *start* of the prompt (the template's tail, "Team:", stays
 next to the answer). Batches are padded to their longest sequence, or, with packing,
 whole examples are packed into blocks of ``max_len`` (no example is split; attention is
@@ -10,12 +14,14 @@ not masked between the examples of a block, as in TRL's default packing).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from services.common.events import ChatTurn
 
 IGNORE = -100  # label value the loss skips
 
@@ -26,14 +32,32 @@ class Encoded:
     labels: list[int]
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_len: int) -> Encoded:
-    prompt_ids: list[int] = tokenizer(prompt)["input_ids"]
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, messages: Sequence[ChatTurn] | None = None
+) -> list[int]:
+    """The token ids vLLM feeds the model for this prompt (or conversation, if given)."""
+    if messages:
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    target: str,
+    max_len: int,
+    messages: Sequence[ChatTurn] | None = None,
+) -> Encoded:
+    """One training sequence: the served prompt's ids, then the target's, loss on the target."""
+    prompt_ids_ = prompt_ids(tokenizer, prompt, messages)
     target_ids: list[int] = tokenizer(target, add_special_tokens=False)["input_ids"]
     target_ids = [*target_ids, tokenizer.eos_token_id][: max_len - 1]
-    prompt_ids = prompt_ids[-(max_len - len(target_ids)) :]
+    prompt_ids_ = prompt_ids_[-(max_len - len(target_ids)) :]
     return Encoded(
-        input_ids=prompt_ids + target_ids,
-        labels=[IGNORE] * len(prompt_ids) + target_ids,
+        input_ids=prompt_ids_ + target_ids,
+        labels=[IGNORE] * len(prompt_ids_) + target_ids,
     )
 
 

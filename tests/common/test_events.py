@@ -13,8 +13,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from services.common.events import (
-    EVENT_TYPES,
+    SCHEMA_TYPES,
     AlertEvent,
+    ChatTurn,
     DriftMetric,
     Event,
     ExampleEvent,
@@ -23,6 +24,8 @@ from services.common.events import (
     PredictionEvent,
     SamplingParams,
     TriggerEvent,
+    parse_versioned,
+    schema_file_name,
     schema_of,
 )
 from services.common.exceptions import EventValidationError
@@ -69,6 +72,10 @@ def sample_events() -> dict[Stream, Event]:
             feedback_id="f-1",
             prediction_id=pid,
             prompt="p",
+            messages=[
+                ChatTurn(role="system", content="be brief"),
+                ChatTurn(role="user", content="p"),
+            ],
             completion=" shipping",
             model_version="1",
             rating="down",
@@ -106,12 +113,26 @@ def sample_events() -> dict[Stream, Event]:
     }
 
 
-@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.schema_name)
+@pytest.mark.parametrize("event_type", SCHEMA_TYPES, ids=schema_file_name)
 def test_schema_file_matches_model(event_type: type[Event]) -> None:
-    path = REPO_ROOT / "schemas" / f"{event_type.schema_name}.v1.json"
+    path = REPO_ROOT / "schemas" / schema_file_name(event_type)
     assert json.loads(path.read_text()) == schema_of(event_type), (
         f"{path.name} disagrees with {event_type.__name__}; run `refinery schemas --write`"
     )
+
+
+def test_v1_records_are_read_as_v2() -> None:
+    chat = sample_events()[Stream.PREDICTIONS].model_dump(mode="json", exclude={"messages"})
+    v1 = {**chat, "schema_version": 1, "endpoint": "chat.completions", "prompt": "user: hi"}
+    upgraded = parse_versioned(PredictionEvent, json.dumps(v1))
+    assert isinstance(upgraded, PredictionEvent)
+    assert (upgraded.schema_version, upgraded.prompt, upgraded.messages) == (2, "user: hi", None)
+    assert upgraded.event_id == v1["event_id"]
+    example = sample_events()[Stream.EXAMPLES].model_dump(mode="json", exclude={"messages"})
+    old = parse_versioned(ExampleEvent, {**example, "schema_version": 1})
+    assert isinstance(old, ExampleEvent) and old.schema_version == 2
+    with pytest.raises(ValueError):  # a v1 record holds no v2 field
+        parse_versioned(PredictionEvent, json.dumps({**v1, "messages": []}))
 
 
 def test_every_stream_has_a_sample() -> None:
@@ -121,7 +142,7 @@ def test_every_stream_has_a_sample() -> None:
 @pytest.mark.parametrize("stream", list(Stream), ids=str)
 def test_schema_file_and_model_accept_and_reject_alike(stream: Stream) -> None:
     event = sample_events()[stream]
-    schema = json.loads((REPO_ROOT / "schemas" / f"{event.schema_name}.v1.json").read_text())
+    schema = json.loads((REPO_ROOT / "schemas" / schema_file_name(type(event))).read_text())
     good = json.loads(event.model_dump_json())
     jsonschema.validate(good, schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     bad = {**good, "unexpected_field": 1}

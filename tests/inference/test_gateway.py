@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
+from transformers import AutoTokenizer
 
-from services.common.events import FeedbackEvent, PredictionEvent
+from services.common.events import ChatTurn, FeedbackEvent, PredictionEvent
+from services.common.registry import ModelRegistry
 from services.common.settings import Settings
 from services.common.topics import Stream
+from services.retrainer.sequence import prompt_ids
 from tests.conftest import API_KEYS
 from tests.inference.helpers import read_events
 
@@ -63,7 +68,59 @@ def test_chat_completion_is_served_and_logged(full_stack: Settings, client: open
     logged = _prediction(full_stack, resp.id)
     assert logged.endpoint == "chat.completions"
     assert logged.completion == resp.choices[0].message.content
-    assert logged.prompt == f"user: {PROMPT}"
+    assert logged.messages == [ChatTurn(role="user", content=PROMPT)]
+    assert logged.prompt == PROMPT  # the last user turn: what drift features read
+
+
+def test_the_retrainer_builds_the_prompt_ids_vllm_served_for_a_logged_chat(
+    full_stack: Settings, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """One rendering of a conversation: the ids vLLM's chat endpoint fed the model equal
+    the ids the retrainer builds from the logged event (system prompt, turns, text parts)."""
+    messages = [
+        {"role": "system", "content": "You route support tickets to a team."},
+        {"role": "user", "content": "I was charged twice"},
+        {"role": "assistant", "content": "billing"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "and my parcel is late"},
+                {"type": "text", "text": "since Monday"},
+            ],
+        },
+    ]
+    resp = client.chat.completions.create(
+        model=full_stack.registered_model,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=4,
+        temperature=0,
+        extra_body={"return_token_ids": True},
+    )
+    served = (resp.model_extra or {})["prompt_token_ids"]
+    logged = _prediction(full_stack, resp.id)
+    assert logged.messages is not None
+    assert logged.messages[-1] == ChatTurn(
+        role="user", content="and my parcel is late\nsince Monday"
+    )
+    registry = ModelRegistry(full_stack)
+    champion = registry.champion()
+    assert champion is not None
+    base_dir = registry.local_copy(registry.serving_base(champion), tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    assert prompt_ids(tokenizer, logged.prompt, logged.messages) == served
+
+
+def test_chat_content_of_other_kinds_than_text_is_refused_by_name(full_stack: Settings) -> None:
+    body = {
+        "model": full_stack.registered_model,
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+    }
+    resp = httpx.post(
+        f"{full_stack.gateway_url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {API_KEYS['inference']}"},
+    )
+    assert resp.status_code == 422 and "messages.0.content" in resp.text
 
 
 def test_streaming_completion_relays_chunks_and_logs_the_whole_text(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from transformers import PreTrainedTokenizerFast
 
+from services.common.events import ChatTurn
 from services.retrainer.base_model import train_tokenizer
-from services.retrainer.sequence import IGNORE, PadCollator, encode, pack
+from services.retrainer.sequence import IGNORE, PadCollator, encode, pack, prompt_ids
 
 PROMPT = "Ticket: my thermostat keeps going offline since the update\nTeam:"
 
@@ -53,3 +54,26 @@ def test_padding_is_masked_and_not_learned(tokenizer: PreTrainedTokenizerFast) -
     assert batch["attention_mask"][0, n:].sum() == 0
     assert (batch["labels"][0, n:] == IGNORE).all()
     assert (batch["input_ids"][0, n:] == tokenizer.pad_token_id).all()
+
+
+def test_a_conversation_goes_through_the_chat_template_with_roles(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    messages = [
+        ChatTurn(role="system", content="Route tickets."),
+        ChatTurn(role="user", content="refund my order"),
+        ChatTurn(role="assistant", content="billing"),
+        ChatTurn(role="user", content="and my parcel"),
+    ]
+    ids = prompt_ids(tokenizer, "and my parcel", messages)
+    role_ids = {r: tokenizer.convert_tokens_to_ids(f"<|{r}|>") for r in ("system", "user")}
+    assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")
+    assert ids.count(role_ids["user"]) == 2 and ids.count(role_ids["system"]) == 1
+    assert ids.count(assistant) == 2  # the earlier answer, and the generation prompt
+    assert ids.count(tokenizer.eos_token_id) == 4  # every turn ends with EOS
+    assert tokenizer.decode(ids).endswith("<|assistant|>\n")
+    enc = encode(tokenizer, "and my parcel", "shipping", max_len=128, messages=messages)
+    assert enc.input_ids[: len(ids)] == ids
+    assert enc.labels[: len(ids)] == [IGNORE] * len(ids)
+    assert tokenizer.decode(enc.labels[len(ids) : -1]) == "shipping"
+    assert enc.labels[-1] == tokenizer.eos_token_id

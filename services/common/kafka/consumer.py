@@ -15,7 +15,7 @@ from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
-from services.common.events import Event
+from services.common.events import Event, parse_versioned
 from services.common.kafka.producer import EventProducer
 from services.common.settings import Settings
 from services.common.topics import DLQ_SUFFIX, STREAM_EVENTS, Stream, Topics
@@ -85,7 +85,7 @@ def parse_event(stream: Stream, value: bytes | None) -> Event:
     """Decode and validate one record value; raises ValidationError or ValueError."""
     if value is None:
         raise ValueError("record has no value (tombstone)")
-    return STREAM_EVENTS[stream].model_validate_json(value)
+    return parse_versioned(STREAM_EVENTS[stream], value)
 
 
 class EventConsumer:
