@@ -60,7 +60,9 @@ def main() -> None:
 
         # The plain loop: same LoRA, same sequences, nothing else.
         model = get_peft_model(build_model(task.base_model, tokenizer, seed=0), lora_config(spec))
-        train_set = build_dataset(tokenizer, [(e.prompt, e.target) for e in data], spec.max_seq_len)
+        train_set = build_dataset(
+            tokenizer, [(e.prompt, e.target, e.messages) for e in data], spec.max_seq_len
+        )
         plain = Trainer(
             model=model,
             args=TrainingArguments(

@@ -176,25 +176,27 @@ def pretrain(
 def greedy_complete(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     batch_size: int = 64,
 ) -> list[str]:
-    """Greedy completions, as vLLM gives at temperature 0 (left-padded batches)."""
-    tokenizer.padding_side = "left"
+    """Greedy completions of prompt token ids (``sequence.prompt_ids``: as vLLM encodes
+    them), as vLLM gives at temperature 0; batches are left-padded, on the model's device."""
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        enc = tokenizer(
-            list(prompts[start : start + batch_size]), return_tensors="pt", padding=True
-        )
+        chunk = [list(p) for p in prompts[start : start + batch_size]]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
         generated = model.generate(  # type: ignore[operator]
-            **enc,
+            input_ids=ids.to(model.device),
+            attention_mask=mask.to(model.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
         )
-        new = generated[:, enc["input_ids"].shape[1] :]
+        new = generated[:, width:]
         out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-    tokenizer.padding_side = "right"
     return out

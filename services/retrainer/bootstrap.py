@@ -101,6 +101,7 @@ def bootstrap(
         pretrain,
         train_tokenizer,
     )
+    from services.retrainer.sequence import prompt_ids
 
     log.info(
         "bootstrap: %d training examples (%d dropped: also in the golden set), %d golden",
@@ -147,9 +148,8 @@ def bootstrap(
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
 
-        completions = greedy_complete(
-            model, tokenizer, [e.prompt for e in golden], task.task.max_new_tokens
-        )
+        golden_ids = [prompt_ids(tokenizer, e.prompt, e.messages) for e in golden]
+        completions = greedy_complete(model, tokenizer, golden_ids, task.task.max_new_tokens)
         golden_score = score(task, completions, golden)
         metrics[
             "golden_" + ("accuracy" if task.task.kind == "classification" else "exact_match")

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Literal
 
 from services.common.datasets import LabeledText
-from services.common.events import ExampleEvent
+from services.common.events import ChatTurn, ExampleEvent
 
 Source = Literal["seed", "thumbs_up", "correction", "reviewer", "thumbs_down"]
 
@@ -27,6 +27,8 @@ class TrainingExample:
     segment: str | None = None
     at: datetime | None = None  # when it was rated; None for seed data
     example_id: str = ""
+    # A chat example's conversation up to the answer; ``prompt`` is then its last user turn.
+    messages: tuple[ChatTurn, ...] | None = None
 
     def with_text(self, prompt: str, target: str) -> TrainingExample:
         return replace(self, prompt=prompt, target=target)
@@ -50,6 +52,7 @@ def annotate(event: ExampleEvent) -> TrainingExample:
         segment=event.segment,
         at=event.rated_at,
         example_id=event.event_id,
+        messages=tuple(event.messages) if event.messages else None,
     )
 
 
@@ -60,4 +63,5 @@ def from_seed(item: LabeledText) -> TrainingExample:
         positive=True,
         source="seed",
         segment=item.segment,
+        messages=item.messages,
     )

@@ -459,6 +459,7 @@ class Retrainer:
         from transformers import AutoModelForCausalLM
 
         from services.retrainer.base_model import greedy_complete
+        from services.retrainer.sequence import prompt_ids
 
         task = self.task.task
         champion_model: Any = AutoModelForCausalLM.from_pretrained(base_dir)
@@ -467,21 +468,19 @@ class Retrainer:
         champion_model.eval()
         challenger_model.eval()
         sets = {
-            "golden": [(g.prompt, g.completion, g.segment) for g in splits.golden],
-            "recent": [(e.prompt, e.target, e.segment) for e in splits.recent_test],
+            "golden": [(g.prompt, g.completion, g.segment, g.messages) for g in splits.golden],
+            "recent": [(e.prompt, e.target, e.segment, e.messages) for e in splits.recent_test],
         }
         scored: dict[str, tuple[list[Scored], list[Scored]]] = {}
         for name, items in sets.items():
-            prompts = [p for p, _, _ in items]
-            targets = [t for _, t, _ in items]
-            segments = [s for _, _, s in items]
+            prompts = [p for p, _, _, _ in items]
+            targets = [t for _, t, _, _ in items]
+            segments = [s for _, _, s, _ in items]
+            # Generated from the ids vLLM would serve (a conversation through the template).
+            ids = [prompt_ids(tokenizer, p, m) for p, _, _, m in items]
             both = []
             for model in (champion_model, challenger_model):
-                outputs = (
-                    greedy_complete(model, tokenizer, prompts, task.max_new_tokens)
-                    if prompts
-                    else []
-                )
+                outputs = greedy_complete(model, tokenizer, ids, task.max_new_tokens) if ids else []
                 both.append(score_outputs(task, prompts, targets, outputs, segments))
             scored[name] = (both[0], both[1])
         metric = main_metric(task)

@@ -32,6 +32,17 @@ class Encoded:
     labels: list[int]
 
 
+def rendered_prompt(tokenizer: PreTrainedTokenizerBase, item: Any) -> str:
+    """The prompt text the server renders for ``item`` (its ``prompt``, or its ``messages``
+    through the chat template), for trainers that tokenize text themselves."""
+    messages = getattr(item, "messages", None)
+    if not messages:
+        return str(item.prompt)
+    conversation = [{"role": m.role, "content": m.content} for m in messages]
+    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return str(text)
+
+
 def prompt_ids(
     tokenizer: PreTrainedTokenizerBase, prompt: str, messages: Sequence[ChatTurn] | None = None
 ) -> list[int]:
@@ -93,11 +104,12 @@ class SequenceDataset(torch.utils.data.Dataset[Encoded]):
 
 def build_dataset(
     tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[tuple[str, str]],
+    items: Sequence[tuple[str, str, Sequence[ChatTurn] | None]],
     max_len: int,
     packing: bool = False,
 ) -> SequenceDataset:
-    encoded = [encode(tokenizer, prompt, target, max_len) for prompt, target in pairs]
+    """Encoded (prompt, target, conversation or None) items, padded per batch or packed."""
+    encoded = [encode(tokenizer, p, target, max_len, messages) for p, target, messages in items]
     return SequenceDataset(pack(encoded, max_len) if packing else encoded)
 
 

@@ -37,7 +37,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from services.common.task import TrainingSpec
 from services.retrainer.examples import TrainingExample
-from services.retrainer.sequence import PadCollator, build_dataset
+from services.retrainer.sequence import PadCollator, build_dataset, rendered_prompt
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +207,12 @@ def train_sft(
     **overrides: Any,
 ) -> TrainResult:
     """Supervised LoRA fine-tune on the positive examples (targets), loss on targets only."""
-    positives = [(e.prompt, e.target) for e in train if e.positive]
+    positives = [(e.prompt, e.target, e.messages) for e in train if e.positive]
     train_set = build_dataset(tokenizer, positives, spec.max_seq_len, spec.packing)
     val_set = build_dataset(
-        tokenizer, [(e.prompt, e.target) for e in validation if e.positive], spec.max_seq_len
+        tokenizer,
+        [(e.prompt, e.target, e.messages) for e in validation if e.positive],
+        spec.max_seq_len,
     )
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(base_dir)
     peft_model = get_peft_model(model, lora_config(spec, overrides.pop("lora_r", None)))
@@ -243,8 +245,17 @@ def train_kto(
     from trl import KTOConfig, KTOTrainer
 
     def rows(items: Sequence[TrainingExample]) -> Dataset:
+        # The prompt as the server renders it (a conversation through the chat template),
+        # so KTO learns what is served; TRL tokenizes the text itself.
         return Dataset.from_list(
-            [{"prompt": e.prompt, "completion": e.target, "label": e.positive} for e in items]
+            [
+                {
+                    "prompt": rendered_prompt(tokenizer, e),
+                    "completion": e.target,
+                    "label": e.positive,
+                }
+                for e in items
+            ]
         )
 
     train_rows, val_rows = rows(train), rows(validation)

@@ -16,6 +16,7 @@ from services.common.registry import ModelRegistry
 from services.common.settings import Settings
 from services.common.task import load_task
 from services.retrainer.base_model import greedy_complete
+from services.retrainer.sequence import prompt_ids
 
 
 def _complete(settings: Settings, model: str, prompts: list[str], max_tokens: int) -> list[str]:
@@ -61,7 +62,8 @@ def test_vllm_serves_the_bootstrapped_model(
     )
     model = AutoModelForCausalLM.from_pretrained(champion_dir)
     tokenizer = AutoTokenizer.from_pretrained(champion_dir)
-    local = greedy_complete(model, tokenizer, golden_prompts, task.max_new_tokens)
+    ids = [prompt_ids(tokenizer, p) for p in golden_prompts]
+    local = greedy_complete(model, tokenizer, ids, task.max_new_tokens)
     served_labels = [task.parse_label(s) for s in served]
     agreement = sum(
         a == b for a, b in zip(served_labels, [task.parse_label(x) for x in local], strict=True)
