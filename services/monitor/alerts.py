@@ -4,6 +4,7 @@ the Evidently workspace (for `evidently ui`), and a Slack-compatible webhook POS
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,16 +19,25 @@ from services.monitor.drift import THUMBS_DOWN, DriftResult
 log = logging.getLogger(__name__)
 
 PROJECT_NAME = "refinery drift"
+_ALERT_NS = uuid.UUID("0b6f3c1e-7d2a-4c8e-b5f4-3e9a1d6c2f70")
 
 
 @dataclass(frozen=True)
 class Window:
     """The current window a drift result was computed on."""
 
+    index: int
     start: datetime
     end: datetime
     size: int
     reference_version: str
+
+    @property
+    def alert_id(self) -> str:
+        """The event id of this window's alert: a replay that closes the same window again
+        after a crash alerts under the same id (consumers dedup by event id)."""
+        name = f"v{self.reference_version}/{self.index}/{self.start.isoformat()}"
+        return str(uuid.uuid5(_ALERT_NS, name))
 
 
 def slack_payload(alert: AlertEvent) -> dict[str, Any]:
@@ -62,14 +72,16 @@ class AlertPublisher:
         self.workspace.add_run(self.project.id, result.snapshot, name=f"{window.end:%Y%m%dT%H%M%S}")
 
     def alert(self, result: DriftResult, window: Window) -> AlertEvent | None:
-        """An alert for a drifted window (None if nothing drifted), report saved, webhook sent."""
+        """An alert for a drifted window (None if nothing drifted), its report saved; the
+        worker sends it (and :meth:`notify`) once the window's close is recorded."""
         if not result.drifted_columns:
             return None
         report = self.reports_dir / f"drift-{window.end:%Y%m%dT%H%M%S%f}.html"
         result.save_html(str(report))
         drifted = result.drifted_columns
         critical = THUMBS_DOWN in drifted or len(drifted) * 2 >= len(result.metrics)
-        alert = AlertEvent(
+        return AlertEvent(
+            event_id=window.alert_id,
             window_start=window.start,
             window_end=window.end,
             window_size=window.size,
@@ -79,11 +91,12 @@ class AlertPublisher:
             report_url=report.resolve().as_uri(),
             severity="critical" if critical else "warning",
         )
-        if self.webhook_url:
-            try:
-                httpx.post(
-                    self.webhook_url, json=slack_payload(alert), timeout=5
-                ).raise_for_status()
-            except httpx.HTTPError as exc:  # ops still get the alert on Kafka and the CLI
-                log.warning("alert webhook %s failed: %s", self.webhook_url, exc)
-        return alert
+
+    def notify(self, alert: AlertEvent) -> None:
+        """The Slack-compatible webhook POST, if one is configured."""
+        if not self.webhook_url:
+            return
+        try:
+            httpx.post(self.webhook_url, json=slack_payload(alert), timeout=5).raise_for_status()
+        except httpx.HTTPError as exc:  # ops still get the alert on Kafka and the CLI
+            log.warning("alert webhook %s failed: %s", self.webhook_url, exc)

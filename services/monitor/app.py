@@ -5,9 +5,11 @@ of a pair reach the same worker), keeps the join state in a changelog-backed tab
 writes labeled examples; invalid records go to ``<topic>.dlq``. It also forwards a small
 record per new prediction and rating to the single-partition window topic, where
 ``watch`` (on whichever worker owns that partition) keeps the drift windows, runs the
-tests on each closed window, and sends alerts and retrain triggers. ``follow_models``
-resets the reference when a version is promoted or rolled back. ``sweep`` expires join
-state, one partition per record of the sweep topic.
+tests on each closed window, and sends alerts and retrain triggers. After a crash both
+replay what they did since their last commit: the windows drop what they hold already,
+and a closed window's messages are sent from the outbox recorded with its close.
+``follow_models`` resets the reference when a version is promoted or rolled back.
+``sweep`` expires join state, one partition per record of the sweep topic.
 """
 
 from __future__ import annotations
@@ -30,15 +32,16 @@ from services.monitor.drift import detect_drift
 from services.monitor.join import (
     JoinState,
     expired,
+    forwards,
     on_feedback,
     on_prediction,
     stale_keys,
     sweep_interval,
 )
-from services.monitor.triggers import on_window
 from services.monitor.windows import (
-    ClosedWindow,
+    Change,
     DriftWindows,
+    Outbox,
     prediction_record,
     rating_record,
     reset_record,
@@ -148,9 +151,9 @@ async def join(stream: faust.StreamT) -> None:
         # Past its TTL but not swept yet: gone all the same, whenever the sweep comes.
         state = JoinState() if expired(raw, now, settings.join_ttl_s) else JoinState.from_json(raw)
         if isinstance(parsed, PredictionEvent):
-            is_new = state.prediction is None
+            forward = forwards(state, parsed)
             out = on_prediction(state, parsed, now)
-            if is_new:
+            if forward:
                 record = prediction_record(parsed, task_file.task)
                 await window_topic.send(key=WINDOW_KEY, value=record)
         else:
@@ -180,13 +183,17 @@ async def follow_models(stream: faust.StreamT) -> None:
 @app.agent(window_topic)
 async def watch(stream: faust.StreamT) -> None:
     windows = DriftWindows(window_table, spec)
-    async for record in stream:
+    async for event in stream.events():
+        if (pending := windows.outbox) is not None:  # a crash came between close and send
+            await deliver(windows, pending)
         now = time.time()
-        windows.apply(record, now)
-        if record["kind"] == "reset":
-            log.info("windows: reference reset to v%s", record["model_version"])
+        change = windows.apply(event.value, now, position=event.message.offset)
+        if change is Change.RESET:
+            log.info("windows: reference reset to v%s", event.value["model_version"])
+        elif change is Change.REFERENCE_FULL:
+            log.info("windows: reference of v%s complete", windows.state.version)
         if windows.due(now):
-            await close_window(windows, windows.close())
+            await close_window(windows)
 
 
 @app.timer(interval=TICK_S)
@@ -194,8 +201,9 @@ async def tick() -> None:
     await window_topic.send(key=WINDOW_KEY, value={"kind": "tick"})
 
 
-async def close_window(windows: DriftWindows, closed: ClosedWindow) -> None:
-    """Test the window; record it; alert on drift; ask for a retrain when it persists."""
+async def close_window(windows: DriftWindows) -> None:
+    """Test the window; record it; close it with its alert and trigger decision; send them."""
+    closed = windows.closing()
     result = await asyncio.to_thread(
         detect_drift,
         closed.reference,
@@ -205,7 +213,7 @@ async def close_window(windows: DriftWindows, closed: ClosedWindow) -> None:
         closed.current_thumbs,
         spec.thumbs_down_p_value,
     )
-    window = Window(closed.start, closed.end, len(closed.current), closed.version)
+    window = Window(closed.index, closed.start, closed.end, len(closed.current), closed.version)
     await asyncio.to_thread(publisher().record, result, window)
     alert = await asyncio.to_thread(publisher().alert, result, window)
     lowest = min(result.metrics, key=lambda m: m.score / m.threshold)
@@ -222,14 +230,27 @@ async def close_window(windows: DriftWindows, closed: ClosedWindow) -> None:
         lowest.score,
         lowest.threshold,
     )
-    if alert is not None:
-        await alerts.send(key=closed.version.encode(), value=alert.to_bytes())
-    state = windows.trigger_state
-    trigger = on_window(spec, state, closed.version, closed.end, result.drifted_columns)
-    windows.save_trigger_state(state)
-    if trigger is not None:
-        log.info("trigger %s: %s", trigger.trigger_id, trigger.reason)
-        await triggers.send(key=trigger.trigger_id.encode(), value=trigger.to_bytes())
+    await deliver(windows, windows.close(closed, result.drifted_columns, alert))
+
+
+async def deliver(windows: DriftWindows, outbox: Outbox) -> None:
+    """Send a closed window's alert and trigger, then clear its outbox: each send waits for
+    the broker, so a crash before the clear resends (same event ids) and none is lost."""
+    if outbox.alert is not None:
+        await (
+            await alerts.send(
+                key=outbox.alert.reference_version.encode(), value=outbox.alert.to_bytes()
+            )
+        )
+        await asyncio.to_thread(publisher().notify, outbox.alert)
+    if outbox.trigger is not None:
+        log.info("trigger %s: %s", outbox.trigger.trigger_id, outbox.trigger.reason)
+        await (
+            await triggers.send(
+                key=outbox.trigger.trigger_id.encode(), value=outbox.trigger.to_bytes()
+            )
+        )
+    windows.delivered(outbox)
 
 
 @app.timer(interval=SWEEP_S, on_leader=True)

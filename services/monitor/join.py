@@ -92,6 +92,13 @@ def _newer(a: FeedbackEvent, b: FeedbackEvent) -> bool:
     return key_a > (b.occurred_at, b.event_id)
 
 
+def forwards(state: JoinState, prediction: PredictionEvent) -> bool:
+    """Does this prediction go to the drift windows? A new one does, and so does the same
+    event redelivered after a crash (the table may have kept it while the forward was
+    lost); the windows drop a prediction id they already hold."""
+    return state.prediction is None or state.prediction.event_id == prediction.event_id
+
+
 def on_prediction(state: JoinState, prediction: PredictionEvent, now: float) -> list[ExampleEvent]:
     """Record a prediction; emit examples for feedback that was waiting for it."""
     if state.prediction is not None:

@@ -7,6 +7,7 @@ retrainer trains once per id.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from services.common.task import DriftSpec
 #: Columns that say how the service runs, not what it sees: a slow host (say, training on
 #: the same cores) drifts latency, and retraining would not fix that. Alerted, never triggered.
 OPERATIONAL_COLUMNS = frozenset({"latency_ms"})
+_TRIGGER_NS = uuid.UUID("8c2e5a91-4f3b-4d7e-a6c0-5b1f9e2d7a34")
 
 
 @dataclass
@@ -97,8 +99,12 @@ def on_window(
         "examples_since_training": state.examples_since_training,
         "labels_in_episode": state.labels_in_episode,
     }
+    trigger_id = f"drift-v{reference_version}-{state.episode_start:%Y%m%dT%H%M%S}"
     return TriggerEvent(
-        trigger_id=f"drift-v{reference_version}-{state.episode_start:%Y%m%dT%H%M%S}",
+        # One event per decision: deciding on the same window again after a crash gives
+        # the same event id (a later window of the episode asks again, under a new one).
+        event_id=str(uuid.uuid5(_TRIGGER_NS, f"{trigger_id}@{window_end.isoformat()}")),
+        trigger_id=trigger_id,
         reason=f"drift in {', '.join(state.drifted_columns)} for {state.consecutive} windows",
         requested_by="monitor",
         window_start=state.episode_start,

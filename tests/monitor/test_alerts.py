@@ -16,7 +16,7 @@ from services.monitor.drift import ThumbsCount, detect_drift
 from tests.monitor.test_drift import rows
 
 END = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-WINDOW = Window(start=END - timedelta(minutes=5), end=END, size=200, reference_version="1")
+WINDOW = Window(index=3, start=END - timedelta(minutes=5), end=END, size=200, reference_version="1")
 
 
 class Webhook(BaseHTTPRequestHandler):
@@ -35,6 +35,7 @@ class Webhook(BaseHTTPRequestHandler):
 
 
 def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
+    Webhook.received.clear()
     server = HTTPServer(("127.0.0.1", 0), Webhook)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -57,6 +58,8 @@ def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
             publisher.record(result, WINDOW)
         assert publisher.alert(stable, WINDOW) is None
         alert = publisher.alert(shifted, WINDOW)
+        assert alert is not None and not Webhook.received  # posted once the close is recorded
+        publisher.notify(alert)
     finally:
         server.shutdown()
         server.server_close()
@@ -79,3 +82,12 @@ def test_webhook_failure_still_gives_the_alert(tmp_path: Path) -> None:
     )
     alert = publisher.alert(result, WINDOW)
     assert alert is not None and alert.severity in ("warning", "critical")
+    publisher.notify(alert)  # logged, not raised
+
+
+def test_an_alert_id_names_its_window() -> None:
+    """A window closed again after a crash alerts under the same id; another window not."""
+    again = Window(WINDOW.index, WINDOW.start, WINDOW.end, WINDOW.size, "1")
+    assert again.alert_id == WINDOW.alert_id
+    assert Window(4, WINDOW.start, WINDOW.end, 200, "1").alert_id != WINDOW.alert_id
+    assert Window(3, WINDOW.start, WINDOW.end, 200, "2").alert_id != WINDOW.alert_id

@@ -65,3 +65,19 @@ def test_no_trigger_until_the_drift_brought_enough_new_labels() -> None:
     assert trigger is not None and trigger.evidence["labels_in_episode"] == 120
     on_window(spec, state, "1", at(15), [])
     assert state.labels_in_episode == 0  # a new episode counts afresh
+
+
+def test_deciding_on_the_same_window_again_gives_the_same_event() -> None:
+    """A crash before the close was recorded: the replay decides again, under the same id."""
+
+    def decide(state: TriggerState, minutes: int) -> str:
+        trigger = on_window(SPEC, state, "1", at(minutes), ["segment"])
+        assert trigger is not None
+        return trigger.event_id
+
+    state = TriggerState(examples_since_training=500)
+    on_window(SPEC, state, "1", at(0), ["segment"])
+    replayed = TriggerState(**vars(state))
+    first = decide(state, 5)
+    assert decide(replayed, 5) == first
+    assert decide(state, 40) != first  # a later window of the episode asks anew

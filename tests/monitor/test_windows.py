@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from services.common.events import PredictionEvent
+from services.common.events import AlertEvent, PredictionEvent
 from services.common.task import DriftSpec, TaskObjective
 from services.monitor.windows import (
+    Change,
     DriftWindows,
     prediction_record,
     reset_record,
@@ -38,35 +40,50 @@ def predicted(version: str = "1", text: str = "my order is late") -> dict[str, A
 
 
 def rated(feedback_id: str, down: bool, version: str = "1") -> dict[str, Any]:
-    return {"kind": "rating", "model_version": version, "feedback_id": feedback_id, "down": down}
+    """A rating record as the join forwards it: a new rating event each call."""
+    return {
+        "kind": "rating",
+        "model_version": version,
+        "feedback_id": feedback_id,
+        "event_id": str(uuid.uuid4()),
+        "down": down,
+        "labeled": not down,
+    }
+
+
+def with_reference(store: dict[str, Any] | None = None) -> DriftWindows:
+    windows = DriftWindows({} if store is None else store, SPEC)
+    for _ in range(SPEC.reference_size):
+        windows.apply(predicted(), now=0)
+    return windows
 
 
 def test_reference_fills_first_then_windows_close_by_count() -> None:
     store: dict[str, Any] = {}
     windows = DriftWindows(store, SPEC)
-    for _ in range(40):
-        windows.apply(predicted(), now=0)
-    assert windows.meta["phase"] == "current"
+    changes = [windows.apply(predicted(), now=0) for _ in range(40)]
+    assert changes[-2:] == [Change.ADDED, Change.REFERENCE_FULL]
+    assert windows.state.phase == "current"
     for i in range(20):
         assert not windows.due(now=1)
         windows.apply(predicted(), now=1 + i)
     assert windows.due(now=21)
-    closed = windows.close()
+    closed = windows.closing()
     assert (closed.index, len(closed.reference), len(closed.current)) == (0, 40, 20)
+    outbox = windows.close(closed, [], None)
+    assert (outbox.index, outbox.alert, outbox.trigger) == (0, None, None)
     assert not windows.due(now=21)
     assert not any(k.startswith("cur:") for k in store)
-    assert windows.meta["index"] == 1
+    assert windows.state.index == 1
 
 
 def test_a_window_closes_by_time_when_traffic_is_thin() -> None:
-    windows = DriftWindows({}, SPEC)
-    for _ in range(40):
-        windows.apply(predicted(), now=0)
+    windows = with_reference()
     windows.apply(predicted(), now=100)
     assert not windows.due(now=159)
     windows.apply({"kind": "tick"}, now=160)
     assert windows.due(now=160)
-    assert len(windows.close().current) == 1
+    assert len(windows.closing().current) == 1
 
 
 def test_other_versions_are_in_no_window_and_a_promotion_resets() -> None:
@@ -74,15 +91,15 @@ def test_other_versions_are_in_no_window_and_a_promotion_resets() -> None:
     windows = DriftWindows(store, SPEC)
     windows.apply(predicted("1"), now=0)
     windows.apply(predicted("2"), now=0)  # not the version the monitor adopted
-    assert windows.meta["ref_n"] == 1
+    assert windows.state.ref_n == 1
     windows.apply(rated("f1", down=True), now=0)
-    assert windows.trigger_state.examples_since_training == 1
-    windows.apply(reset_record("2"), now=0)
-    assert windows.meta["version"] == "2" and windows.meta["ref_n"] == 0
-    assert not any(k.startswith(("ref:", "rated:")) for k in store)
-    assert windows.trigger_state.examples_since_training == 0
+    assert windows.state.trigger.examples_since_training == 1
+    assert windows.apply(reset_record("2"), now=0) is Change.RESET
+    assert windows.state.version == "2" and windows.state.ref_n == 0
+    assert not any(k.startswith(("ref:", "rated:", "id:")) for k in store)
+    assert windows.state.trigger.examples_since_training == 0
     windows.apply(predicted("1"), now=0)  # in flight from the old champion
-    assert windows.meta["ref_n"] == 0
+    assert windows.state.ref_n == 0
 
 
 def test_thumbs_count_per_bucket_and_a_re_rating_replaces() -> None:
@@ -92,17 +109,239 @@ def test_thumbs_count_per_bucket_and_a_re_rating_replaces() -> None:
         windows.apply(rated(f"r{i}", down=i % 10 == 0), now=0)
     windows.apply(rated("r1", down=True), now=0)  # re-rated during the reference: replaces
     windows.apply(predicted(), now=0)  # the 40th: the reference is full
-    assert windows.meta["ref_thumbs"] == [5, 39]
+    assert windows.state.ref_thumbs == [5, 39]
     for i in range(20):
         windows.apply(predicted(), now=1)
         windows.apply(rated(f"c{i}", down=True), now=1)
         windows.apply(rated(f"c{i}", down=False), now=1)  # changed their mind
-    closed = windows.close()
+    closed = windows.closing()
+    windows.close(closed, [], None)
     assert (closed.reference_thumbs.down, closed.reference_thumbs.total) == (5, 39)
     assert (closed.current_thumbs.down, closed.current_thumbs.total) == (0, 20)
-    assert windows.meta["cur_thumbs"] == [0, 0]
+    assert windows.state.cur_thumbs == [0, 0]
+
+
+def test_a_prediction_forwarded_twice_counts_once() -> None:
+    windows = DriftWindows({}, SPEC)
+    record = predicted()
+    windows.apply(record, now=0)
+    assert windows.apply(record, now=0) is Change.REPLAYED  # the join re-forwarded it
+    assert windows.state.ref_n == 1
+    windows = with_reference()
+    record = predicted()
+    windows.apply(record, now=1)
+    windows.apply(record, now=2)
+    assert windows.state.cur_n == 1
+
+
+def test_the_same_rating_twice_counts_once_in_thumbs_and_in_the_trigger_state() -> None:
+    windows = with_reference()
+    windows.apply(predicted(), now=1)
+    rating = rated("f1", down=True)
+    windows.apply(rating, now=1)
+    assert windows.apply(rating, now=1) is Change.REPLAYED
+    state = windows.state
+    assert state.cur_thumbs == [1, 1]
+    assert state.trigger.examples_since_training == 1
+
+
+def test_a_record_re_read_at_its_position_changes_nothing() -> None:
+    windows = DriftWindows({}, SPEC)
+    records = [predicted() for _ in range(5)] + [reset_record("1")]
+    for position, record in enumerate(records):
+        windows.apply(record, now=0, position=position)
+    windows.apply(predicted(), now=0, position=6)
+    before = windows.state
+    for position, record in enumerate(records):  # a restarted worker reads them again
+        assert windows.apply(record, now=0, position=position) is Change.REPLAYED
+    assert windows.state == before and before.ref_n == 1  # the reset was not re-run
+
+
+def test_a_closed_window_replayed_does_not_fill_or_close_another() -> None:
+    windows = with_reference()
+    current = [predicted() for _ in range(20)]
+    ratings = [rated(f"c{i}", down=i < 5) for i in range(20)]
+    for p, r in zip(current, ratings, strict=True):
+        windows.apply(p, now=1)
+        windows.apply(r, now=1)
+    closed = windows.closing()
+    windows.close(closed, ["segment"], None)
+    examples = windows.state.trigger.examples_since_training
+    for p, r in zip(current, ratings, strict=True):  # re-forwarded after a crash
+        assert windows.apply(p, now=2) is Change.REPLAYED
+        assert windows.apply(r, now=2) is Change.REPLAYED
+    state = windows.state
+    assert (state.index, state.cur_n, state.cur_thumbs) == (1, 0, [0, 0])
+    assert state.trigger.examples_since_training == examples
+    assert not windows.due(now=1000)
+
+
+def test_a_crash_before_the_close_is_recorded_closes_the_same_window_alike() -> None:
+    spec = SPEC.model_copy(update={"persist_windows": 1, "min_new_labels": 0})
+    store: dict[str, Any] = {}
+    windows = DriftWindows(store, spec)
+    for _ in range(40):
+        windows.apply(predicted(), now=0)
+    for i in range(20):
+        windows.apply(predicted(), now=1)
+        windows.apply(rated(f"c{i}", down=True), now=1)
+    saved = dict(store)
+    first = windows.close(windows.closing(), ["segment"], alert_of(windows))
+    again = DriftWindows(saved, spec)  # the table as the crash left it: not closed yet
+    second = again.close(again.closing(), ["segment"], alert_of(again))
+    assert first.trigger is not None and second.trigger is not None
+    assert first.trigger.event_id == second.trigger.event_id  # resent, consumers dedup
+    assert first.trigger.trigger_id == second.trigger.trigger_id
+    assert first.alert == second.alert and first.index == second.index == 0
+    assert again.state.trigger == windows.state.trigger  # decided once, not twice
+    assert again.state.trigger.consecutive == 1
+
+
+def test_a_crash_after_the_close_sends_its_outbox_and_never_closes_it_again() -> None:
+    spec = SPEC.model_copy(update={"persist_windows": 1, "min_new_labels": 0})
+    store: dict[str, Any] = {}
+    windows = DriftWindows(store, spec)
+    for position in range(60):
+        windows.apply(predicted(), now=1, position=position)
+    outbox = windows.close(windows.closing(), ["segment"], alert_of(windows))
+    restarted = DriftWindows(store, spec)  # the close is recorded, the sends may not be
+    assert restarted.outbox == outbox and not restarted.due(now=1000)
+    restarted.delivered(outbox)
+    assert restarted.outbox is None and restarted.state.index == 1
+    assert restarted.state.trigger.consecutive == 1  # the decision was taken once
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingStore(dict[str, Any]):
+    """A table whose worker dies after ``writes`` more writes (sets or deletes): what
+    reached the changelog before a SIGKILL."""
+
+    writes: int | None = None
+
+    def _count(self) -> None:
+        if self.writes is not None:
+            if self.writes == 0:
+                raise Crash
+            self.writes -= 1
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._count()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._count()
+        super().__delitem__(key)
+
+
+def test_a_crash_between_the_writes_of_a_record_is_redone_once() -> None:
+    store = CrashingStore()
+    windows = DriftWindows(store, SPEC)
+    record = predicted()
+    store.writes = 1  # the row is written, its id entry and the meta are not
+    with pytest.raises(Crash):
+        windows.apply(record, now=0, position=0)
+    store.writes = 2  # now the id entry too, not the meta
+    with pytest.raises(Crash):
+        windows.apply(record, now=0, position=0)
+    store.writes = None
+    assert windows.apply(record, now=0, position=0) is Change.ADDED  # redone, not dropped
+    assert windows.state.ref_n == 1
+    assert windows.apply(record, now=0, position=1) is Change.REPLAYED
+
+
+def test_a_rating_cut_short_by_a_crash_is_counted_once() -> None:
+    store = CrashingStore()
+    windows = with_reference(store)
+    windows.apply(predicted(), now=1)
+    rating = rated("f1", down=True)
+    store.writes = 0  # nothing of it reaches the table
+    with pytest.raises(Crash):
+        windows.apply(rating, now=1)
+    store.writes = 1  # its entry, not the meta
+    with pytest.raises(Crash):
+        windows.apply(rating, now=1)
+    store.writes = None
+    assert windows.apply(rating, now=1) is Change.RATED
+    assert windows.apply(rating, now=1) is Change.REPLAYED
+    assert windows.state.cur_thumbs == [1, 1]
+    assert windows.state.trigger.examples_since_training == 1
+
+
+def test_a_table_of_the_first_layout_carries_on() -> None:
+    """A worker upgraded mid-window: meta without ids or positions, the trigger state in a
+    row of its own, rated entries by bucket."""
+    store: dict[str, Any] = {
+        "meta": {
+            "version": "1",
+            "phase": "current",
+            "ref_n": 40,
+            "cur_n": 0,
+            "cur_opened_at": None,
+            "cur_start": None,
+            "cur_end": None,
+            "ref_thumbs": [2, 10],
+            "cur_thumbs": [0, 0],
+            "index": 7,
+        },
+        "trigger": {
+            "consecutive": 1,
+            "episode_start": None,
+            "examples_since_training": 10,
+            "last_trigger_at": None,
+            "drifted_columns": ["segment"],
+        },
+        "rated:old": {"bucket": "ref", "down": True},
+    }
+    store |= {f"ref:{i}": predicted()["row"] for i in range(40)}
+    windows = DriftWindows(store, SPEC)
+    assert windows.state.trigger.consecutive == 1
+    for position in range(20):
+        windows.apply(predicted(), now=1, position=100 + position)
+    closed = windows.closing()
+    assert (closed.index, len(closed.reference)) == (7, 40)
+    windows.close(closed, [], None)
+    assert "trigger" not in store and "rated:old" not in store
+    assert windows.state.trigger.consecutive == 0 and windows.state.index == 8
+
+
+def test_a_crash_while_collecting_a_closed_window_leaves_nothing_that_counts() -> None:
+    store = CrashingStore()
+    windows = with_reference(store)
+    current = [predicted() for _ in range(20)]
+    for record in current:
+        windows.apply(record, now=1)
+    store.writes = 3  # the close's meta and two deletions
+    with pytest.raises(Crash):
+        windows.close(windows.closing(), [], None)
+    store.writes = None
+    assert windows.state.index == 1 and any(k.startswith("cur:") for k in store)
+    for _ in range(20):
+        windows.apply(predicted(), now=2)
+    closed = windows.closing()
+    assert closed.index == 1 and len(closed.current) == 20
+    windows.close(closed, [], None)
+    assert not any(k.startswith("cur:") for k in store)
+    assert not any(store[k]["gen"] == "cur0" for k in store if k.startswith("id:"))
 
 
 def test_unknown_record_kind_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown window record kind"):
         DriftWindows({}, SPEC).apply({"kind": "nope"}, now=0)
+
+
+def alert_of(windows: DriftWindows) -> AlertEvent:
+    """The alert the worker would build for the open window (id derived from the window)."""
+    closed = windows.closing()
+    return AlertEvent(
+        event_id=f"alert-{closed.version}-{closed.index}",
+        occurred_at=datetime(2026, 11, 29, tzinfo=UTC),
+        window_start=closed.start,
+        window_end=closed.end,
+        window_size=len(closed.current),
+        drifted_columns=["segment"],
+        metrics=[],
+        reference_version=closed.version,
+    )

@@ -1,0 +1,204 @@
+"""A monitor worker SIGKILLed mid-window and after a close: each prediction counts once,
+the window closes once, and its alert goes out under one id.
+
+faust is at-least-once: a restarted worker re-reads what it did since its last committed
+offset (the join re-forwards to the window topic, the windows re-read that topic). This
+worker commits rarely (faust's own ``BROKER_COMMIT_INTERVAL``), so every kill replays
+everything the worker did, not only when the kill happens to beat a commit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kafka import KafkaConsumer, TopicPartition
+
+from services.common.events import AlertEvent, FeedbackEvent, ModelEvent, PredictionEvent
+from services.common.kafka import EventConsumer, EventProducer, ensure_topics
+from services.common.settings import Settings
+from services.common.task import load_task
+from services.common.topics import Stream
+from services.demo.traffic_events import synthetic_traffic
+from services.stack.monitor import monitor_process
+from services.stack.process import ManagedProcess
+from tests.conftest import TEST_TASK
+
+REFERENCE, WINDOW = 80, 40
+TASK = load_task(TEST_TASK).task
+WINDOW_LINE = re.compile(
+    r"drift window (\d+) v(\S+): (\d+) predictions, (\d+)/(\d+) thumbs down, drifted=(\S+),"
+)
+Traffic = list[tuple[PredictionEvent, FeedbackEvent | None]]
+
+
+@pytest.fixture(scope="module")
+def restart_worker(
+    kafka_stack: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, ManagedProcess]]:
+    var = tmp_path_factory.mktemp("restart-var")
+    task = yaml.safe_load(TEST_TASK.read_text())
+    task["drift"] = {
+        "window_size": WINDOW,
+        "window_minutes": 60,  # closed by count only: the test says when
+        "reference_size": REFERENCE,
+        "min_examples": 100000000,  # no triggers here (tests/monitor/test_drift_stream.py)
+    }
+    (var / "task.yaml").write_text(yaml.safe_dump(task))
+    settings = kafka_stack.model_copy(
+        update={
+            "var_dir": var,
+            "task_file": var / "task.yaml",
+            "topic_prefix": f"restart{uuid.uuid4().hex[:6]}",
+            "monitor_app_id": f"restart{uuid.uuid4().hex[:6]}-monitor",
+        }
+    )
+    ensure_topics(settings)
+    worker = monitor_process(settings, "restart-monitor")
+    # faust's own settings: commit rarely, so a kill replays all the worker did; and let
+    # the restarted worker take over in seconds, not the default session timeout's minute.
+    worker.env.update(BROKER_COMMIT_INTERVAL="3600", BROKER_SESSION_TIMEOUT="10")
+    worker.start()
+    yield settings, worker
+    worker.stop()
+
+
+class WindowTopic:
+    """What the join forwarded to the windows (``<app id>-window``), read from the start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap.split(","),
+            enable_auto_commit=False,
+        )
+        partition = TopicPartition(f"{settings.monitor_app_id}-window", 0)
+        self.consumer.assign([partition])
+        self.consumer.seek_to_beginning(partition)
+        self.records: list[dict[str, Any]] = []
+
+    def wait(self, done: Callable[[list[dict[str, Any]]], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not done(self.records):
+            assert time.monotonic() < deadline, f"not forwarded to the windows: {what}"
+            for batch in self.consumer.poll(timeout_ms=500).values():
+                self.records += [json.loads(message.value) for message in batch]
+
+    def wait_for_ratings(self, traffic: Traffic) -> None:
+        want = {fb.feedback_id for _, fb in traffic if fb is not None}
+        self.wait(
+            lambda records: want <= {r.get("feedback_id") for r in records},
+            f"ratings of {len(want)} predictions",
+        )
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def send(settings: Settings, traffic: Traffic, *, feedback: bool = True) -> None:
+    with EventProducer(settings) as producer:
+        for p, fb in traffic:
+            producer.send(Stream.PREDICTIONS, p, key=p.prediction_id)
+            if feedback and fb is not None:
+                producer.send(Stream.FEEDBACK, fb, key=fb.prediction_id)
+        producer.flush()
+
+
+def window_lines(worker: ManagedProcess) -> list[tuple[int, str, int, int, int]]:
+    """(index, version, predictions, thumbs down, thumbs) of every window line logged."""
+    text = worker.log_file.read_text(errors="replace")
+    return [(int(m[1]), m[2], int(m[3]), int(m[4]), int(m[5])) for m in WINDOW_LINE.finditer(text)]
+
+
+def wait_for(worker: ManagedProcess, found: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 90
+    while not found():
+        assert time.monotonic() < deadline, f"no {what} in:\n{worker.log_tail(40)}"
+        time.sleep(0.5)
+
+
+def restart(worker: ManagedProcess) -> None:
+    worker.kill()
+    worker.start()
+
+
+def alerts_of(settings: Settings) -> list[AlertEvent]:
+    """Every alert on the topic (waiting for the first one)."""
+    with EventConsumer(settings, [Stream.ALERTS], group_id=f"test-{uuid.uuid4()}") as consumer:
+        found: list[AlertEvent] = []
+        idle, deadline = 0, time.monotonic() + 30
+        while idle < 4 or (not found and time.monotonic() < deadline):
+            batch = consumer.poll(timeout_ms=500)
+            idle = 0 if batch else idle + 1
+            found += [item.event for item in batch if isinstance(item.event, AlertEvent)]
+    return found
+
+
+def test_a_killed_worker_counts_each_prediction_once_and_closes_a_window_once(
+    restart_worker: tuple[Settings, ManagedProcess],
+) -> None:
+    settings, worker = restart_worker
+    started = time.monotonic()
+    forwarded = WindowTopic(settings)
+    try:
+        # The reference, unrated: its ratings would land in whichever window is open then.
+        reference = list(synthetic_traffic(TASK, "1", REFERENCE, domain="retail", seed=41))
+        send(settings, reference, feedback=False)
+        forwarded.wait(
+            lambda rs: sum(r["kind"] == "prediction" for r in rs) >= REFERENCE, "the reference"
+        )
+        # A shifted window, every prediction rated: each rating is forwarded after its
+        # prediction, so seeing the ratings means the predictions are in the topic too.
+        window = list(
+            synthetic_traffic(
+                TASK, "1", WINDOW, domain="smart_home", down_rate=0.4, rated_share=1.0, seed=42
+            )
+        )
+        half = WINDOW // 2
+        send(settings, window[:half])
+        forwarded.wait_for_ratings(window[:half])
+        time.sleep(2)  # the windows apply what the join forwarded
+        restart(worker)  # SIGKILL mid-window
+
+        send(settings, window[half:-1])
+        forwarded.wait_for_ratings(window[:-1])
+        ids = [r["prediction_id"] for r in forwarded.records if r["kind"] == "prediction"]
+        assert len(ids) > len(set(ids)), "the restarted join re-forwarded nothing"
+        time.sleep(2)
+        assert window_lines(worker) == [], "a window closed before it had all its predictions"
+        send(settings, window[-1:], feedback=False)  # the last: its rating would come late
+        wait_for(worker, lambda: bool(window_lines(worker)), "closed window")
+        rated = [fb for _, fb in window[:-1] if fb is not None]
+        down = sum(fb.rating == "down" for fb in rated)
+        assert window_lines(worker) == [(0, "1", WINDOW, down, len(rated))]
+        first = alerts_of(settings)
+        assert len(first) == 1 and first[0].window_size == WINDOW
+        restart(worker)  # SIGKILL after the close: everything is replayed once more
+
+        with EventProducer(settings) as producer:
+            promoted = ModelEvent(
+                model="refinery-model",
+                version="2",
+                action="promoted",
+                served_name="refinery-model-v2",
+                artifact_uri="file:///nowhere",
+                kind="lora",
+            )
+            producer.send_and_wait(Stream.MODELS, promoted, key="refinery-model")
+        # The reset is read after every replayed record of the window topic.
+        wait_for(
+            worker,
+            lambda: "windows: reference reset to v2" in worker.log_file.read_text(errors="replace"),
+            "reset to v2",
+        )
+        assert {line[0] for line in window_lines(worker)} == {0}, window_lines(worker)
+        alerts = alerts_of(settings)
+        assert {a.event_id for a in alerts} == {first[0].event_id}
+        print(f"kill/restart test: {time.monotonic() - started:.1f}s")
+    finally:
+        forwarded.close()
