@@ -1,8 +1,12 @@
-"""Support-ticket triage tickets with many phrasings, typos and noise, in two product domains.
+"""Support tickets with many phrasings, typos and noise, in two product domains, as examples
+of the task's kind: a team to route to (classification), or the one-sentence reply to give
+(generation: after a prompt; chat: to a system prompt and the ticket as the user's turn).
 
 ``retail`` is what the first champion is trained on; ``smart_home`` is a new product line
-with its own vocabulary and a label mix leaning to ``technical``: the shift the loop must
-recover from. Generation is seeded, so the same seed gives the same corpus.
+with its own vocabulary, a label mix leaning to ``technical`` and replies of its own: the
+shift the loop must recover from. Generation is seeded, so the same seed gives the same
+corpus, and every kind draws the same tickets (the triage corpus is the reference: the
+free-text kinds consume the random stream exactly as it does).
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ import random
 from collections.abc import Sequence
 
 from services.common.datasets import LabeledText
+from services.common.events import ChatTurn
 from services.common.task import TaskObjective
+from services.demo.replies import reply_for
 
 DOMAINS = ("retail", "smart_home")
+
+# The chat task's fixed system prompt: the conversation every demo chat request starts with.
+SYSTEM_PROMPT = "You are a support agent. Answer in one sentence."
 
 # Things people mention, per domain.
 _PRODUCTS = {
@@ -217,34 +226,59 @@ def _noisy(text: str, rng: random.Random, typo_rate: float) -> str:
     return out
 
 
-def ticket(label: str, domain: str, rng: random.Random, typo_rate: float = 0.06) -> str:
-    """One ticket text of ``label`` in ``domain``."""
+def _draw(label: str, domain: str, rng: random.Random, typo_rate: float) -> tuple[str, str]:
+    """A ticket of ``label`` in ``domain``: the pattern it was written from, and its text."""
     pattern = rng.choice(_PATTERNS[label][domain])
     text = pattern.format(
         p=rng.choice(_PRODUCTS[domain]), n=rng.randint(2, 90), d=rng.choice(_DAYS)
     )
-    return _noisy(rng.choice(_OPENERS) + text + rng.choice(_CLOSERS), rng, typo_rate)
+    return pattern, _noisy(rng.choice(_OPENERS) + text + rng.choice(_CLOSERS), rng, typo_rate)
+
+
+def ticket(label: str, domain: str, rng: random.Random, typo_rate: float = 0.06) -> str:
+    """One ticket text of ``label`` in ``domain``."""
+    return _draw(label, domain, rng, typo_rate)[1]
+
+
+def reply_completion(task: TaskObjective, reply: str) -> str:
+    """A reply as the task's target: generation continues the prompt after "Reply:", so with
+    a leading space (as labels have); a chat answer is the assistant's whole message."""
+    return reply if task.kind == "chat" else f" {reply}"
+
+
+def _example(task: TaskObjective, label: str, pattern: str, text: str, domain: str) -> LabeledText:
+    """The ticket as one example of the task's kind."""
+    prompt = task.render(text)
+    if task.kind == "classification":
+        return LabeledText(prompt=prompt, completion=task.completion_for(label), segment=domain)
+    completion = reply_completion(task, reply_for(pattern))
+    if task.kind == "generation":
+        return LabeledText(prompt=prompt, completion=completion, segment=domain)
+    turns = (ChatTurn(role="system", content=SYSTEM_PROMPT), ChatTurn(role="user", content=prompt))
+    return LabeledText(prompt=prompt, completion=completion, segment=domain, messages=turns)
 
 
 def generate(
     task: TaskObjective, n: int, seed: int, domain: str = "retail", typo_rate: float = 0.06
 ) -> list[LabeledText]:
-    """``n`` labeled tickets of ``domain`` rendered with the task's template."""
+    """``n`` tickets of ``domain`` as examples of the task's kind, rendered with its template.
+
+    Classification draws the task's labels that the corpus knows; free text draws every
+    team's tickets, so it sees the same tickets as a triage task with all five labels.
+    """
     if domain not in DOMAINS:
         raise ValueError(f"domain {domain!r} is not one of {DOMAINS}")
     rng = random.Random(f"{seed}:{domain}")
     weights = _LABEL_WEIGHTS[domain]
-    labels: Sequence[str] = [lab for lab in task.labels if lab in weights]
+    free_text = task.kind != "classification"
+    labels: Sequence[str] = (
+        list(weights) if free_text else [lab for lab in task.labels if lab in weights]
+    )
     if not labels:
         raise ValueError(f"the demo corpus has none of the task's labels {task.labels}")
     out = []
     for _ in range(n):
         label = rng.choices(labels, weights=[weights[lab] for lab in labels])[0]
-        out.append(
-            LabeledText(
-                prompt=task.render(ticket(label, domain, rng, typo_rate)),
-                completion=task.completion_for(label),
-                segment=domain,
-            )
-        )
+        pattern, text = _draw(label, domain, rng, typo_rate)
+        out.append(_example(task, label, pattern, text, domain))
     return out

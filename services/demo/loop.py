@@ -1,7 +1,8 @@
 """``refinery demo``: the closed loop, shown. Start the stack, play traffic through a shift
 to the new product line, and stop once a retrained version answers; then print the
 timeline (onset → alert → trigger → data → training → evaluation → promotion → served)
-and plot accuracy and thumbs-down rate over time (PNG and HTML).
+and plot quality and thumbs-down rate over time (PNG and HTML). Quality is the task's
+metric as the simulator measures it: accuracy for a label, chrF (0-100) for free text.
 
 Every time is read from what the services recorded: alerts, triggers and model events on
 Kafka, the retraining run's timings in MLflow, and the simulator's own requests.
@@ -22,10 +23,11 @@ from services.common.kafka import EventConsumer
 from services.common.settings import Settings
 from services.common.topics import Stream
 from services.demo.simulate import (
+    ACCURACY,
     Request,
     Simulation,
     SimulationConfig,
-    accuracy,
+    TaskMetric,
     simulate,
     until_promoted_then,
 )
@@ -67,7 +69,7 @@ class Timeline:
     promoted: float | None
     promoted_version: str | None
     first_served: float | None
-    golden_before: float | None
+    golden_before: float | None  # golden set, champion then challenger, in the task metric
     golden_after: float | None
 
     def rows(self) -> list[tuple[str, float | None]]:
@@ -143,6 +145,10 @@ def build_timeline(settings: Settings, sim: Simulation) -> Timeline:
     def rel(t: float | None) -> float | None:
         return None if t is None else t - onset
 
+    def golden(who: str) -> float | None:
+        value = metrics.get(f"golden_{who}_{sim.metric.golden_key}")
+        return None if value is None else value * sim.metric.golden_scale
+
     return Timeline(
         onset_at=onset,
         alert=rel(alerts[0]) if alerts else None,
@@ -157,13 +163,14 @@ def build_timeline(settings: Settings, sim: Simulation) -> Timeline:
         promoted=rel(_epoch(promoted.occurred_at)) if promoted else None,
         promoted_version=promoted.version if promoted else None,
         first_served=rel(first_served),
-        golden_before=metrics.get("golden_champion_accuracy"),
-        golden_after=metrics.get("golden_challenger_accuracy"),
+        golden_before=golden("champion"),
+        golden_after=golden("challenger"),
     )
 
 
 def phase_accuracy(sim: Simulation, timeline: Timeline) -> dict[str, dict[str, float | None]]:
-    """Accuracy by phase and domain, measured from the simulator's ground truth."""
+    """The task metric (accuracy, or chrF for free text) by phase and domain, measured from
+    the simulator's ground truth."""
     onset = sim.config.shift_at_s
     served = timeline.first_served + onset if timeline.first_served is not None else float("inf")
     new = f"-v{timeline.promoted_version}" if timeline.promoted_version else None
@@ -176,7 +183,7 @@ def phase_accuracy(sim: Simulation, timeline: Timeline) -> dict[str, dict[str, f
     }
     return {
         phase: {
-            domain: accuracy([r for r in requests if r.domain == domain])
+            domain: sim.metric.of([r for r in requests if r.domain == domain])
             for domain in ("retail", "smart_home")
         }
         for phase, requests in phases.items()
@@ -184,6 +191,9 @@ def phase_accuracy(sim: Simulation, timeline: Timeline) -> dict[str, dict[str, f
 
 
 def _bins(sim: Simulation, width: float) -> list[dict[str, Any]]:
+    """Per time bin: the task metric overall and per domain, and the thumbs-down rate on the
+    metric's scale (a share for accuracy, a percentage for chrF), so one axis holds both."""
+    metric = sim.metric
     end = max((r.t for r in sim.requests), default=0.0)
     out = []
     t = 0.0
@@ -193,11 +203,13 @@ def _bins(sim: Simulation, width: float) -> list[dict[str, Any]]:
         out.append(
             {
                 "t": t + width / 2,
-                "accuracy": accuracy(inside),
-                "smart_home": accuracy([r for r in inside if r.domain == "smart_home"]),
-                "retail": accuracy([r for r in inside if r.domain == "retail"]),
+                "all": metric.of(inside),
+                "smart_home": metric.of([r for r in inside if r.domain == "smart_home"]),
+                "retail": metric.of([r for r in inside if r.domain == "retail"]),
                 "thumbs_down": (
-                    sum(r.rating == "down" for r in rated) / len(rated) if rated else None
+                    sum(r.rating == "down" for r in rated) / len(rated) * metric.top
+                    if rated
+                    else None
                 ),
             }
         )
@@ -206,7 +218,7 @@ def _bins(sim: Simulation, width: float) -> list[dict[str, Any]]:
 
 
 def plot(sim: Simulation, timeline: Timeline, out_dir: Path, width: float = 10.0) -> list[Path]:
-    """accuracy and thumbs-down rate over time, markers for alert, trigger and promotion."""
+    """The task metric and thumbs-down rate over time, markers for alert, trigger and promotion."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,6 +227,7 @@ def plot(sim: Simulation, timeline: Timeline, out_dir: Path, width: float = 10.0
 
     out_dir.mkdir(parents=True, exist_ok=True)
     bins = _bins(sim, width)
+    metric = sim.metric
     onset = sim.config.shift_at_s
     markers = [
         (name, onset + t)
@@ -222,10 +235,10 @@ def plot(sim: Simulation, timeline: Timeline, out_dir: Path, width: float = 10.0
         if t is not None and name != "retraining run started"
     ]
     series = [
-        ("accuracy (all)", "accuracy"),
-        ("accuracy, smart_home", "smart_home"),
-        ("accuracy, retail", "retail"),
-        ("thumbs-down rate", "thumbs_down"),
+        (f"{metric.name} (all)", "all"),
+        (f"{metric.name}, smart_home", "smart_home"),
+        (f"{metric.name}, retail", "retail"),
+        ("thumbs-down rate (%)" if metric.graded else "thumbs-down rate", "thumbs_down"),
     ]
     fig, ax = plt.subplots(figsize=(11, 5))
     for label, key in series:
@@ -238,9 +251,9 @@ def plot(sim: Simulation, timeline: Timeline, out_dir: Path, width: float = 10.0
         )
     for i, (name, t) in enumerate(markers):
         ax.axvline(t, color="grey", linestyle=":", linewidth=1)
-        ax.text(t, 1.01 + 0.045 * (i % 3), name, rotation=0, fontsize=7, ha="left")
+        ax.text(t, (1.01 + 0.045 * (i % 3)) * metric.top, name, rotation=0, fontsize=7, ha="left")
     ax.set_xlabel("seconds since the simulation started")
-    ax.set_ylim(0, 1.15)
+    ax.set_ylim(0, 1.15 * metric.top)
     ax.set_title(f"Refinery closed loop: {len(sim.requests)} requests at {sim.config.rate:g}/s")
     ax.legend(loc="lower left", fontsize=8)
     png = out_dir / "closed_loop.png"
@@ -254,7 +267,9 @@ def plot(sim: Simulation, timeline: Timeline, out_dir: Path, width: float = 10.0
     for name, t in markers:
         figure.add_vline(x=t, line_dash="dot", annotation_text=name, annotation_textangle=-90)
     figure.update_layout(
-        title="Refinery closed loop", xaxis_title="seconds since start", yaxis_range=[0, 1.05]
+        title="Refinery closed loop",
+        xaxis_title="seconds since start",
+        yaxis_range=[0, 1.05 * metric.top],
     )
     html = out_dir / "closed_loop.html"
     figure.write_html(html, include_plotlyjs=True)
@@ -262,7 +277,7 @@ def plot(sim: Simulation, timeline: Timeline, out_dir: Path, width: float = 10.0
 
 
 def report(sim: Simulation, timeline: Timeline) -> dict[str, Any]:
-    accuracies = phase_accuracy(sim, timeline)
+    quality = phase_accuracy(sim, timeline)
     return {
         "requests": len(sim.requests),
         "answered": sum(r.status == "ok" for r in sim.requests),
@@ -271,19 +286,21 @@ def report(sim: Simulation, timeline: Timeline) -> dict[str, Any]:
         "feedback_failed": sim.feedback_failed,
         "timeline_s_after_onset": dict(timeline.rows()),
         "split_s": timeline.split(),
-        "accuracy": accuracies,
+        sim.metric.name: quality,  # "accuracy", or "chrF" for free text
         "golden": {"before": timeline.golden_before, "after": timeline.golden_after},
         "promoted_version": timeline.promoted_version,
         "mlflow_run": timeline.run_url,
     }
 
 
-def print_report(summary: dict[str, Any], files: list[Path], settings: Settings) -> None:
+def print_report(
+    summary: dict[str, Any], files: list[Path], settings: Settings, metric: TaskMetric = ACCURACY
+) -> None:
     def s(v: float | None) -> str:
         return "-" if v is None else f"{v:7.1f} s"
 
     def pct(v: float | None) -> str:
-        return "  -  " if v is None else f"{v:5.3f}"
+        return "  -  " if v is None else f"{v:5.{metric.digits}f}"
 
     print("\nTimeline (seconds after drift onset)")
     for name, t in summary["timeline_s_after_onset"].items():
@@ -292,8 +309,9 @@ def print_report(summary: dict[str, Any], files: list[Path], settings: Settings)
         print("\nOnset to served, by part")
         for part, t in summary["split_s"].items():
             print(f"  {part:<11} {s(t)}")
-    print("\nAccuracy from the simulator's ground truth (retail / smart_home)")
-    for phase, by_domain in summary["accuracy"].items():
+    title = f"{metric.name} (0-{metric.top:g})" if metric.graded else "Accuracy"
+    print(f"\n{title} from the simulator's ground truth (retail / smart_home)")
+    for phase, by_domain in summary[metric.name].items():
         print(f"  {phase:<16} {pct(by_domain['retail'])} / {pct(by_domain['smart_home'])}")
     golden = summary["golden"]
     print(
@@ -364,6 +382,6 @@ def run_demo(settings: Settings, config: SimulationConfig, api_key: str | None, 
     summary = report(sim, timeline)
     summary["wall_clock_s"] = time.monotonic() - started
     files = [*plot(sim, timeline, out_dir), save_summary(summary, out_dir)]
-    print_report(summary, files, settings)
+    print_report(summary, files, settings, sim.metric)
     print(f"\nmake demo wall clock: {summary['wall_clock_s']:.0f} s")
     return 0 if timeline.first_served is not None else 1
