@@ -66,6 +66,20 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     return fast
 
 
+def served_text(tokenizer: PreTrainedTokenizerFast, example: LabeledText) -> str:
+    """The prompt as vLLM will render it: a conversation through the chat template."""
+    if not example.messages:
+        return example.prompt
+    turns = [{"role": m.role, "content": m.content} for m in example.messages]
+    return str(tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False))
+
+
+def corpus_text(example: LabeledText) -> str:
+    """All the text of an example, for learning the tokenizer's merges."""
+    context = [m.content for m in example.messages] if example.messages else [example.prompt]
+    return "\n".join([*context, example.completion])
+
+
 def build_model(
     spec: BaseModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int
 ) -> LlamaForCausalLM:
@@ -107,7 +121,7 @@ def _batches(
     for start in range(0, len(order), spec.batch_size):
         chunk = [examples[i] for i in order[start : start + spec.batch_size]]
         enc = tokenizer(
-            [e.prompt + e.completion + EOS for e in chunk],
+            [served_text(tokenizer, e) + e.completion + EOS for e in chunk],
             max_length=spec.max_seq_len,
             truncation=True,
             padding=True,

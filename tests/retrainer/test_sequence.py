@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from transformers import PreTrainedTokenizerFast
 
+from services.common.datasets import LabeledText
 from services.common.events import ChatTurn
-from services.retrainer.base_model import train_tokenizer
+from services.retrainer.base_model import served_text, train_tokenizer
 from services.retrainer.sequence import IGNORE, PadCollator, encode, pack, prompt_ids
 
 PROMPT = "Ticket: my thermostat keeps going offline since the update\nTeam:"
@@ -77,3 +78,21 @@ def test_a_conversation_goes_through_the_chat_template_with_roles(
     assert enc.labels[: len(ids)] == [IGNORE] * len(ids)
     assert tokenizer.decode(enc.labels[len(ids) : -1]) == "shipping"
     assert enc.labels[-1] == tokenizer.eos_token_id
+
+
+def test_the_base_model_pretrains_on_the_prompt_vllm_serves(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    row = LabeledText.model_validate(
+        {
+            "messages": [
+                {"role": "system", "content": "Answer in one sentence."},
+                {"role": "user", "content": "my hub is offline"},
+                {"role": "assistant", "content": "Restart the hub."},
+            ]
+        }
+    )
+    served = tokenizer(served_text(tokenizer, row))["input_ids"]
+    assert served == prompt_ids(tokenizer, row.prompt, row.messages)
+    plain = LabeledText(prompt=PROMPT, completion=" technical")
+    assert served_text(tokenizer, plain) == PROMPT
