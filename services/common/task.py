@@ -16,20 +16,62 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# classification: the completion is one label; generation: free text after a prompt;
+# chat: free text answering OpenAI-style messages (scored exactly like generation).
+TaskKind = Literal["classification", "generation", "chat"]
+
+# What the gate decides on, each a per-item score on a 0-1 scale (services/retrainer/gate.py).
+GateMetric = Literal["accuracy", "chrf", "bleu", "exact_match", "semantic"]
+
+DEFAULT_METRIC: dict[TaskKind, GateMetric] = {
+    "classification": "accuracy",
+    "generation": "chrf",
+    "chat": "chrf",
+}
+
+
+def metric_error(kind: TaskKind, metric: GateMetric) -> str | None:
+    """Why ``metric`` cannot judge a ``kind`` task, or None when it can.
+
+    A classification task serves a label, which is right or wrong, so accuracy is its only
+    metric; free text has no label to be accurate about.
+    """
+    if kind == "classification" and metric != "accuracy":
+        return (
+            f"gate.metric {metric!r} does not fit task.kind 'classification', which is judged "
+            "on the label it serves; set gate.metric: accuracy or leave it out"
+        )
+    if kind != "classification" and metric == "accuracy":
+        return (
+            f"gate.metric 'accuracy' needs task.kind 'classification', not {kind!r}; set "
+            "gate.metric to chrf, bleu, exact_match or semantic, or leave it out for chrf"
+        )
+    return None
+
+
 class TaskObjective(_Section):
     """What the model must do and how its output is read."""
 
     name: str
-    kind: Literal["classification", "generation"]
+    kind: TaskKind
     description: str = ""
-    prompt_template: str = Field(description="Python format string with a {text} field")
+    prompt_template: str = Field(
+        default="{text}",
+        description="Python format string with a {text} field; optional only for chat",
+    )
     labels: list[str] = Field(default_factory=list)
     max_new_tokens: int = 16
 
     @model_validator(mode="after")
-    def _labels_for_classification(self) -> TaskObjective:
+    def _fits_kind(self) -> TaskObjective:
         if self.kind == "classification" and not self.labels:
             raise ValueError("task.labels is empty; a classification task needs its label set")
+        if self.kind == "chat":
+            return self  # the messages carry the text; a template is optional
+        if "prompt_template" not in self.model_fields_set:
+            raise ValueError(
+                f"task.prompt_template is missing; a {self.kind} task needs one with '{{text}}'"
+            )
         if "{text}" not in self.prompt_template:
             raise ValueError("task.prompt_template must contain '{text}'")
         return self
@@ -124,8 +166,9 @@ class TrainingSpec(_Section):
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="modules LoRA adapts; none: PEFT's default for the base's architecture",
     )
     learning_rate: float = Field(default=3e-3, gt=0)
     epochs: int = Field(default=4, ge=1)
@@ -147,12 +190,21 @@ class GateSpec(_Section):
         default=0.2, gt=0, lt=1, description="newest share of rated traffic: the test split"
     )
     min_test_examples: int = Field(default=30, ge=1)
+    metric: GateMetric | None = Field(
+        default=None,
+        description="what the gate decides on, as a mean per-item score on a 0-1 scale: "
+        "accuracy (classification only), chrf, bleu, exact_match or semantic (embedding "
+        "cosine); unset: accuracy for classification, chrf for generation and chat",
+    )
     min_improvement: float = Field(
-        default=0.02, ge=0, description="on recent traffic, in the task's main metric"
+        default=0.02, ge=0, le=1, description="on recent traffic, in gate.metric (0-1 scale)"
     )
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     golden_tolerance: float = Field(
-        default=0.02, ge=0, description="largest drop allowed on the golden set"
+        default=0.02,
+        ge=0,
+        le=1,
+        description="largest drop allowed on the golden set, in gate.metric (0-1 scale)",
     )
     bootstrap_samples: int = Field(default=2000, ge=100)
 
@@ -167,6 +219,18 @@ class TaskFile(_Section):
     cleaning: CleaningSpec = Field(default_factory=CleaningSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
+
+    @model_validator(mode="after")
+    def _gate_metric_fits_task(self) -> TaskFile:
+        """Fill in the kind's default gate metric, and refuse one that cannot judge the task."""
+        if self.gate.metric is None:
+            # A copy: a GateSpec instance passed in may be shared with another task file.
+            self.gate = self.gate.model_copy(update={"metric": DEFAULT_METRIC[self.task.kind]})
+            return self
+        error = metric_error(self.task.kind, self.gate.metric)
+        if error is not None:
+            raise ValueError(error)
+        return self
 
 
 def load_task(path: Path) -> TaskFile:

@@ -1,8 +1,11 @@
-"""``refinery bootstrap``: make version 1 of the registered model and crown it champion.
+"""``refinery bootstrap``: make the first versions of the registered model, crown one champion.
 
-Without ``--base`` it builds the offline base model from the demo corpus; with one it takes
-the user's Hugging Face model (a local path or a hub id) as it is. Either way the golden
-set is stored with the run as the frozen test set, and never trained on.
+Without ``--base`` it builds the offline base model from the demo corpus and crowns it.
+With ``--base`` (a Hugging Face folder or hub id) it registers that model as the base
+version, and with ``--train`` too it fine-tunes a LoRA adapter on the training file (target
+modules from the architecture, rank within what vLLM is started with) and crowns base +
+adapter, so the first champion already knows the user's task. Either way the golden set is
+stored with the run as the frozen test set, and never trained on.
 """
 
 from __future__ import annotations
@@ -13,14 +16,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
 from services.common.datasets import LabeledText, read_jsonl, write_jsonl
+from services.common.exceptions import ConfigError
 from services.common.registry import CHAMPION, ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.task import TaskFile
 from services.demo.corpus import generate
+from services.retrainer.evaluation import MEAN_KEY, item_scores
+from services.retrainer.gate import main_metric
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +49,10 @@ def _digest(examples: list[LabeledText]) -> str:
 
 
 def score(task: TaskFile, completions: list[str], golden: list[LabeledText]) -> float:
-    """Label accuracy for classification, exact match for generation."""
-    if task.task.kind == "classification":
-        hits = [
-            task.task.parse_label(out) == task.task.parse_label(ex.completion)
-            for out, ex in zip(completions, golden, strict=True)
-        ]
-    else:
-        hits = [
-            out.strip() == ex.completion.strip()
-            for out, ex in zip(completions, golden, strict=True)
-        ]
-    return sum(hits) / len(hits)
+    """The mean per-item score in the gate's metric (0-1), scored as the gate scores it."""
+    targets = [ex.completion for ex in golden]
+    scores = item_scores(task.task, main_metric(task), targets, completions)
+    return sum(scores) / len(scores)
 
 
 def bootstrap(
@@ -97,6 +96,7 @@ def bootstrap(
 
     from services.retrainer.base_model import (
         build_model,
+        corpus_text,
         greedy_complete,
         pretrain,
         train_tokenizer,
@@ -123,7 +123,7 @@ def bootstrap(
         tokenizer: PreTrainedTokenizerBase
         if base is None:
             spec = task.base_model
-            tokenizer = train_tokenizer([e.prompt + e.completion for e in kept], spec.vocab_size)
+            tokenizer = train_tokenizer([corpus_text(e) for e in kept], spec.vocab_size)
             model = build_model(spec, tokenizer, seed)
             result = pretrain(model, tokenizer, kept, spec, seed)
             params.update(spec.model_dump())
@@ -151,9 +151,7 @@ def bootstrap(
         golden_ids = [prompt_ids(tokenizer, e.prompt, e.messages) for e in golden]
         completions = greedy_complete(model, tokenizer, golden_ids, task.task.max_new_tokens)
         golden_score = score(task, completions, golden)
-        metrics[
-            "golden_" + ("accuracy" if task.task.kind == "classification" else "exact_match")
-        ] = golden_score
+        metrics[f"golden_{MEAN_KEY[main_metric(task)]}"] = golden_score
         log.info("bootstrap: golden-set score %.3f", golden_score)
 
         data_dir = Path(tmp) / "data"
@@ -189,6 +187,82 @@ def bootstrap(
         },
         description=f"base model {base or BUILTIN_BASE}, bootstrapped",
     )
+    if base is not None and train_file is not None:
+        tuned, golden_score = _fine_tune(settings, task, info, kept, golden)
+        info = tuned
     registry.set_alias(CHAMPION, info.version)
     log.info("bootstrap: registered %s v%s as %s", info.name, info.version, CHAMPION)
     return BootstrapResult(info, created=True, golden_score=golden_score)
+
+
+def _fine_tune(
+    settings: Settings,
+    task: TaskFile,
+    base: VersionInfo,
+    train: list[LabeledText],
+    golden: list[LabeledText],
+) -> tuple[VersionInfo, float]:
+    """A LoRA on the user's base, trained on their training file: the first champion."""
+    from transformers import AutoTokenizer
+
+    from services.retrainer.base_model import greedy_complete
+    from services.retrainer.pipeline import split
+    from services.retrainer.sequence import prompt_ids
+    from services.retrainer.training import check_rank
+    from services.retrainer.training import train as train_adapter
+
+    check_rank(task.training, settings)
+    registry = ModelRegistry(settings)
+    base_dir = registry.local_copy(base, settings.models_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    splits = split(task, [], train, golden)
+    if not splits.train:
+        raise ConfigError(
+            f"--train: no example is left to fine-tune on after cleaning ({len(train)} read; "
+            f"dropped by step: {splits.pool_report.removed}); give more, distinct examples"
+        )
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_experiment(settings.experiment)
+    with (
+        tempfile.TemporaryDirectory(prefix="refinery-bootstrap-lora-") as tmp,
+        mlflow.start_run(run_name="bootstrap adapter") as run,
+    ):
+        mlflow.set_tags({"refinery.step": "bootstrap", "refinery.base_version": base.version})
+        mlflow.log_params(
+            {"train_examples": len(splits.train), "validation_examples": len(splits.validation)}
+        )
+        result = train_adapter(
+            base_dir, tokenizer, splits.train, splits.validation, task.training, Path(tmp)
+        )
+        mlflow.log_metrics(result.metrics())
+        ids = [prompt_ids(tokenizer, e.prompt, e.messages) for e in golden]
+        result.model.eval()
+        model: Any = result.model
+        completions = greedy_complete(model, tokenizer, ids, task.task.max_new_tokens)
+        golden_score = score(task, completions, golden)
+        mlflow.log_metric("golden_score", golden_score)
+        mlflow.log_artifacts(str(result.adapter_dir), "adapter")
+        source = f"{run.info.artifact_uri}/adapter"
+        run_id = run.info.run_id
+    info = registry.register(
+        source,
+        run_id,
+        tags={
+            "kind": "lora",
+            "base_version": base.version,
+            "golden_uri": base.tags["golden_uri"],
+            "seed_train_uri": base.tags["seed_train_uri"],
+            "status": "champion",
+        },
+        description=f"LoRA on v{base.version} fine-tuned on the bootstrap training file",
+    )
+    log.info(
+        "bootstrap: v%s = v%s + LoRA on %d examples; golden %.3f",
+        info.version,
+        base.version,
+        len(splits.train),
+        golden_score,
+    )
+    return info, golden_score

@@ -1,14 +1,14 @@
-"""Champion against challenger on the same items: metrics, a paired test, the gate, a report.
+"""Champion against challenger on the same items: per-item scores, a paired test, a report.
 
 Both models answer the same test items (the recent-traffic test split and the golden set),
-so every comparison here is paired: per item, who got it right. The difference in the main
-metric gets a paired bootstrap interval (resampling items, not models, keeps the
-correlation between the two models' answers, which is what makes a small difference
-detectable) and an exact McNemar test on the discordant items. The gate promotes only when
-the challenger is better on recent traffic by a margin that is not noise and no worse than
-the tolerance on the golden set; anything missing or undecidable rejects (it fails closed).
-The error analysis (confusion matrices, per-segment metrics, flipped items) is what a
-person reads to see why.
+so every comparison here is paired: per item, how well each model did, as a score on a 0-1
+scale in the task file's ``gate.metric`` (1 or 0 for accuracy and exact match, sentence
+chrF or BLEU / 100, embedding cosine for ``semantic``). The difference of the mean scores
+gets a paired bootstrap interval (resampling items, not models, keeps the correlation
+between the two models' answers, which is what makes a small difference detectable) and
+an exact McNemar test on the items where exactly one model is correct. The gate
+(``gate.py``) decides on these; the error analysis (confusion matrices, per-segment
+metrics, flipped items) is what a person reads to see why.
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 import numpy as np
 import sacrebleu
 from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
-from services.common.task import GateSpec, TaskObjective
+from services.common.task import GateMetric, TaskObjective, metric_error
+from services.retrainer import similarity
+
+if TYPE_CHECKING:
+    from services.retrainer.gate import GateDecision
 
 OTHER = "other"  # the label of a completion that names none of the task's labels
 NO_SEGMENT = "none"
@@ -34,21 +38,82 @@ FLIP_LIMIT = 50  # flipped items kept per direction in error_analysis.json
 REPORT_FLIPS = 10  # flipped items shown per direction in report.md
 WRONG_NOW = "challenger_wrong_champion_right"
 RIGHT_NOW = "challenger_right_champion_wrong"
+# An item counts as correct (McNemar, flipped items) at half the 0-1 scale or above: for
+# accuracy and exact match (scores 0 or 1) that is "right"; for graded metrics it is a
+# convention for the report, never what the gate decides on (the mean score is).
+CORRECT_AT = 0.5
+# Where metrics() keeps each gate metric's mean per-item score (0-1). chrF and BLEU get
+# their own names: "chrf" and "bleu" there are corpus-level, on sacrebleu's 0-100 scale.
+MEAN_KEY: dict[GateMetric, str] = {
+    "accuracy": "accuracy",
+    "exact_match": "exact_match",
+    "chrf": "sentence_chrf",
+    "bleu": "sentence_bleu",
+    "semantic": "semantic",
+}
 
 
 @dataclass(frozen=True)
 class Scored:
-    """One test item scored for one model."""
+    """One test item scored for one model, in one metric."""
 
     prompt: str
     target: str  # the reference completion
     output: str  # what the model generated
     segment: str | None
-    correct: bool
+    score: float  # 0-1 in `metric`; the paired bootstrap averages it
+    metric: GateMetric = "accuracy"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"a per-item score is on the 0-1 scale, got {self.score}")
+        object.__setattr__(self, "score", float(self.score))
+
+    @property
+    def correct(self) -> bool:
+        """Right or wrong, for McNemar and the flipped items (see CORRECT_AT)."""
+        return self.score >= CORRECT_AT
 
 
 def _label(task: TaskObjective, completion: str) -> str:
     return task.parse_label(completion) or OTHER
+
+
+def item_scores(
+    task: TaskObjective, metric: GateMetric, targets: Sequence[str], outputs: Sequence[str]
+) -> list[float]:
+    """Each output against its target on a 0-1 scale: the one definition of "how right".
+
+    Classification compares parsed labels (the label is what is served). Free text is
+    compared after stripping whitespace; an output identical to its target scores 1 in
+    every metric (sacrebleu gives two empty strings 0). Semantic similarity is the cosine
+    of the two sentence embeddings, clipped at 0 (opposed meaning is no better than none).
+    """
+    error = metric_error(task.kind, metric)
+    if error is not None:
+        raise ValueError(error)
+    if len(targets) != len(outputs):
+        raise ValueError(f"{len(targets)} targets but {len(outputs)} outputs")
+    if metric == "accuracy":
+        return [
+            float(task.parse_label(o) == task.parse_label(t))
+            for t, o in zip(targets, outputs, strict=True)
+        ]
+    refs = [t.strip() for t in targets]
+    hyps = [o.strip() for o in outputs]
+    if metric == "exact_match":
+        return [float(h == r) for h, r in zip(hyps, refs, strict=True)]
+    pairs = list(zip(hyps, refs, strict=True))
+    if metric == "chrf":
+        graded = [sacrebleu.sentence_chrf(h, [r]).score / 100 for h, r in pairs]
+    elif metric == "bleu":
+        graded = [sacrebleu.sentence_bleu(h, [r]).score / 100 for h, r in pairs]
+    elif metric == "semantic":
+        graded = similarity.cosine(hyps, refs)
+    else:
+        assert_never(metric)
+    scores = zip(pairs, graded, strict=True)
+    return [1.0 if h == r else min(1.0, max(0.0, g)) for (h, r), g in scores]
 
 
 def score_outputs(
@@ -57,75 +122,88 @@ def score_outputs(
     targets: Sequence[str],
     outputs: Sequence[str],
     segments: Sequence[str | None],
+    *,
+    metric: GateMetric,
 ) -> list[Scored]:
-    """Mark each output right or wrong: by parsed label for classification (the label is what
-    is served), by exact match after stripping whitespace for generation."""
+    """Score each output in ``metric`` (the gate's, from ``gate.main_metric``)."""
     if not len(prompts) == len(targets) == len(outputs) == len(segments):
         raise ValueError(
             f"prompts, targets, outputs and segments differ in length: {len(prompts)}, "
             f"{len(targets)}, {len(outputs)}, {len(segments)}"
         )
-    scored = []
-    for prompt, target, output, segment in zip(prompts, targets, outputs, segments, strict=True):
-        if task.kind == "classification":
-            correct = task.parse_label(output) == task.parse_label(target)
-        else:
-            correct = output.strip() == target.strip()
-        scored.append(Scored(prompt, target, output, segment, correct))
-    return scored
-
-
-def main_metric(task: TaskObjective) -> str:
-    """The metric the gate compares: per-item correctness averaged, so it can be paired."""
-    return "accuracy" if task.kind == "classification" else "exact_match"
+    scores = item_scores(task, metric, targets, outputs)
+    return [
+        Scored(prompt, target, output, segment, score, metric)
+        for prompt, target, output, segment, score in zip(
+            prompts, targets, outputs, segments, scores, strict=True
+        )
+    ]
 
 
 def metrics(task: TaskObjective, scored: Sequence[Scored]) -> dict[str, float]:
     """The task's metrics over ``scored``; every metric is 0.0 when there are no items.
 
     Macro F1 is over the task's labels only, so a model that answers "other" everywhere
-    gets no credit for it; BLEU and chrF are corpus-level, on sacrebleu's 0-100 scale.
+    gets no credit for it. For free text, bleu and chrf are corpus-level (0-100), and the
+    gate metric's mean per-item score (0-1) is added under its ``MEAN_KEY``.
     """
     n = len(scored)
-    share = sum(s.correct for s in scored) / n if n else 0.0
     if task.kind == "classification":
         if not n:
             return {"accuracy": 0.0, "macro_f1": 0.0, "n": 0.0}
-        macro_f1 = f1_score(
-            [_label(task, s.target) for s in scored],
-            [_label(task, s.output) for s in scored],
-            labels=task.labels,
-            average="macro",
-            zero_division=0,
-        )
-        return {"accuracy": share, "macro_f1": float(macro_f1), "n": float(n)}
+        truth = [_label(task, s.target) for s in scored]
+        predicted = [_label(task, s.output) for s in scored]
+        accuracy = sum(t == p for t, p in zip(truth, predicted, strict=True)) / n
+        macro_f1 = f1_score(truth, predicted, labels=task.labels, average="macro", zero_division=0)
+        return {"accuracy": accuracy, "macro_f1": float(macro_f1), "n": float(n)}
     if not n:
         return {"exact_match": 0.0, "bleu": 0.0, "chrf": 0.0, "n": 0.0}
     hypotheses = [s.output.strip() for s in scored]
-    references = [[s.target.strip() for s in scored]]
-    return {
-        "exact_match": share,
-        "bleu": float(sacrebleu.corpus_bleu(hypotheses, references).score),
-        "chrf": float(sacrebleu.corpus_chrf(hypotheses, references).score),
-        "n": float(n),
+    references = [s.target.strip() for s in scored]
+    result = {
+        "exact_match": sum(h == r for h, r in zip(hypotheses, references, strict=True)) / n,
+        "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
+        "chrf": float(sacrebleu.corpus_chrf(hypotheses, [references]).score),
     }
+    key = MEAN_KEY[_metric_of(scored)]
+    if key not in result:
+        result[key] = sum(s.score for s in scored) / n
+    return {**result, "n": float(n)}
 
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """Challenger minus champion on the same items, with its uncertainty."""
+    """Challenger minus champion on the same items, in the gate metric, with its uncertainty."""
 
-    metric: str
-    champion: float
+    metric: GateMetric
+    champion: float  # mean per-item score, 0-1
     challenger: float
-    difference: float  # challenger - champion
+    difference: float  # challenger - champion, on the same 0-1 scale
     ci_low: float
     ci_high: float  # paired bootstrap percentile interval of the difference at `confidence`
-    mcnemar_p: float  # exact two-sided McNemar; 1.0 when no item is discordant
-    champion_only: int  # items only the champion got right
-    challenger_only: int  # items only the challenger got right
+    mcnemar_p: float  # exact two-sided McNemar on `correct`; 1.0 when no item is discordant
+    champion_only: int  # items only the champion got correct
+    challenger_only: int  # items only the challenger got correct
     n: int
     confidence: float = 0.95  # the level of ci_low..ci_high
+
+    @property
+    def graded(self) -> bool:
+        """Per-item scores between 0 and 1, not just right or wrong."""
+        return self.metric not in ("accuracy", "exact_match")
+
+
+def level(confidence: float) -> str:
+    """A confidence level as people write it: 0.95 -> "95%"."""
+    return f"{confidence * 100:g}%"
+
+
+def _metric_of(*sides: Sequence[Scored]) -> GateMetric:
+    """The one metric every item was scored in; mixing metrics makes a mean meaningless."""
+    found = {s.metric for side in sides for s in side}
+    if len(found) != 1:
+        raise ValueError(f"items scored in {sorted(found) or 'no'} metrics; need exactly one")
+    return found.pop()
 
 
 def _check_paired(champion: Sequence[Scored], challenger: Sequence[Scored]) -> None:
@@ -139,6 +217,7 @@ def _check_paired(champion: Sequence[Scored], challenger: Sequence[Scored]) -> N
     for i, (a, b) in enumerate(zip(champion, challenger, strict=True)):
         if a.prompt != b.prompt:
             raise ValueError(f"item {i} differs between champion and challenger: not paired")
+    _metric_of(champion, challenger)
 
 
 def _bootstrap_means(diff: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -158,34 +237,34 @@ def compare(
     confidence: float,
     samples: int,
     seed: int = 0,
-    *,
-    metric: str = "accuracy",
 ) -> PairedComparison:
-    """Pair the two models item by item on per-item correctness.
+    """Pair the two models item by item on their per-item scores.
 
-    The bootstrap resamples item indices and takes both models' answers on each, so the
+    The bootstrap resamples item indices and takes both models' scores on each, so the
     interval reflects the paired variance (items hard for both cancel out), far narrower
     than two independent intervals. McNemar is the exact binomial test on the items where
-    exactly one model is right. ``metric`` names what correctness averages to (see
-    ``main_metric``). Seeded, so the same inputs give the same interval.
+    exactly one model is correct (for graded metrics: at a score of CORRECT_AT or more).
+    Seeded, so the same inputs give the same interval.
     """
     _check_paired(champion, challenger)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
-    a = np.array([s.correct for s in champion], dtype=float)
-    b = np.array([s.correct for s in challenger], dtype=float)
+    a = np.array([s.score for s in champion], dtype=float)
+    b = np.array([s.score for s in challenger], dtype=float)
     diff = b - a
     means = _bootstrap_means(diff, samples, np.random.default_rng(seed))
     alpha = 1 - confidence
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    champion_only = int(np.sum((a == 1) & (b == 0)))
-    challenger_only = int(np.sum((a == 0) & (b == 1)))
+    right_a = np.array([s.correct for s in champion])
+    right_b = np.array([s.correct for s in challenger])
+    champion_only = int(np.sum(right_a & ~right_b))
+    challenger_only = int(np.sum(~right_a & right_b))
     discordant = champion_only + challenger_only
     p = min(1.0, float(binomtest(champion_only, discordant, 0.5).pvalue)) if discordant else 1.0
     return PairedComparison(
-        metric=metric,
+        metric=_metric_of(champion),
         champion=float(a.mean()),
         challenger=float(b.mean()),
         difference=float(diff.mean()),
@@ -197,64 +276,6 @@ def compare(
         n=len(diff),
         confidence=confidence,
     )
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reasons: list[str]  # why it was promoted, or every reason it was rejected
-
-
-def _level(confidence: float) -> str:
-    return f"{confidence * 100:g}%"
-
-
-def _interval(c: PairedComparison, confidence: float) -> str:
-    return f"{_level(confidence)} CI {c.ci_low:+.3f}..{c.ci_high:+.3f}"
-
-
-def gate(recent: PairedComparison, golden: PairedComparison, spec: GateSpec) -> GateDecision:
-    """Promote only when every condition holds; a NaN anywhere fails its condition.
-
-    Recent traffic must show enough test items, an improvement of at least
-    ``min_improvement`` and a confidence interval wholly above zero; the golden set (the
-    fixed regression check) may drop by at most ``golden_tolerance``.
-    """
-    recent_ci = _interval(recent, spec.confidence)
-    checks = [
-        (
-            recent.n >= spec.min_test_examples,
-            f"recent traffic: {recent.n} test examples >= {spec.min_test_examples} required",
-            f"recent traffic: only {recent.n} test examples, {spec.min_test_examples} required",
-        ),
-        (
-            recent.difference >= spec.min_improvement,
-            f"recent traffic: {recent.metric} {recent.difference:+.3f} ({recent_ci}) "
-            f">= {spec.min_improvement:+.3f} required",
-            f"recent traffic: {recent.metric} {recent.difference:+.3f} ({recent_ci}) "
-            f"< {spec.min_improvement:+.3f} required",
-        ),
-        (
-            recent.ci_low > 0,
-            f"recent traffic: {_level(spec.confidence)} CI lower bound {recent.ci_low:+.3f} "
-            f"> 0 (McNemar p={recent.mcnemar_p:.3g})",
-            f"recent traffic: {_level(spec.confidence)} CI lower bound {recent.ci_low:+.3f} "
-            f"<= 0: the improvement may be noise (McNemar p={recent.mcnemar_p:.3g})",
-        ),
-        (
-            golden.difference >= -spec.golden_tolerance,
-            f"golden set: {golden.metric} {golden.difference:+.3f} "
-            f"({_interval(golden, spec.confidence)}) within the "
-            f"-{spec.golden_tolerance:.3f} tolerance",
-            f"golden set: {golden.metric} {golden.difference:+.3f} "
-            f"({_interval(golden, spec.confidence)}) drops more than the "
-            f"-{spec.golden_tolerance:.3f} tolerance",
-        ),
-    ]
-    failed = [bad for ok, _, bad in checks if not ok]
-    if failed:
-        return GateDecision(promote=False, reasons=failed)
-    return GateDecision(promote=True, reasons=[good for _, good, _ in checks])
 
 
 def confusion(task: TaskObjective, scored: Sequence[Scored]) -> dict[str, dict[str, int]]:
@@ -360,7 +381,7 @@ def _metrics_rows(
                 f"{c.champion:.3f}",
                 f"{c.challenger:.3f}",
                 f"{c.difference:+.3f}",
-                f"{c.ci_low:+.3f}..{c.ci_high:+.3f} ({_level(c.confidence)})",
+                f"{c.ci_low:+.3f}..{c.ci_high:+.3f} ({level(c.confidence)})",
                 f"{c.mcnemar_p:.3g} ({c.champion_only} vs {c.challenger_only} discordant)",
                 c.n,
             ]
@@ -368,7 +389,7 @@ def _metrics_rows(
     if entry is not None:
         champ, chall = entry["metrics"]["champion"], entry["metrics"]["challenger"]
         for metric in champ:
-            if metric == "n" or (c is not None and metric == c.metric):
+            if metric == "n" or (c is not None and metric == MEAN_KEY[c.metric]):
                 continue
             difference = chall[metric] - champ[metric]
             rows.append(
@@ -384,6 +405,18 @@ def _metrics_rows(
                 ]
             )
     return rows
+
+
+def _scale_notes(comparisons: Sequence[PairedComparison]) -> list[str]:
+    """What a graded gate metric's numbers mean: its scale, and what McNemar counted."""
+    if not any(c.graded for c in comparisons):
+        return []
+    return [
+        "Gate rows: mean per-item score on a 0-1 scale (the gate decides on its difference "
+        f"and interval); McNemar and the flips count a score >= {CORRECT_AT} as correct. "
+        "Corpus-level bleu and chrf rows are on sacrebleu's 0-100 scale.",
+        "",
+    ]
 
 
 def _confusion_lines(title: str, table: dict[str, dict[str, int]]) -> list[str]:
@@ -447,6 +480,7 @@ def render_report(
     header = ["set", "metric", "champion", "challenger", "difference", "CI", "McNemar p", "n"]
     rows = [r for n in names for r in _metrics_rows(n, analysis.get(n), comparisons.get(n))]
     lines += _table(header, rows)
+    lines += _scale_notes(list(comparisons.values()))
     for name in analysis:
         entry = analysis[name]
         lines += [f"## {name}", ""]

@@ -36,18 +36,16 @@ from services.common.task import TaskFile, TrainingSpec
 from services.retrainer.clean import CleanReport, clean, normalize
 from services.retrainer.collect import Snapshot, end_offsets, read_examples
 from services.retrainer.evaluation import (
-    GateDecision,
     PairedComparison,
     Scored,
     compare,
     error_analysis,
-    gate,
-    main_metric,
     metrics,
     score_outputs,
     write_report,
 )
 from services.retrainer.examples import TrainingExample, annotate, from_seed
+from services.retrainer.gate import GateDecision, gate, main_metric
 from services.retrainer.promotion import mark_challenger, promote, reject
 
 log = logging.getLogger(__name__)
@@ -156,6 +154,9 @@ class Retrainer:
     """Runs the pipeline for triggers; one instance per retrainer process."""
 
     def __init__(self, settings: Settings, task: TaskFile) -> None:
+        from services.retrainer.training import check_rank  # heavy: torch, transformers
+
+        check_rank(task.training, settings)  # an adapter vLLM cannot load is no challenger
         self.settings = settings
         self.task = task
         self.registry = ModelRegistry(settings)
@@ -266,6 +267,7 @@ class Retrainer:
                 "recent_test_examples": len(splits.recent_test),
                 "golden_examples": len(golden),
                 **_flat("training.", self.task.training),
+                "gate.metric": main_metric(self.task),
             }
         )
         mlflow.log_metrics(
@@ -471,6 +473,7 @@ class Retrainer:
             "golden": [(g.prompt, g.completion, g.segment, g.messages) for g in splits.golden],
             "recent": [(e.prompt, e.target, e.segment, e.messages) for e in splits.recent_test],
         }
+        metric = main_metric(self.task)
         scored: dict[str, tuple[list[Scored], list[Scored]]] = {}
         for name, items in sets.items():
             prompts = [p for p, _, _, _ in items]
@@ -481,9 +484,8 @@ class Retrainer:
             both = []
             for model in (champion_model, challenger_model):
                 outputs = greedy_complete(model, tokenizer, ids, task.max_new_tokens) if ids else []
-                both.append(score_outputs(task, prompts, targets, outputs, segments))
+                both.append(score_outputs(task, prompts, targets, outputs, segments, metric=metric))
             scored[name] = (both[0], both[1])
-        metric = main_metric(task)
         gate_spec = self.task.gate
         comparisons: dict[str, PairedComparison] = {}
         values: dict[str, float] = {}
@@ -492,25 +494,13 @@ class Retrainer:
                 for key, value in metrics(task, model_scored).items():
                     values[f"{name}_{who}_{key}"] = value
             if champ:
-                c = compare(
-                    champ,
-                    chall,
-                    gate_spec.confidence,
-                    gate_spec.bootstrap_samples,
-                    metric=metric,
-                )
+                c = compare(champ, chall, gate_spec.confidence, gate_spec.bootstrap_samples)
                 comparisons[name] = c
                 values[f"{name}_difference"] = c.difference
                 values[f"{name}_ci_low"] = c.ci_low
                 values[f"{name}_ci_high"] = c.ci_high
                 values[f"{name}_mcnemar_p"] = c.mcnemar_p
-        if "recent" not in comparisons or "golden" not in comparisons:
-            missing = [n for n in ("recent", "golden") if n not in comparisons]
-            decision = GateDecision(
-                promote=False, reasons=[f"no {' or '.join(missing)} test examples to compare on"]
-            )
-        else:
-            decision = gate(comparisons["recent"], comparisons["golden"], gate_spec)
+        decision = gate(comparisons.get("recent"), comparisons.get("golden"), gate_spec)
         analysis = error_analysis(task, {n: s for n, s in scored.items() if s[0]})
         report_dir = work_dir / "report"
         for path in write_report(analysis, comparisons, decision, report_dir):

@@ -35,6 +35,8 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from services.common.exceptions import ConfigError
+from services.common.settings import Settings
 from services.common.task import TrainingSpec
 from services.retrainer.examples import TrainingExample
 from services.retrainer.sequence import PadCollator, build_dataset, rendered_prompt
@@ -113,9 +115,22 @@ def lora_config(spec: TrainingSpec, r: int | None = None) -> LoraConfig:
         r=rank,
         lora_alpha=spec.lora_alpha * rank // spec.lora_r,  # same scale at any rank
         lora_dropout=spec.lora_dropout,
-        target_modules=list(spec.target_modules),
+        # None: PEFT's default modules for the model's architecture (q/v for Llama, Qwen2).
+        target_modules=list(spec.target_modules) if spec.target_modules else None,
         task_type="CAUSAL_LM",
     )
+
+
+def check_rank(spec: TrainingSpec, settings: Settings) -> None:
+    """Every rank training may use must be one vLLM can load (``--max-lora-rank``)."""
+    ranks = {spec.lora_r, *(spec.search.lora_r if spec.search.enabled else [])}
+    too_big = sorted(r for r in ranks if r > settings.vllm_max_lora_rank)
+    if too_big:
+        raise ConfigError(
+            f"training.lora_r {too_big} exceeds REFINERY_VLLM_MAX_LORA_RANK="
+            f"{settings.vllm_max_lora_rank}: vLLM could not serve the adapter; lower the rank "
+            "in the task file or raise the setting (vLLM allows 8, 16, 32, 64, ...)"
+        )
 
 
 def _arguments(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,54 @@ def test_unknown_key_is_rejected(tmp_path: Path) -> None:
 )
 def test_parse_label(completion: str, label: str | None) -> None:
     assert load_task(REPO_ROOT / "refinery.yaml").task.parse_label(completion) == label
+
+
+def _task_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_gate_metric_defaults_by_task_kind(tmp_path: Path) -> None:
+    assert load_task(REPO_ROOT / "refinery.yaml").gate.metric == "accuracy"
+    generation = "task: {name: t, kind: generation, prompt_template: 'Q: {text}'}\n"
+    assert load_task(_task_file(tmp_path, generation)).gate.metric == "chrf"
+    chat = load_task(_task_file(tmp_path, "task: {name: t, kind: chat}\n"))
+    assert chat.gate.metric == "chrf"
+    assert chat.task.prompt_template == "{text}"  # optional for chat only
+    semantic = generation + "gate: {metric: semantic}\n"
+    assert load_task(_task_file(tmp_path, semantic)).gate.metric == "semantic"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "task: {name: t, kind: generation, prompt_template: '{text}'}\n"
+            "gate: {metric: accuracy}\n",
+            "gate.metric 'accuracy' needs task.kind 'classification', not 'generation'",
+        ),
+        (
+            "task: {name: t, kind: chat}\ngate: {metric: accuracy}\n",
+            "gate.metric 'accuracy' needs task.kind 'classification', not 'chat'",
+        ),
+        (
+            "task: {name: t, kind: classification, prompt_template: '{text}', labels: [a]}\n"
+            "gate: {metric: chrf}\n",
+            "gate.metric 'chrf' does not fit task.kind 'classification'",
+        ),
+        ("task: {name: t, kind: generation}\n", "task.prompt_template is missing"),
+        (
+            "task: {name: t, kind: generation, prompt_template: '{text}'}\ngate: {metric: rouge}\n",
+            "gate.metric",
+        ),
+        (
+            "task: {name: t, kind: generation, prompt_template: '{text}'}\n"
+            "gate: {golden_tolerance: 2}\n",
+            "gate.golden_tolerance",
+        ),
+    ],
+)
+def test_wrong_gate_metric_names_the_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_task(_task_file(tmp_path, text))

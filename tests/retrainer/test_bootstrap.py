@@ -69,9 +69,13 @@ def test_bootstrap_from_a_users_model_and_data(bootstrapped: Settings, tmp_path:
     champion = registry.champion()
     assert champion is not None
     user_model = registry.local_copy(champion, tmp_path / "models")
+    items = ["order", "jacket", "blender", "lamp", "sofa", "kettle", "scarf", "drill", "tent"]
+    kinds = ["refund my", "charged twice for my", "invoice wrong for my"]
     train = [
-        LabeledText(prompt=f"Ticket: refund {i}\nTeam:", completion=" billing") for i in range(20)
-    ]
+        LabeledText(prompt=f"Ticket: {kind} {item}\nTeam:", completion=" billing")
+        for kind in kinds
+        for item in items[:7]
+    ][:20]
     golden = [
         LabeledText(
             prompt="Ticket: where is my parcel\nTeam:", completion=" shipping", segment="retail"
@@ -93,16 +97,22 @@ def test_bootstrap_from_a_users_model_and_data(bootstrapped: Settings, tmp_path:
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
-    mine = ModelRegistry(user).champion()
-    assert mine is not None and mine.version == "1"
-    assert mine.tags["base_model"] == str(user_model)
+    # The user's model is the base (v1); a LoRA fine-tuned on --train is the champion (v2).
+    user_registry = ModelRegistry(user)
+    mine = user_registry.champion()
+    assert mine is not None and (mine.version, mine.kind, mine.base_version) == ("2", "lora", "1")
+    base = user_registry.get("1")
+    assert base.kind == "base" and base.tags["base_model"] == str(user_model)
+    assert mine.tags["golden_uri"] == base.tags["golden_uri"]
     mlflow.set_tracking_uri(user.mlflow_uri)
     stored = Path(
         mlflow.artifacts.download_artifacts(mine.tags["golden_uri"], dst_path=str(tmp_path / "g"))
     )
     assert read_jsonl(stored) == golden
-    run = MlflowClient(user.mlflow_uri).get_run(mine.run_id)
+    run = MlflowClient(user.mlflow_uri).get_run(base.run_id)
     assert run.data.params["train_examples"] == "20"
+    adapter_run = MlflowClient(user.mlflow_uri).get_run(mine.run_id)
+    assert "golden_score" in adapter_run.data.metrics
 
 
 def test_bad_training_file_is_a_clear_error(bootstrapped: Settings, tmp_path: Path) -> None:
