@@ -55,6 +55,17 @@ def score(task: TaskFile, completions: list[str], golden: list[LabeledText]) -> 
     return sum(scores) / len(scores)
 
 
+def golden_set_score(
+    task: TaskFile, model: Any, tokenizer: Any, golden: list[LabeledText]
+) -> float:
+    """Greedy answers to the golden prompts, as vLLM would serve them, scored by ``score``."""
+    from services.retrainer.base_model import greedy_complete
+    from services.retrainer.sequence import prompt_ids
+
+    ids = [prompt_ids(tokenizer, e.prompt, e.messages) for e in golden]
+    return score(task, greedy_complete(model, tokenizer, ids, task.task.max_new_tokens), golden)
+
+
 def bootstrap(
     settings: Settings,
     task: TaskFile,
@@ -97,11 +108,9 @@ def bootstrap(
     from services.retrainer.base_model import (
         build_model,
         corpus_text,
-        greedy_complete,
         pretrain,
         train_tokenizer,
     )
-    from services.retrainer.sequence import prompt_ids
 
     log.info(
         "bootstrap: %d training examples (%d dropped: also in the golden set), %d golden",
@@ -148,9 +157,7 @@ def bootstrap(
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
 
-        golden_ids = [prompt_ids(tokenizer, e.prompt, e.messages) for e in golden]
-        completions = greedy_complete(model, tokenizer, golden_ids, task.task.max_new_tokens)
-        golden_score = score(task, completions, golden)
+        golden_score = golden_set_score(task, model, tokenizer, golden)
         metrics[f"golden_{MEAN_KEY[main_metric(task)]}"] = golden_score
         log.info("bootstrap: golden-set score %.3f", golden_score)
 
@@ -205,9 +212,7 @@ def _fine_tune(
     """A LoRA on the user's base, trained on their training file: the first champion."""
     from transformers import AutoTokenizer
 
-    from services.retrainer.base_model import greedy_complete
     from services.retrainer.pipeline import split
-    from services.retrainer.sequence import prompt_ids
     from services.retrainer.training import check_rank
     from services.retrainer.training import train as train_adapter
 
@@ -237,11 +242,8 @@ def _fine_tune(
             base_dir, tokenizer, splits.train, splits.validation, task.training, Path(tmp)
         )
         mlflow.log_metrics(result.metrics())
-        ids = [prompt_ids(tokenizer, e.prompt, e.messages) for e in golden]
         result.model.eval()
-        model: Any = result.model
-        completions = greedy_complete(model, tokenizer, ids, task.task.max_new_tokens)
-        golden_score = score(task, completions, golden)
+        golden_score = golden_set_score(task, result.model, tokenizer, golden)
         mlflow.log_metric("golden_score", golden_score)
         mlflow.log_artifacts(str(result.adapter_dir), "adapter")
         source = f"{run.info.artifact_uri}/adapter"
