@@ -14,7 +14,7 @@ import httpx
 from evidently.ui.workspace import Workspace
 
 from services.common.events import AlertEvent
-from services.monitor.drift import THUMBS_DOWN, DriftResult
+from services.monitor.drift import THUMBS_DOWN, DriftResult, describe
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,7 @@ def slack_payload(alert: AlertEvent) -> dict[str, Any]:
         f"(window {alert.window_start:%Y-%m-%d %H:%M:%S} to {alert.window_end:%H:%M:%S} UTC, "
         f"{alert.window_size} predictions, reference v{alert.reference_version})"
     ]
-    lines += [
-        f"• {m.column}: {m.method} p={m.score:.3g} (< {m.threshold:g})"
-        for m in alert.metrics
-        if m.drifted
-    ]
+    lines += [f"• {m.column}: {m.method} {describe(m)}" for m in alert.metrics if m.drifted]
     if alert.report_url:
         lines.append(f"report: {alert.report_url}")
     return {"text": "\n".join(lines)}

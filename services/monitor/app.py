@@ -28,7 +28,7 @@ from services.common.settings import get_settings
 from services.common.task import load_task
 from services.common.topics import DLQ_SUFFIX, Stream, Topics
 from services.monitor.alerts import AlertPublisher, Window
-from services.monitor.drift import detect_drift
+from services.monitor.drift import alarm_ratio, describe, detect_drift
 from services.monitor.join import (
     JoinState,
     expired,
@@ -212,14 +212,14 @@ async def close_window(windows: DriftWindows) -> None:
         closed.reference_thumbs,
         closed.current_thumbs,
         spec.thumbs_down_p_value,
+        task_file.task.kind != "classification",  # free text: embeddings, answer kinds
     )
     window = Window(closed.index, closed.start, closed.end, len(closed.current), closed.version)
     await asyncio.to_thread(publisher().record, result, window)
     alert = await asyncio.to_thread(publisher().alert, result, window)
-    lowest = min(result.metrics, key=lambda m: m.score / m.threshold)
+    lowest = min(result.metrics, key=alarm_ratio)
     log.info(
-        "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, "
-        "closest %s p=%.3g (threshold %.3g)",
+        "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s",
         closed.index,
         closed.version,
         len(closed.current),
@@ -227,8 +227,7 @@ async def close_window(windows: DriftWindows) -> None:
         closed.current_thumbs.total,
         ",".join(result.drifted_columns) or "-",
         lowest.column,
-        lowest.score,
-        lowest.threshold,
+        describe(lowest),
     )
     await deliver(windows, windows.close(closed, result.drifted_columns, alert))
 

@@ -10,6 +10,13 @@ case that matters); the thumbs-down rate a one-sided two-proportion z-test. All 
 p-values. ``p_value`` is the chance that a stable window alarms on any feature column:
 each of the n columns is tested at ``p_value / n`` (Bonferroni), so adding a feature does
 not add false alarms. The thumbs-down test has its own threshold.
+
+Free text (generation and chat tasks) has no label to count: its categorical column is the
+kind of answer (empty, refusal, answer), and the meaning of prompts and answers is
+compared through sentence embeddings (all-MiniLM-L6-v2, offline) with Evidently's
+embedding drift: a classifier learns to tell reference from current rows, and a ROC AUC
+above ``EMBEDDING_AUC`` is drift (stable windows measured 0.41-0.60 on the demo's reply
+traffic, a shift to the new product line 0.91 for prompts and 1.0 for answers).
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from typing import Any
 import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
-from evidently.metrics import ValueDrift
+from evidently.metrics import EmbeddingsDrift, ValueDrift
+from evidently.metrics.embeddings import ModelDriftMethod
 from scipy.stats import chi2_contingency
 
 from services.common.events import DriftMetric, PredictionEvent
@@ -38,7 +46,38 @@ NUMERIC = (
     "completion_tokens",
 )
 CATEGORICAL = ("segment", "label")
+FREE_TEXT_CATEGORICAL = ("segment", "answer_kind")
+EMBEDDINGS = ("prompt_embedding", "completion_embedding")
+EMBEDDING_AUC = 0.7
 THUMBS_DOWN = "thumbs_down_rate"
+TEXT_KEPT = 512  # characters of prompt and answer a row keeps for the embeddings
+# Openings of answers that decline: their share is a quality signal of its own.
+REFUSALS = ("i can't", "i cannot", "i am unable", "i'm unable", "sorry, i can", "as an ai")
+
+
+HIGHER_IS_DRIFT = ("embedding_classifier_auc",)  # scores that alarm above, not below
+
+
+def alarm_ratio(metric: DriftMetric) -> float:
+    """How far a test is from alarming, the same way for every method: below 1 drifted."""
+    if metric.method in HIGHER_IS_DRIFT:
+        return metric.threshold / metric.score if metric.score > 0 else math.inf
+    return metric.score / metric.threshold
+
+
+def describe(metric: DriftMetric) -> str:
+    """``p=0.0001 (< 0.001)`` for a p-value, ``AUC=0.91 (> 0.7)`` for an embedding test."""
+    if metric.method in HIGHER_IS_DRIFT:
+        return f"AUC={metric.score:.3g} (> {metric.threshold:g})"
+    return f"p={metric.score:.3g} (< {metric.threshold:g})"
+
+
+def answer_kind(completion: str) -> str:
+    """empty, refusal or answer: what an answer is, before what it says."""
+    text = completion.strip().lower()
+    if not text:
+        return "empty"
+    return "refusal" if text.startswith(REFUSALS) else "answer"
 
 
 def _words(text: str) -> list[str]:
@@ -57,12 +96,15 @@ class Row:
     completion_tokens: int
     segment: str
     label: str
+    # Free text only (empty for labels): what the embeddings and the answer kind read.
+    prompt_text: str = ""
+    completion_text: str = ""
+    answer_kind: str = "answer"
 
     @classmethod
     def of(cls, p: PredictionEvent, task: TaskObjective) -> Row:
-        label = (
-            (task.parse_label(p.completion) or "other") if task.kind == "classification" else "-"
-        )
+        free_text = task.kind != "classification"
+        label = "-" if free_text else (task.parse_label(p.completion) or "other")
         return cls(
             prompt_words_list=tuple(_words(p.prompt)),
             prompt_chars=len(p.prompt),
@@ -72,6 +114,9 @@ class Row:
             completion_tokens=p.completion_tokens,
             segment=p.segment or "none",
             label=label,
+            prompt_text=p.prompt[:TEXT_KEPT] if free_text else "",
+            completion_text=p.completion[:TEXT_KEPT] if free_text else "",
+            answer_kind=answer_kind(p.completion),
         )
 
 
@@ -90,8 +135,24 @@ def _frame(rows: Sequence[Row], vocabulary: set[str]) -> pd.DataFrame:
             "completion_tokens": [r.completion_tokens for r in rows],
             "segment": [r.segment for r in rows],
             "label": [r.label for r in rows],
+            "answer_kind": [r.answer_kind for r in rows],
         }
     )
+
+
+def _with_embeddings(frame: pd.DataFrame, rows: Sequence[Row]) -> pd.DataFrame:
+    """``frame`` plus the sentence embeddings of each row's prompt and answer."""
+    from services.common.similarity import embed  # loads the model on first use
+
+    parts = [frame.reset_index(drop=True)]
+    for name, texts in (
+        ("prompt_embedding", [r.prompt_text for r in rows]),
+        ("completion_embedding", [r.completion_text for r in rows]),
+    ):
+        vectors = embed(texts)
+        columns = [f"{name}_{i}" for i in range(vectors.shape[1])]
+        parts.append(pd.DataFrame(vectors, columns=columns))
+    return pd.concat(parts, axis=1)
 
 
 @dataclass(frozen=True)
@@ -145,6 +206,7 @@ def detect_drift(
     reference_thumbs: ThumbsCount | None = None,
     current_thumbs: ThumbsCount | None = None,
     thumbs_p_value: float | None = None,
+    free_text: bool = False,
 ) -> DriftResult:
     """Test every feature of ``current`` against ``reference``.
 
@@ -153,21 +215,34 @@ def detect_drift(
     """
     if len(reference) < 4 or not current:
         raise ValueError("need at least 4 reference rows and 1 current row")
-    per_column = p_value / (len(NUMERIC) + len(CATEGORICAL))
+    categorical = FREE_TEXT_CATEGORICAL if free_text else CATEGORICAL
+    per_column = p_value / (len(NUMERIC) + len(categorical))
     half = len(reference) // 2
     vocabulary = {w for r in reference[:half] for w in r.prompt_words_list}
     ref = _frame(reference[half:], vocabulary)
     cur = _frame(current, vocabulary)
-    definition = DataDefinition(
-        numerical_columns=list(NUMERIC), categorical_columns=list(CATEGORICAL)
-    )
     tests: list[Any] = [ValueDrift(column=c, method="ks", threshold=per_column) for c in NUMERIC]
+    embeddings: dict[str, list[str]] | None = None
+    if free_text:
+        ref = _with_embeddings(ref, reference[half:])
+        cur = _with_embeddings(cur, current)
+        embeddings = {
+            name: [c for c in cur.columns if c.startswith(f"{name}_")] for name in EMBEDDINGS
+        }
+        method = ModelDriftMethod(threshold=EMBEDDING_AUC)
+        tests += [EmbeddingsDrift(embeddings_name=n, drift_method=method) for n in EMBEDDINGS]
+    definition = DataDefinition(
+        numerical_columns=list(NUMERIC),
+        categorical_columns=list(categorical),
+        embeddings=embeddings,
+    )
     snapshot = Report(tests).run(
         Dataset.from_pandas(cur, data_definition=definition),
         Dataset.from_pandas(ref, data_definition=definition),
     )
+    results = snapshot.dict()["metrics"]
     metrics = []
-    for column, result in zip(NUMERIC, snapshot.dict()["metrics"], strict=True):
+    for column, result in zip(NUMERIC, results[: len(NUMERIC)], strict=True):
         score = float(result["value"])
         if math.isnan(score):
             score = 1.0  # constant on both sides: nothing to compare
@@ -180,7 +255,18 @@ def detect_drift(
                 drifted=score < per_column,
             )
         )
-    for column in CATEGORICAL:
+    for name, result in zip(EMBEDDINGS if free_text else (), results[len(NUMERIC) :], strict=True):
+        auc = float(result["value"])
+        metrics.append(
+            DriftMetric(
+                column=name,
+                method="embedding_classifier_auc",
+                score=auc,
+                threshold=EMBEDDING_AUC,
+                drifted=auc > EMBEDDING_AUC,
+            )
+        )
+    for column in categorical:
         score = homogeneity_p_value(ref[column].tolist(), cur[column].tolist())
         metrics.append(
             DriftMetric(

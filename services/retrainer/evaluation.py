@@ -27,7 +27,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
 from services.common.task import GateMetric, TaskObjective, metric_error
-from services.retrainer import similarity
+from services.common import similarity
 
 if TYPE_CHECKING:
     from services.retrainer.gate import GateDecision

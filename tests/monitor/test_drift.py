@@ -89,3 +89,50 @@ def test_thumbs_down_rise_is_reported_as_a_drifted_column() -> None:
         current_thumbs=ThumbsCount(45, 150),
     )
     assert result.drifted_columns == [THUMBS_DOWN]
+
+
+REPLY = load_task(REPO_ROOT / "tasks" / "reply.yaml").task
+
+
+def reply_rows(domain: str, n: int, seed: int, refusal_share: float = 0.0) -> list[Row]:
+    """Free-text traffic: tickets answered with the reference reply (or a refusal)."""
+    rng = random.Random(seed)
+    out = []
+    for ex in generate(REPLY, n, seed=seed, domain=domain):
+        answer = " I can't help with that." if rng.random() < refusal_share else ex.completion
+        p = PredictionEvent(
+            prediction_id=str(uuid.uuid4()),
+            endpoint="completions",
+            prompt=ex.prompt,
+            completion=answer,
+            model="m",
+            model_version="1",
+            served_name="m",
+            prompt_tokens=len(ex.prompt) // 4,
+            completion_tokens=len(answer) // 4,
+            latency_ms=rng.gauss(15, 2),
+            segment=domain,
+        )
+        out.append(Row.of(p, REPLY))
+    return out
+
+
+def test_free_text_is_watched_by_meaning_and_answer_kind_not_label() -> None:
+    reference = reply_rows("retail", 400, seed=21)
+    stable = detect_drift(reference, reply_rows("retail", 200, seed=22), 0.001, free_text=True)
+    columns = {m.column: m for m in stable.metrics}
+    assert "label" not in columns and "answer_kind" in columns
+    assert columns["prompt_embedding"].method == "embedding_classifier_auc"
+    assert not columns["prompt_embedding"].drifted, columns["prompt_embedding"]
+    assert not columns["completion_embedding"].drifted, columns["completion_embedding"]
+    assert not columns["answer_kind"].drifted
+
+    shifted = reply_rows("smart_home", 160, seed=23) + reply_rows("retail", 40, seed=24)
+    drifted = {m.column: m for m in detect_drift(reference, shifted, 0.001, free_text=True).metrics}
+    assert drifted["prompt_embedding"].drifted and drifted["completion_embedding"].drifted
+
+    refusing = reply_rows("retail", 200, seed=25, refusal_share=0.3)
+    refused = {
+        m.column: m for m in detect_drift(reference, refusing, 0.001, free_text=True).metrics
+    }
+    assert refused["answer_kind"].drifted

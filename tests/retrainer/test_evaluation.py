@@ -26,7 +26,7 @@ from services.retrainer.evaluation import (
     write_report,
 )
 from services.retrainer.gate import gate, main_metric
-from services.retrainer.similarity import cosine, embed
+from services.common.similarity import cosine, embed
 
 LABELS = ["billing", "shipping", "account", "technical", "returns"]
 TASK = TaskObjective(
