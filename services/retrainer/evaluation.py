@@ -26,8 +26,8 @@ import sacrebleu
 from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
-from services.common.task import GateMetric, TaskObjective, metric_error
 from services.common import similarity
+from services.common.task import GateMetric, TaskObjective, metric_error
 
 if TYPE_CHECKING:
     from services.retrainer.gate import GateDecision

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sklearn.metrics import f1_score
 
+from services.common.similarity import cosine, embed
 from services.common.task import GateMetric, GateSpec, TaskFile, TaskObjective
 from services.retrainer.evaluation import (
     PairedComparison,
@@ -26,7 +27,6 @@ from services.retrainer.evaluation import (
     write_report,
 )
 from services.retrainer.gate import gate, main_metric
-from services.common.similarity import cosine, embed
 
 LABELS = ["billing", "shipping", "account", "technical", "returns"]
 TASK = TaskObjective(

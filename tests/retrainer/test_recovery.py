@@ -89,3 +89,28 @@ def test_the_retrainer_waits_out_an_mlflow_outage(
     finally:
         stack.up(("mlflow",))
         worker.stop()
+
+
+def test_kto_runs_through_the_whole_pipeline_with_thumbs_down_as_negatives(
+    bootstrapped: Settings, tmp_path: Path
+) -> None:
+    """Thumbs-down without a correction teach KTO what not to answer; the run is gated and
+    recorded like an SFT run."""
+    settings = _own_model(bootstrapped, tmp_path, f"kto-{uuid.uuid4().hex[:6]}")
+    events = feedback_events(300, seed=53)
+    # Half the corrections withheld: those thumbs-down are KTO's undesirable rows.
+    events = [
+        e.model_copy(update={"correction": None}) if i % 2 else e for i, e in enumerate(events)
+    ]
+    send_examples(settings, events)
+    training = TASK.training.model_copy(update={"method": "kto"})
+    task = TASK.model_copy(update={"training": training})
+    trigger = TriggerEvent(trigger_id=f"kto-{uuid.uuid4().hex[:6]}", reason="t", requested_by="cli")
+    outcome = Retrainer(settings, task).run(trigger)
+    assert outcome.status in ("promoted", "rejected") and outcome.version is not None
+    run = Retrainer(settings, task).find_run(trigger.trigger_id)
+    assert run is not None and run.data.params["method"] == "kto"
+    assert run.data.tags[OUTCOME_TAG] == outcome.status
+    assert "best_eval_loss" in run.data.metrics
+    undesirable = sum(e.rating == "down" and not e.correction for e in events)
+    assert undesirable > 50
