@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.common.exceptions import ConfigError
-from services.common.kafka import EventProducer
+from services.common.kafka import EventProducer, RenewingProducer
 from services.common.registry import ModelRegistry
 from services.common.settings import Settings, get_settings
 from services.inference.auth import KeyRing, load_keys
@@ -95,11 +95,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
     )
     state.sender.start()
-    state.feedback_producer = EventProducer(
-        settings,
-        max_block_ms=timeout_ms,
-        request_timeout_ms=timeout_ms,
-        delivery_timeout_ms=max(2 * timeout_ms, 10000),
+    # Renewed after a failed send (see RenewingProducer); a new one must bootstrap within the
+    # ack timeout, so a request during an outage still answers 503 in time.
+    state.feedback_producer = RenewingProducer(
+        lambda: EventProducer(
+            settings,
+            max_block_ms=timeout_ms,
+            request_timeout_ms=timeout_ms,
+            delivery_timeout_ms=max(2 * timeout_ms, 10000),
+            bootstrap_timeout_ms=timeout_ms,
+        )
     )
     state.completions = CompletionService(
         settings.registered_model,

@@ -8,7 +8,7 @@ import hashlib
 from kafka.errors import KafkaError
 
 from services.common.events import FeedbackEvent
-from services.common.kafka import EventProducer
+from services.common.kafka import RenewingProducer
 from services.common.topics import Stream
 from services.inference.exceptions import NotFound, Unavailable
 from services.inference.ids import PredictionIds
@@ -24,7 +24,7 @@ def feedback_id(prediction_id: str, user: str | None) -> str:
 class FeedbackService:
     def __init__(
         self,
-        producer: EventProducer,
+        producer: RenewingProducer,
         ids: PredictionIds,
         metrics: GatewayMetrics,
         ack_timeout_s: float,

@@ -1,14 +1,16 @@
 """Kafka I/O with Refinery's guarantees: validated events, acks=all, dead letters with causes."""
 
-from services.common.kafka.admin import ensure_topics, wait_for_broker
+from services.common.kafka.admin import ensure_topics, wait_for_any_broker, wait_for_broker
 from services.common.kafka.consumer import DeadLetter, EventConsumer, Received
-from services.common.kafka.producer import EventProducer
+from services.common.kafka.producer import EventProducer, RenewingProducer
 
 __all__ = [
     "DeadLetter",
     "EventConsumer",
     "EventProducer",
     "Received",
+    "RenewingProducer",
     "ensure_topics",
+    "wait_for_any_broker",
     "wait_for_broker",
 ]

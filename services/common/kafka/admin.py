@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.net.compat import KafkaNetClient
 
 from services.common.settings import Settings
 from services.common.topics import Stream, Topics
@@ -59,6 +61,42 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
             configs[topics.name(stream)] = ops
         configs[topics.dlq(stream)] = ops
     return configs
+
+
+def wait_for_any_broker(bootstrap: str, timeout_s: float) -> None:
+    """Return once any broker of ``bootstrap`` answers a metadata request; else TimeoutError.
+
+    Every address is asked on its own, all at once: one client over the whole list bootstraps
+    from an address picked at random and can spend the whole budget on a dead one (a host that
+    drops packets, a hung broker) while the live ones would have answered.
+    """
+    addresses = [a.strip() for a in bootstrap.split(",") if a.strip()]
+    timeout_ms = int(timeout_s * 1000)
+    pool = ThreadPoolExecutor(max_workers=len(addresses), thread_name_prefix="kafka-ready")
+    try:
+        probes = [pool.submit(_answers_metadata, address, timeout_ms) for address in addresses]
+        for probe in as_completed(probes, timeout=timeout_s + 1):
+            if probe.result():
+                return
+    except TimeoutError:
+        pass
+    finally:
+        pool.shutdown(wait=False)  # a probe of a dead address ends at its own deadline
+    raise TimeoutError(f"no Kafka broker of {bootstrap} answered within {timeout_s:.1f}s")
+
+
+def _answers_metadata(address: str, timeout_ms: int) -> bool:
+    # The bare network client bootstraps (ApiVersions, then Metadata) on the calling thread.
+    # KafkaAdminClient would start an IO thread first and, in kafka-python 3.0.12, leave it
+    # running when the bootstrap fails: one leaked thread per probe of a down cluster.
+    client = KafkaNetClient(bootstrap_servers=address, request_timeout_ms=timeout_ms)
+    try:
+        client.check_version(timeout_ms=timeout_ms)
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        client.close()
 
 
 def ensure_topics(settings: Settings) -> list[str]:

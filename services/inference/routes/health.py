@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.common.kafka import wait_for_broker
+from services.common.kafka import wait_for_any_broker
 from services.inference.router import ModelRouter, Route
 
 router = APIRouter()
@@ -31,7 +31,7 @@ async def readyz(request: Request) -> JSONResponse:
         served = set()
         checks["vllm"] = f"unreachable: {type(exc).__name__}"
     try:
-        await asyncio.to_thread(wait_for_broker, state.settings.kafka_bootstrap, 2.0)
+        await asyncio.to_thread(wait_for_any_broker, state.settings.kafka_bootstrap, 2.0)
         checks["kafka"] = "ok"
     except TimeoutError:
         checks["kafka"] = "unreachable"
