@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.exceptions import ConfigError
@@ -105,6 +105,17 @@ class Settings(BaseSettings):
     retrainer_threads: int | None = None
     # Where drift alerts are POSTed as Slack-compatible JSON ({"text": ...}); none: no POST.
     alert_webhook_url: str | None = None
+
+    @model_validator(mode="after")
+    def _every_node_bootstraps(self) -> Settings:
+        """Unless given, clients bootstrap from every local node: with the first alone, a
+        new client (a renewed producer, /readyz, a restarted consumer) cannot start while
+        that one node is down, though the cluster serves."""
+        if "kafka_bootstrap" not in self.model_fields_set:
+            self.kafka_bootstrap = ",".join(
+                f"127.0.0.1:{self.kafka_port + i}" for i in range(self.kafka_nodes)
+            )
+        return self
 
     @field_validator("kafka_nodes")
     @classmethod
