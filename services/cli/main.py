@@ -199,39 +199,63 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(command: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST an ops command to the gateway's admin API with the client key; the answer's body.
+
+    A refusal (4xx/5xx) raises with the gateway's own message."""
+    import httpx
+
+    settings = get_settings()
+    url = f"{settings.gateway_url}/v1/admin/{command}"
+    headers = {"Authorization": f"Bearer {_client_key()}"}
+    try:
+        # Long enough for MLflow's own retries and a Kafka send that waits out a leader change.
+        resp = httpx.post(url, headers=headers, json=body, timeout=180)
+    except httpx.TransportError as exc:
+        raise RefineryError(
+            f"no gateway at {settings.gateway_url} ({type(exc).__name__}); start it with "
+            "`refinery up`"
+        ) from exc
+    if resp.is_success:
+        return resp.json()  # type: ignore[no-any-return]
+    try:
+        message = resp.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = resp.text[:500]
+    retry = resp.headers.get("Retry-After")
+    raise RefineryError(
+        f"the gateway said {resp.status_code}: {message}"
+        + (f" (retry after {retry} s)" if retry else "")
+    )
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
-    """A manual retrain trigger, on the same topic the monitor's triggers use."""
-    import uuid
+    """A manual retrain trigger, sent through the gateway to the topic the monitor uses."""
+    from services.inference.protocol import TriggerAccepted
 
-    from services.common.events import TriggerEvent
-    from services.common.kafka import EventProducer
-    from services.common.topics import Stream
-
-    trigger_id = args.trigger_id or f"manual-{uuid.uuid4()}"
-    event = TriggerEvent(trigger_id=trigger_id, reason=args.reason, requested_by="cli")
-    with EventProducer(get_settings()) as producer:
-        meta = producer.send_and_wait(Stream.TRIGGERS, event, key=trigger_id)
-    print(f"trigger {trigger_id} sent ({meta.topic}[{meta.partition}]@{meta.offset})")
+    body = {"reason": args.reason, "trigger_id": args.trigger_id}
+    sent = TriggerAccepted.model_validate(_admin("retrain", body))
+    print(f"trigger {sent.trigger_id} sent ({sent.topic}[{sent.partition}]@{sent.offset})")
     return 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Ops: make a registered version champion, the same path the retrainer's gate takes."""
-    from services.retrainer.promotion import promote
+    from services.common.events import ModelEvent
 
-    event = promote(get_settings(), args.version, reasons=[f"promoted by hand: {args.reason}"])
-    print(
-        f"v{event.version} is champion (previous v{event.previous_version}); served as "
-        f"{event.served_name}"
+    event = ModelEvent.model_validate(
+        _admin("promote", {"version": args.version, "reason": args.reason})
     )
+    previous = f"v{event.previous_version}" if event.previous_version else "none"
+    print(f"v{event.version} is champion (previous {previous}); served as {event.served_name}")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Ops: champion back to the 'previous' alias."""
-    from services.retrainer.promotion import rollback
+    from services.common.events import ModelEvent
 
-    event = rollback(get_settings())
+    event = ModelEvent.model_validate(_admin("rollback", {"reason": args.reason}))
     print(f"rolled back: v{event.version} is champion again (was v{event.previous_version})")
     return 0
 
@@ -411,13 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment", help="traffic segment to tag the prediction with")
     p.add_argument("--rating", choices=["up", "down"], help="rate without asking")
     p.add_argument("--correction", help="with --rating down: the right answer")
-    p = add("retrain", cmd_retrain, "ask the retrainer for a new fine-tune now")
+    p = add("retrain", cmd_retrain, "ask the retrainer for a new fine-tune now (admin key)")
     p.add_argument("--reason", required=True, help="why (kept with the trigger and the run)")
     p.add_argument("--trigger-id", help="idempotency key: the same id trains once")
-    p = add("promote", cmd_promote, "make VERSION the champion (previous champion kept)")
+    p = add("promote", cmd_promote, "make VERSION the champion, previous one kept (admin key)")
     p.add_argument("version")
     p.add_argument("--reason", default="ops decision", help="kept with the model event")
-    add("rollback", cmd_rollback, "make the previous champion champion again")
+    p = add("rollback", cmd_rollback, "make the previous champion champion again (admin key)")
+    p.add_argument("--reason", default="ops decision", help="kept in the gateway's log")
 
     def traffic_options(p: argparse.ArgumentParser, max_duration: float) -> None:
         p.add_argument("--rate", type=float, default=20.0, help="requests per second")

@@ -14,11 +14,13 @@ import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from services.common.exceptions import ConfigError
 from services.common.kafka import EventProducer, RenewingProducer
 from services.common.registry import ModelRegistry
 from services.common.settings import Settings, get_settings
+from services.inference.admin import AdminService
 from services.inference.auth import KeyRing, load_keys
 from services.inference.exceptions import GatewayError
 from services.inference.feedback import FeedbackService
@@ -28,7 +30,7 @@ from services.inference.middleware import BodySizeLimit, RequestMetrics
 from services.inference.model_events import ModelEventListener
 from services.inference.outbox import Outbox, OutboxSender
 from services.inference.router import ModelRouter
-from services.inference.routes import completions, feedback, health, models
+from services.inference.routes import admin, completions, feedback, health, models
 from services.inference.serving import CompletionService
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,14 @@ def _error(exc: GatewayError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
     body = {"error": {"message": exc.message, "type": exc.error_type, "code": exc.status_code}}
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (unknown path, wrong method, a body that is not UTF-8 JSON)."""
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    message = f"{exc.detail} ({request.method} {request.url.path})"
+    body = {"error": {"message": message, "type": kind, "code": exc.status_code}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
@@ -117,6 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.feedback = FeedbackService(
         state.feedback_producer, state.ids, state.metrics, settings.feedback_ack_timeout_s
     )
+    state.admin = AdminService(settings, state.feedback_producer, settings.feedback_ack_timeout_s)
     # Follow model events first, then take the registry's champion: nothing falls between.
     listener = ModelEventListener(settings, state.router, asyncio.get_running_loop())
     listener.start()
@@ -143,12 +154,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Refinery gateway", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = GatewayMetrics()
-    for module in (completions, feedback, models, health):
+    for module in (completions, feedback, models, health, admin):
         app.include_router(module.router)
 
     @app.exception_handler(GatewayError)
     async def on_gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _http_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

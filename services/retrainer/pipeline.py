@@ -30,6 +30,7 @@ from mlflow.data.pandas_dataset import from_pandas
 
 from services.common.datasets import LabeledText, read_jsonl
 from services.common.events import ExampleEvent, TriggerEvent
+from services.common.promotion import mark_challenger, promote, reject
 from services.common.registry import ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.task import TaskFile, TrainingSpec
@@ -46,7 +47,6 @@ from services.retrainer.evaluation import (
 )
 from services.retrainer.examples import TrainingExample, annotate, from_seed
 from services.retrainer.gate import GateDecision, gate, main_metric
-from services.retrainer.promotion import mark_challenger, promote, reject
 
 log = logging.getLogger(__name__)
 

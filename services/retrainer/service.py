@@ -76,7 +76,7 @@ def cpu_threads(settings: Settings) -> int:
 def serve(settings: Settings, stop: threading.Event) -> None:
     import torch
 
-    from services.retrainer.promotion import reconcile
+    from services.common.promotion import reconcile
 
     if not torch.cuda.is_available():
         torch.set_num_threads(cpu_threads(settings))

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from services.common.events import AlertEvent, DriftMetric, TriggerEvent
 from services.common.kafka import EventProducer, ensure_topics
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import Stream
+from services.stack.stack import Stack
 from tests.conftest import API_KEYS, run_cli
 from tests.inference.helpers import read_events
 from tests.ports import CLI, ports
+
+# The key the CLI calls the gateway with (else the local admin key file, absent here).
+KEY = {scope: {"REFINERY_CLIENT_API_KEY": key} for scope, key in API_KEYS.items()}
 
 
 def test_up_status_down_lifecycle(stack_settings: Settings, tmp_path: Path) -> None:
@@ -63,18 +70,49 @@ def test_ask_gets_an_answer_and_records_the_thumbs(full_stack: Settings) -> None
     assert "answer:" in done.stdout and "thumbs-down recorded" in done.stdout
 
 
-def test_retrain_sends_a_trigger_and_alerts_prints_them(kafka_stack: Settings) -> None:
-    # Topics of their own: a trigger on the session's topics would start a real retraining.
-    kafka_stack = kafka_stack.model_copy(update={"topic_prefix": "clitest"})
-    ensure_topics(kafka_stack)
-    done = run_cli(
-        kafka_stack, "retrain", "--reason", "new product line", "--trigger-id", "t-cli-1"
+@pytest.fixture
+def clitest_gateway(full_stack: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """A gateway of its own on topics of their own: a trigger on the session's topics would
+    start a real retraining."""
+    mine = full_stack.model_copy(
+        update={
+            "topic_prefix": "clitest",
+            "var_dir": tmp_path / "var",
+            "gateway_port": full_stack.gateway_port + 2,
+        }
     )
+    ensure_topics(mine)
+    stack = Stack(mine)
+    stack.up(("gateway",))
+    yield mine
+    stack.down(("gateway",))
+
+
+def test_retrain_sends_a_trigger_through_the_gateway(clitest_gateway: Settings) -> None:
+    args = ("retrain", "--reason", "new product line", "--trigger-id", "t-cli-1")
+    refused = run_cli(clitest_gateway, *args, env=KEY["feedback"])
+    assert refused.returncode != 0 and "'admin' scope" in refused.stderr
+    done = run_cli(clitest_gateway, *args, env=KEY["admin"])
     assert done.returncode == 0, done.stderr[-2000:]
-    [trigger] = read_events(kafka_stack, Stream.TRIGGERS, {"t-cli-1"}, "trigger_id")
+    assert "trigger t-cli-1 sent (clitest." in done.stdout
+    [trigger] = read_events(clitest_gateway, Stream.TRIGGERS, {"t-cli-1"}, "trigger_id")
     assert isinstance(trigger, TriggerEvent)
     assert trigger.reason == "new product line" and trigger.requested_by == "cli"
 
+
+def test_ops_commands_need_an_admin_key(full_stack: Settings) -> None:
+    keyless = run_cli(full_stack, "rollback", env={"REFINERY_CLIENT_API_KEY": ""})
+    assert keyless.returncode != 0 and "no API key" in keyless.stderr
+    refused = run_cli(full_stack, "promote", "1", env=KEY["inference"])
+    assert refused.returncode != 0
+    assert "the gateway said 403: this API key lacks the 'admin' scope" in refused.stderr
+    missing = run_cli(full_stack, "promote", "999", env=KEY["admin"])
+    assert missing.returncode != 0 and "404" in missing.stderr and "'999'" in missing.stderr
+
+
+def test_alerts_prints_drift_alerts(kafka_stack: Settings) -> None:
+    kafka_stack = kafka_stack.model_copy(update={"topic_prefix": "clitest"})
+    ensure_topics(kafka_stack)
     now = datetime.now(UTC)
     alert = AlertEvent(
         window_start=now,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from services.common import promotion
 from services.common.events import TriggerEvent
 from services.common.kafka import ensure_topics
 from services.common.registry import CHAMPION, ModelRegistry
 from services.common.settings import Settings
-from services.retrainer import promotion
 from services.retrainer.pipeline import OUTCOME_TAG, Retrainer
 from services.stack.retrainer import retrainer_process
 from services.stack.stack import Stack

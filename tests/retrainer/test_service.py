@@ -30,6 +30,8 @@ from tests.conftest import API_KEYS, TEST_TASK, run_cli
 from tests.inference.helpers import read_events
 
 TASK = load_task(TEST_TASK)
+# Ops commands go through the gateway's admin API with this key.
+ADMIN = {"REFINERY_CLIENT_API_KEY": API_KEYS["admin"]}
 
 
 def feedback_events(n: int, seed: int, shuffle_labels: bool = False) -> list[ExampleEvent]:
@@ -96,7 +98,9 @@ def test_killed_mid_training_resumes_promotes_once_and_the_gateway_serves_it(
     settings = retrainer_up
     trigger_id = f"test-resume-{uuid.uuid4().hex[:6]}"
     worker = stack._started["retrainer"]
-    sent = run_cli(settings, "retrain", "--reason", "new product line", "--trigger-id", trigger_id)
+    sent = run_cli(
+        settings, "retrain", "--reason", "new product line", "--trigger-id", trigger_id, env=ADMIN
+    )
     assert sent.returncode == 0, sent.stderr
     checkpoints = settings.var_dir / "retrainer" / _safe(trigger_id) / "checkpoints"
     deadline = time.monotonic() + 300
@@ -163,11 +167,11 @@ def test_ops_rollback_and_promote_take_the_same_path(retrainer_up: Settings) -> 
     registry = ModelRegistry(settings)
     champion, previous = registry.champion(), registry.by_alias("previous")
     assert champion is not None and previous is not None
-    done = run_cli(settings, "rollback")
+    done = run_cli(settings, "rollback", "--reason", "ops test", env=ADMIN)
     assert done.returncode == 0, done.stderr
     assert registry.champion().version == previous.version  # type: ignore[union-attr]
     assert registry.by_alias("previous").version == champion.version  # type: ignore[union-attr]
-    done = run_cli(settings, "promote", champion.version, "--reason", "back again")
+    done = run_cli(settings, "promote", champion.version, "--reason", "back again", env=ADMIN)
     assert done.returncode == 0, done.stderr
     assert registry.champion().version == champion.version  # type: ignore[union-attr]
     events = [
@@ -182,7 +186,7 @@ def test_ops_rollback_and_promote_take_the_same_path(retrainer_up: Settings) -> 
         e.action == "promoted" and e.version == champion.version and "back again" in e.reasons[0]
         for e in events
     )
-    missing = run_cli(settings, "promote", "999")
+    missing = run_cli(settings, "promote", "999", env=ADMIN)
     assert missing.returncode != 0 and "999" in missing.stderr + missing.stdout
 
 
@@ -190,7 +194,8 @@ def test_the_same_trigger_again_trains_nothing(stack: Stack, retrainer_up: Setti
     settings = retrainer_up
     trigger_id = f"test-twice-{uuid.uuid4().hex[:6]}"
     for _ in range(2):
-        sent = run_cli(settings, "retrain", "--reason", "twice", "--trigger-id", trigger_id)
+        args = ("retrain", "--reason", "twice", "--trigger-id", trigger_id)
+        sent = run_cli(settings, *args, env=ADMIN)
         assert sent.returncode == 0, sent.stderr
     wait_for_outcome(settings, trigger_id)
     worker = stack._started["retrainer"]

@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.inference.deps import Completions, InferenceScope
-from services.inference.protocol import ChatCompletionRequest, CompletionRequest
+from services.inference.protocol import (
+    AUTHENTICATED,
+    WITH_BODY,
+    ChatCompletionRequest,
+    CompletionRequest,
+    error_responses,
+)
 
-router = APIRouter(dependencies=[InferenceScope])
+# 200 is vLLM's OpenAI body (JSON), or with "stream": true, server-sent events: the schema
+# of an event stream describes one event (OpenAPI 3.1).
+_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string", "description": "a JSON chunk, or [DONE] last"}},
+    "required": ["data"],
+}
+_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the answer, or its chunks as server-sent events when streaming",
+        "content": {"text/event-stream": {"schema": _EVENT}},
+    }
+}
+
+router = APIRouter(
+    dependencies=[InferenceScope],
+    responses=_ANSWER
+    | error_responses(
+        AUTHENTICATED,
+        WITH_BODY,
+        {
+            400: "vLLM rejected the request (e.g. prompt plus max_tokens over the context "
+            "length), or the body is not UTF-8 text",
+            404: "the model is not served here (ask for the registered model's name)",
+            502: "vLLM answered with an error the gateway did not expect",
+            503: "vLLM is unreachable, no model is routed yet, or the prediction log is full",
+        },
+    ),
+)
 
 
 @router.post("/v1/completions", response_model=None)

@@ -5,9 +5,25 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.inference.deps import Feedback, FeedbackScope
-from services.inference.protocol import FeedbackAccepted, FeedbackCreate
+from services.inference.protocol import (
+    AUTHENTICATED,
+    WITH_BODY,
+    FeedbackAccepted,
+    FeedbackCreate,
+    error_responses,
+)
 
-router = APIRouter(dependencies=[FeedbackScope])
+router = APIRouter(
+    dependencies=[FeedbackScope],
+    responses=error_responses(
+        AUTHENTICATED,
+        WITH_BODY,
+        {
+            404: "the prediction_id was not issued by this service",
+            503: "Kafka did not acknowledge the rating in time",
+        },
+    ),
+)
 
 
 @router.post("/v1/feedback", status_code=202)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.kafka import wait_for_any_broker
+from services.inference.protocol import Readiness
 from services.inference.router import ModelRouter, Route
 
 router = APIRouter()
@@ -19,7 +20,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"model": Readiness, "description": "every check is ok"},
+        503: {"model": Readiness, "description": "a check is not ok; its value says why"},
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     checks: dict[str, str] = {}
@@ -51,7 +58,11 @@ def _model_check(model_router: ModelRouter, route: Route | None, served: set[str
     return "ok"
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text format"}},
+)
 async def metrics(request: Request) -> Response:
     m = request.app.state.metrics
     m.backlog.set(len(request.app.state.outbox))

@@ -7,9 +7,12 @@ import time
 from fastapi import APIRouter, Request
 
 from services.inference.deps import InferenceScope
-from services.inference.protocol import ModelCard, ModelList
+from services.inference.protocol import AUTHENTICATED, ModelCard, ModelList, error_responses
 
-router = APIRouter(dependencies=[InferenceScope])
+router = APIRouter(
+    dependencies=[InferenceScope],
+    responses=error_responses(AUTHENTICATED, {422: "a header does not match the schema"}),
+)
 
 
 @router.get("/v1/models")
