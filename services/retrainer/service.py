@@ -37,7 +37,13 @@ GROUP_ID = "refinery-retrainer"
 READY = "retrainer: ready"
 # MLflow or the network away: the trigger is not committed, so it runs again once they are
 # back (the run resumes). Anything else is a fault of this trigger: recorded, then skipped.
-TRANSIENT = (KafkaError, MlflowException, requests.exceptions.RequestException, OSError)
+TRANSIENT = (
+    KafkaError,
+    MlflowException,
+    requests.exceptions.RequestException,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 def pick(triggers: list[TriggerEvent], champion_version: str | None) -> TriggerEvent | None:

@@ -33,7 +33,6 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from services.common.exceptions import ConfigError
 from services.common.settings import Settings
@@ -208,8 +207,17 @@ def _run(trainer: Trainer, work_dir: Path, spec: TrainingSpec, what: str) -> Tra
 
 
 def _last_checkpoint(work_dir: Path) -> str | None:
+    """The newest complete checkpoint: a process killed while saving leaves a folder
+    without its trainer state, which cannot be resumed from; it is skipped."""
     checkpoints = work_dir / "checkpoints"
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if not checkpoints.is_dir():
+        return None
+    numbered = [d for d in checkpoints.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()]
+    for folder in sorted(numbered, key=lambda d: int(d.name.split("-")[-1]), reverse=True):
+        if (folder / "trainer_state.json").is_file():
+            return str(folder)
+        log.warning("train: %s is incomplete (killed while saving?); not resuming from it", folder)
+    return None
 
 
 def train_sft(

@@ -31,9 +31,13 @@ def test_a_killed_monitor_is_restarted_and_a_stopped_one_is_not(
     try:
         killed = monitor.pid()
         monitor.kill()
-        assert _wait(lambda: monitor.pid() not in (None, killed) and monitor.is_healthy(), 180), (
-            supervisor.log_tail()
-        )
+
+        def restarted() -> bool:  # healthy, and the supervisor has recorded it
+            done = [r for r in read_restarts(kafka_stack) if r.component == "monitor"]
+            return len(done) > before and monitor.pid() not in (None, killed)
+
+        assert _wait(restarted, 180), supervisor.log_tail()
+        assert monitor.is_healthy()
         mine = [r for r in read_restarts(kafka_stack) if r.component == "monitor"][before:]
         assert [(r.attempt, r.ok) for r in mine] == [(1, True)]
         status = run_cli(kafka_stack, "status")
