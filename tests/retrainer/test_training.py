@@ -60,3 +60,15 @@ def test_kto_trains_on_desirable_and_undesirable_examples(
     result = train_kto(base_dir, tokenizer, data(48), data(16), spec, tmp_path)
     assert (result.adapter_dir / "adapter_config.json").is_file()
     assert result.steps > 0
+
+
+def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path: Path) -> None:
+    from services.retrainer.training import _last_checkpoint
+
+    assert _last_checkpoint(tmp_path) is None
+    for step, complete in ((5, True), (9, False)):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert _last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "checkpoint-5")
