@@ -1,6 +1,7 @@
 # Refinery: two commands do everything on a fresh machine.
 #   make demo   set-up, bootstrap, start the stack, one request to vLLM, one via the gateway
-#   make test   set-up, lint (ruff, mypy), then the whole suite against real processes
+#   make test   set-up, lint (ruff, mypy), then the suite against real processes (~15 min)
+#   make test-slow  the closed loops (label, generation, chat) and other whole-stack suites
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -8,19 +9,23 @@ PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 REFINERY := ./refinery
 
-.PHONY: help setup demo up down status test lint bench lock clean
+.PHONY: help setup demo up down status test test-slow lint bench lock clean
 
 help:
 	@echo "make demo   - the closed loop from scratch: shift, drift, retrain, promote, plot"
+	@echo "              (TASK=tasks/reply.yaml or tasks/reply-chat.yaml: the free-text task)"
 	@echo "make test   - set up, run the test suite (real Kafka, MLflow, vLLM)"
+	@echo "make test-slow - the slow suites: closed loops per task kind, own models, failover"
 	@echo "make bench  - gateway overhead vs vLLM, feedback req/s vs bare FastAPI, monitor events/s, training examples/s"
 	@echo "make up / down / status / lint / lock / clean"
 
 setup:
 	@infra/setup.sh
 
+# TASK picks the task file: `make demo TASK=tasks/reply.yaml` plays the free-text reply task,
+# tasks/reply-chat.yaml the same as chat; refinery.yaml (support triage) otherwise.
 demo: setup
-	$(REFINERY) demo --fresh
+	$(if $(TASK),REFINERY_TASK_FILE=$(TASK)) $(REFINERY) demo --fresh
 	@echo "Stack is running; \`./refinery status\` to look, \`make down\` to stop."
 
 up: setup
@@ -32,8 +37,16 @@ down:
 status:
 	$(REFINERY) status
 
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+# pytest's 5 (no test selected: PYTEST_ARGS named only slow tests, or only fast ones) is
+# not a failure of either target.
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# Whole closed loops and other suites that start stacks of their own; .ci/run runs both.
+test-slow: setup
+	$(PYTEST) -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # Speed targets live here, measured side by side in one run (never in unit tests).
 bench: setup

@@ -25,6 +25,8 @@ API_KEYS = {
     "inference": "test-inference-key",
     "feedback": "test-feedback-key",
 }
+# A key of another app (tenant): it may rate only the answers its own tenant got.
+OTHER_TENANT_KEY = "test-shop-2-key:inference+feedback:shop-2"
 
 
 def _test_settings(var_dir: Path) -> Settings:
@@ -34,7 +36,9 @@ def _test_settings(var_dir: Path) -> Settings:
         task_file=TEST_TASK,
         **ports(SESSION),
         vllm_max_model_len=256,
-        api_keys=SecretStr(",".join(f"{key}:{scope}" for scope, key in API_KEYS.items())),
+        api_keys=SecretStr(
+            ",".join([*(f"{key}:{scope}" for scope, key in API_KEYS.items()), OTHER_TENANT_KEY])
+        ),
     )
 
 

@@ -22,7 +22,8 @@ KAFKA_RESTART = 3  # tests/stack/test_kafka.py: one node restarted
 KAFKA_THREE = 4  # tests/stack/test_kafka.py: three nodes
 FAILOVER = 5  # tests/inference/test_failover.py: a gateway on three Kafka nodes
 OWN_MODEL = 6  # tests/retrainer/test_own_model.py: vLLM serving a user's architecture
-ALL_BLOCKS = (SESSION, LOOP, CLI, KAFKA_RESTART, KAFKA_THREE, FAILOVER, OWN_MODEL)
+FLOOD = 7  # tests/demo/test_flood.py: one key floods ratings while an app runs
+ALL_BLOCKS = (SESSION, LOOP, CLI, KAFKA_RESTART, KAFKA_THREE, FAILOVER, OWN_MODEL, FLOOD)
 
 
 def ports(block: int) -> dict[str, Any]:

@@ -179,8 +179,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
             correction = input("The right answer (enter to skip): ").strip() or None
     if rating is None:
         return 0
-    if correction and task.kind == "classification":
-        correction = task.completion_for(correction.strip())  # " <label>", as generated
+    if correction:
+        try:
+            correction = task.correction_target(correction)
+        except ValueError as exc:
+            print(f"feedback not sent: {exc}", file=sys.stderr)
+            return 1
     resp = httpx.post(
         f"{settings.gateway_url}/v1/feedback",
         headers={"Authorization": f"Bearer {key}"},
@@ -260,11 +264,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+# Requests/s when --rate is not given: a free-text reply (~30 tokens) costs vLLM several
+# times the decoding of a label, and on a small host the monitor embeds every window too.
+DEFAULT_RATE = {"classification": 20.0, "generation": 6.0, "chat": 6.0}
+
+
 def _simulation_config(args: argparse.Namespace) -> Any:
+    from services.common.task import load_task
     from services.demo.simulate import SimulationConfig
 
+    rate = args.rate or DEFAULT_RATE[load_task(get_settings().task_file).task.kind]
     return SimulationConfig(
-        rate=args.rate,
+        rate=rate,
         shift_at_s=args.shift_at,
         max_duration_s=args.max_duration,
         after_promotion_s=args.after_promotion,
@@ -273,7 +284,8 @@ def _simulation_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """Play apps and users against the running gateway; print accuracy by phase."""
+    """Play apps and users against the running gateway; print the task metric by phase
+    (accuracy for a label, chrF for free text) and the share users rated up."""
     import asyncio
 
     from services.common.task import load_task
@@ -300,9 +312,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         ("after shift", [r for r in sim.requests if r.t >= config.shift_at_s]),
     ):
         for domain in ("retail", "smart_home"):
-            acc = accuracy([r for r in part if r.domain == domain])
-            if acc is not None:
-                print(f"{name:<13} {domain:<11} accuracy {acc:.3f}")
+            requests = [r for r in part if r.domain == domain]
+            value, liked = sim.metric.of(requests), accuracy(requests)
+            if value is not None and liked is not None:
+                print(
+                    f"{name:<13} {domain:<11} {sim.metric.name} {value:.{sim.metric.digits}f}"
+                    + (f"  (rated right: {liked:.3f})" if sim.metric.graded else "")
+                )
     print(f"{len(sim.requests)} requests, {sim.feedback_sent} ratings; written to {out}")
     return 0
 
@@ -445,7 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="ops decision", help="kept in the gateway's log")
 
     def traffic_options(p: argparse.ArgumentParser, max_duration: float) -> None:
-        p.add_argument("--rate", type=float, default=20.0, help="requests per second")
+        p.add_argument(
+            "--rate",
+            type=float,
+            default=None,
+            help="requests per second (default: 20 for a label task, 6 for free text)",
+        )
         p.add_argument("--shift-at", type=float, default=60.0, help="seconds before the shift")
         p.add_argument("--max-duration", type=float, default=max_duration, help="seconds")
         p.add_argument(

@@ -39,15 +39,9 @@ def queue(examples: list[ExampleEvent]) -> list[ExampleEvent]:
 
 def parse_answer(task: TaskObjective, answer: str) -> str | None:
     """The correction an answer means (None: skip). Labels are checked for classification."""
-    answer = answer.strip()
-    if not answer:
+    if not answer.strip():
         return None
-    if task.kind == "classification":
-        label = answer.lower()
-        if label not in task.labels:
-            raise ValueError(f"{answer!r} is not a label; one of {', '.join(task.labels)}")
-        return task.completion_for(label)
-    return answer if answer.startswith(" ") else f" {answer}"
+    return task.correction_target(answer)
 
 
 def review(

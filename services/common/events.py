@@ -6,7 +6,8 @@ fails when a model and its file disagree (``refinery schemas --write`` regenerat
 Producers write the newest version of each event; consumers also read the versions before
 it (``parse_versioned``), upgraded to the newest, so records on a topic from before an
 upgrade stay readable. Version 2 of predictions and examples keeps a chat conversation as
-structured messages instead of flattened text.
+structured messages instead of flattened text; version 2 of feedback and 3 of examples
+name the tenant and the fingerprint of the key that sent the rating.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class FeedbackEvent(Event):
 
     schema_name = "feedback"
 
+    schema_version: Literal[2] = 2  # type: ignore[assignment]
     feedback_id: str = Field(
         description="same for the same prediction and user: a later rating replaces an earlier one"
     )
@@ -111,6 +113,10 @@ class FeedbackEvent(Event):
     correction: str | None = Field(default=None, description="the answer that should have been")
     user: str | None = None
     source: Literal["user", "reviewer"] = "user"
+    tenant: str | None = Field(default=None, description="the app whose key sent it")
+    key_id: str | None = Field(
+        default=None, description="fingerprint of the API key that sent it (not the key)"
+    )
 
 
 class ExampleEvent(Event):
@@ -118,7 +124,7 @@ class ExampleEvent(Event):
 
     schema_name = "example"
 
-    schema_version: Literal[2] = 2  # type: ignore[assignment]
+    schema_version: Literal[3] = 3  # type: ignore[assignment]
     feedback_id: str = Field(description="key: a later example with the same id replaces this one")
     prediction_id: str
     prompt: str
@@ -135,6 +141,8 @@ class ExampleEvent(Event):
     label_source: Literal["user", "reviewer"] = "user"
     predicted_at: AwareDatetime
     rated_at: AwareDatetime
+    tenant: str | None = Field(default=None, description="the app whose key sent the rating")
+    key_id: str | None = Field(default=None, description="fingerprint of the rating's API key")
 
 
 class DriftMetric(BaseModel):
@@ -219,6 +227,56 @@ class PredictionEventV1(Event):
         return PredictionEvent(**{**self.model_dump(), "schema_version": 2})
 
 
+class FeedbackEventV1(Event):
+    """A thumbs-up/down on a prediction (topic ``feedback``, key ``prediction_id``)."""
+
+    # Version 1, as published (no tenant or key fingerprint): still read.
+    model_config = ConfigDict(title="FeedbackEvent")
+    schema_name = "feedback"
+
+    feedback_id: str = Field(
+        description="same for the same prediction and user: a later rating replaces an earlier one"
+    )
+    prediction_id: str
+    rating: Literal["up", "down"]
+    comment: str | None = None
+    correction: str | None = Field(default=None, description="the answer that should have been")
+    user: str | None = None
+    source: Literal["user", "reviewer"] = "user"
+
+    def upgrade(self) -> FeedbackEvent:
+        return FeedbackEvent(**{**self.model_dump(), "schema_version": 2})
+
+
+class ExampleEventV2(Event):
+    """A prediction joined with its latest feedback: one labeled example (topic ``examples``)."""
+
+    # Version 2, as published (no tenant or key fingerprint): still read.
+    model_config = ConfigDict(title="ExampleEvent")
+    schema_name = "example"
+
+    schema_version: Literal[2] = 2  # type: ignore[assignment]
+    feedback_id: str = Field(description="key: a later example with the same id replaces this one")
+    prediction_id: str
+    prompt: str
+    messages: list[ChatTurn] | None = Field(
+        default=None, description="chat: the conversation the completion answered"
+    )
+    completion: str
+    model_version: str
+    segment: str | None = None
+    rating: Literal["up", "down"]
+    correction: str | None = None
+    comment: str | None = None
+    user: str | None = None
+    label_source: Literal["user", "reviewer"] = "user"
+    predicted_at: AwareDatetime
+    rated_at: AwareDatetime
+
+    def upgrade(self) -> ExampleEvent:
+        return ExampleEvent(**{**self.model_dump(), "schema_version": 3})
+
+
 class ExampleEventV1(Event):
     """A prediction joined with its latest feedback: one labeled example (topic ``examples``)."""
 
@@ -241,13 +299,14 @@ class ExampleEventV1(Event):
     rated_at: AwareDatetime
 
     def upgrade(self) -> ExampleEvent:
-        return ExampleEvent(**{**self.model_dump(), "schema_version": 2})
+        return ExampleEvent(**{**self.model_dump(), "schema_version": 3})
 
 
 # Older versions each event type still reads, by version number.
 LEGACY_VERSIONS: dict[type[Event], dict[int, type[Any]]] = {
     PredictionEvent: {1: PredictionEventV1},
-    ExampleEvent: {1: ExampleEventV1},
+    FeedbackEvent: {1: FeedbackEventV1},
+    ExampleEvent: {1: ExampleEventV1, 2: ExampleEventV2},
 }
 
 

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     route_reconcile_s: float = 10.0
     # How long feedback waits for acks=all before answering 503.
     feedback_ack_timeout_s: float = 5.0
+    # An answer can be rated this long after it was given; older ids answer 404.
+    feedback_max_age_s: float = 7 * 24 * 3600
+    # Requests per second per API key (a token bucket of `rate_limit_burst`), over 429 with
+    # Retry-After; 0 turns it off. Admin keys (the operator's own) are not limited.
+    rate_limit_rps: float = 50.0
+    rate_limit_burst: int = Field(default=100, ge=1)
 
     # Monitor (services/monitor)
     monitor_app_id: str = "refinery-monitor"

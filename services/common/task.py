@@ -83,6 +83,28 @@ class TaskObjective(_Section):
         """The target completion of a label: a leading space, as generated after the prompt."""
         return f" {label}"
 
+    def correction_target(self, answer: str) -> str:
+        """A user's correction as the completion the model should have given: the one
+        normalisation, shared by the gateway, the CLI and the review queue.
+
+        A label must be one of ``labels`` (any case; raises ValueError naming them) and
+        becomes ``" <label>"``; free text after a prompt gets one leading space, as the
+        model generates it after the template; a chat answer is the assistant's whole
+        message, without surrounding space. An empty answer raises ValueError.
+        """
+        text = answer.strip()
+        if not text:
+            raise ValueError("the correction is empty; send the right answer, or no correction")
+        if self.kind == "classification":
+            label = self.parse_label(text)
+            if label is None or len(text.split()) > 1:
+                raise ValueError(
+                    f"correction {answer!r} is not a label of this task; "
+                    f"one of {', '.join(self.labels)}"
+                )
+            return self.completion_for(label)
+        return text if self.kind == "chat" else f" {text}"
+
     def parse_label(self, completion: str) -> str | None:
         """The label a completion names (its first word), or None when it names none."""
         words = completion.strip().split()
@@ -145,6 +167,30 @@ class CleaningSpec(_Section):
         default=0.5, ge=0, le=1, description="below this share of letters/digits: garbage"
     )
     scrub_pii: bool = True
+
+
+class FeedbackSpec(_Section):
+    """How far feedback is trusted: no API key or user steers a trigger, a training set or
+    a test set (services/common/shares.py, services/retrainer/sources.py). A key is an API
+    key's fingerprint; a user a (key, user name) pair. One key or user alone is never
+    capped: there is no one else to protect it from."""
+
+    max_key_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="largest share of rated examples, and of a trigger's new labels, from "
+        "one API key (0.5: no key outweighs all others together; 1: no cap)",
+    )
+    max_user_share: float = Field(
+        default=0.1, gt=0, le=1, description="largest share of rated examples from one user"
+    )
+    hold_min_contradictions: int = Field(
+        default=3,
+        ge=1,
+        description="a correction that this many independent users contradict (and more "
+        "than support it) is held for review, not trained on",
+    )
 
 
 class SearchSpec(_Section):
@@ -217,6 +263,7 @@ class TaskFile(_Section):
     base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     cleaning: CleaningSpec = Field(default_factory=CleaningSpec)
+    feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
 

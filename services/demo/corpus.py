@@ -241,9 +241,8 @@ def ticket(label: str, domain: str, rng: random.Random, typo_rate: float = 0.06)
 
 
 def reply_completion(task: TaskObjective, reply: str) -> str:
-    """A reply as the task's target: generation continues the prompt after "Reply:", so with
-    a leading space (as labels have); a chat answer is the assistant's whole message."""
-    return reply if task.kind == "chat" else f" {reply}"
+    """A reply as the task's target (``TaskObjective.correction_target``)."""
+    return task.correction_target(reply)
 
 
 def _example(task: TaskObjective, label: str, pattern: str, text: str, domain: str) -> LabeledText:

@@ -27,21 +27,28 @@ def synthetic_traffic(
 ) -> Iterator[tuple[PredictionEvent, FeedbackEvent | None]]:
     """``n`` predictions of ``domain`` (a ``shifted_share`` of them from the other domain),
     each with a rating from a ``rated_share`` of users. The champion answers its own domain
-    right and the other mostly wrong (as "technical")."""
+    right and the other mostly wrong: as "technical" for a label, with a vague reply that
+    answers no ticket for free text. A chat task's predictions carry their conversation."""
     rng = random.Random(f"{seed}-{version}")
     other = "smart_home" if domain == "retail" else "retail"
     shifted = round(n * shifted_share)
     tickets = generate(task, n - shifted, seed=seed, domain=domain)
     tickets += generate(task, shifted, seed=seed + 1, domain=other) if shifted else []
     rng.shuffle(tickets)
+    wrong = (
+        task.completion_for("technical")
+        if task.kind == "classification"
+        else task.correction_target("Thanks for reaching out, we will look into it.")
+    )
     for ex in tickets:
         pid = str(uuid.UUID(int=rng.getrandbits(128)))
         right = ex.segment == "retail" or rng.random() < 0.3
         prediction = PredictionEvent(
             prediction_id=pid,
-            endpoint="completions",
+            endpoint="chat.completions" if ex.messages else "completions",
             prompt=ex.prompt,
-            completion=ex.completion if right else task.completion_for("technical"),
+            messages=list(ex.messages) if ex.messages else None,
+            completion=ex.completion if right else wrong,
             model="refinery-model",
             model_version=version,
             served_name=f"refinery-model-v{version}",

@@ -20,6 +20,7 @@ from services.common.exceptions import ConfigError
 from services.common.kafka import EventProducer, RenewingProducer
 from services.common.registry import ModelRegistry
 from services.common.settings import Settings, get_settings
+from services.common.task import load_task
 from services.inference.admin import AdminService
 from services.inference.auth import KeyRing, load_keys
 from services.inference.exceptions import GatewayError
@@ -29,6 +30,7 @@ from services.inference.metrics import GatewayMetrics
 from services.inference.middleware import BodySizeLimit, RequestMetrics
 from services.inference.model_events import ModelEventListener
 from services.inference.outbox import Outbox, OutboxSender
+from services.inference.ratelimit import RateLimiter
 from services.inference.router import ModelRouter
 from services.inference.routes import admin, completions, feedback, health, models
 from services.inference.serving import CompletionService
@@ -86,6 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     state = app.state
     state.keyring = KeyRing(load_keys(settings), disabled=settings.auth_disabled)
+    state.rate_limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     state.ids = PredictionIds(signing_secret(settings))
     # aiohttp, not httpx, for the hop to vLLM: measured ~1 ms less per request here.
     state.vllm = aiohttp.ClientSession(
@@ -125,7 +128,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.metrics,
     )
     state.feedback = FeedbackService(
-        state.feedback_producer, state.ids, state.metrics, settings.feedback_ack_timeout_s
+        state.feedback_producer,
+        state.ids,
+        state.metrics,
+        settings.feedback_ack_timeout_s,
+        load_task(settings.task_file).task,
+        tenants=state.keyring.tenants,
+        max_age_s=settings.feedback_max_age_s,
     )
     state.admin = AdminService(settings, state.feedback_producer, settings.feedback_ack_timeout_s)
     # Follow model events first, then take the registry's champion: nothing falls between.

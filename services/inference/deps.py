@@ -7,19 +7,31 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
-from services.inference.auth import KeyRing, Scope
+from services.inference.auth import ApiKey, KeyRing, Scope
 from services.inference.feedback import FeedbackService
+from services.inference.ratelimit import RateLimiter
 from services.inference.serving import CompletionService
 
 
 def require(scope: Scope) -> Callable[..., Coroutine[Any, Any, None]]:
+    """The route's scope check, then the key's rate limit (admin keys are not limited); the
+    key is kept on the request for the handler (``Caller``)."""
+
     async def check(
         request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> None:
         keyring: KeyRing = request.app.state.keyring
-        keyring.check(authorization, scope)
+        key = keyring.check(authorization, scope)
+        if not key.allows(Scope.ADMIN):
+            limiter: RateLimiter = request.app.state.rate_limiter
+            limiter.take(key.key_id)
+        request.state.api_key = key
 
     return check
+
+
+def _caller(request: Request) -> ApiKey:
+    return request.state.api_key  # type: ignore[no-any-return]
 
 
 def _completions(request: Request) -> CompletionService:
@@ -30,6 +42,7 @@ def _feedback(request: Request) -> FeedbackService:
     return request.app.state.feedback  # type: ignore[no-any-return]
 
 
+Caller = Annotated[ApiKey, Depends(_caller)]
 Completions = Annotated[CompletionService, Depends(_completions)]
 Feedback = Annotated[FeedbackService, Depends(_feedback)]
 InferenceScope = Depends(require(Scope.INFERENCE))

@@ -6,6 +6,7 @@ GatewayError
  ├── Forbidden           403  the key lacks the scope
  ├── NotFound            404  unknown model or prediction id
  ├── PayloadTooLarge     413  body over the size limit
+ ├── TooManyRequests     429  the key's rate limit (Retry-After set)
  ├── Unavailable         503  Kafka or vLLM cannot take it now (Retry-After set)
  └── UpstreamError       502  vLLM answered with an error we did not expect
 """
@@ -48,6 +49,11 @@ class NotFound(GatewayError):
 class PayloadTooLarge(GatewayError):
     status_code = 413
     error_type = "invalid_request_error"
+
+
+class TooManyRequests(GatewayError):
+    status_code = 429
+    error_type = "rate_limit_error"
 
 
 class Unavailable(GatewayError):

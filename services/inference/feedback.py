@@ -1,16 +1,25 @@
-"""Thumbs-up/down: verified against the signed id, acknowledged only once Kafka has it."""
+"""Thumbs-up/down: verified against the signed id, acknowledged only once Kafka has it.
+
+Only a key of the tenant that got the answer may rate it (an admin key: any tenant's), and
+only within ``max_age_s`` of the answer. The event names the key by its fingerprint, so
+downstream caps can tell one flooding key from many users.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+from collections.abc import Sequence
 
 from kafka.errors import KafkaError
 
 from services.common.events import FeedbackEvent
 from services.common.kafka import RenewingProducer
+from services.common.task import TaskObjective
 from services.common.topics import Stream
-from services.inference.exceptions import NotFound, Unavailable
+from services.inference.auth import ApiKey, Scope
+from services.inference.exceptions import BadRequest, NotFound, Unavailable
 from services.inference.ids import PredictionIds
 from services.inference.metrics import GatewayMetrics
 from services.inference.protocol import FeedbackAccepted, FeedbackCreate
@@ -28,25 +37,47 @@ class FeedbackService:
         ids: PredictionIds,
         metrics: GatewayMetrics,
         ack_timeout_s: float,
+        task: TaskObjective,
+        tenants: Sequence[str],
+        max_age_s: float,
     ) -> None:
         self.producer = producer
+        self.task = task
+        self.tenants = list(tenants)
+        self.max_age_s = max_age_s
         self.ids = ids
         self.metrics = metrics
         self.ack_timeout_s = ack_timeout_s
 
-    async def submit(self, body: FeedbackCreate) -> FeedbackAccepted:
-        if not self.ids.is_valid(body.prediction_id):
+    async def submit(self, body: FeedbackCreate, caller: ApiKey) -> FeedbackAccepted:
+        tenants = self.tenants if caller.allows(Scope.ADMIN) else [caller.tenant]
+        issued = self.ids.verify(body.prediction_id, tenants)
+        if issued is None:
             raise NotFound(
-                f"prediction_id {body.prediction_id!r} was not issued by this service; "
-                "use the 'id' of a completion response"
+                f"prediction_id {body.prediction_id!r} was not issued by this service to "
+                "this key's tenant; use the 'id' of a completion response"
             )
+        age_s = time.time() - issued.issued_at
+        if age_s > self.max_age_s:
+            raise NotFound(
+                f"prediction_id {body.prediction_id!r} was issued {age_s / 3600:.0f} h ago; "
+                f"answers can be rated for {self.max_age_s / 3600:.0f} h"
+            )
+        correction = body.correction
+        if correction is not None:
+            try:  # the same normalisation as the CLI's: a label checked, free text trimmed
+                correction = self.task.correction_target(correction)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
         event = FeedbackEvent(
             feedback_id=feedback_id(body.prediction_id, body.user),
             prediction_id=body.prediction_id,
             rating=body.rating,
             comment=body.comment,
-            correction=body.correction,
+            correction=correction,
             user=body.user,
+            tenant=issued.tenant,
+            key_id=caller.key_id,
         )
         try:
             await asyncio.to_thread(

@@ -241,6 +241,7 @@ class ErrorResponse(BaseModel):
 AUTHENTICATED: dict[int, str] = {
     401: "no API key, or an unknown one",
     403: "the API key lacks this route's scope",
+    429: "the API key's request rate is over REFINERY_RATE_LIMIT_RPS; retry after Retry-After",
 }
 WITH_BODY: dict[int, str] = {
     400: "the body is not UTF-8 text",
@@ -260,7 +261,7 @@ def error_responses(*described: dict[int, str]) -> dict[int | str, dict[str, Any
     """``responses=`` for these statuses, each with the error body (503s with Retry-After)."""
     return {
         status: {"model": ErrorResponse, "description": description}
-        | ({"headers": _RETRY_AFTER} if status == 503 else {})
+        | ({"headers": _RETRY_AFTER} if status in (429, 503) else {})
         for statuses in described
         for status, description in statuses.items()
     }

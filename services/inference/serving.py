@@ -70,7 +70,7 @@ class CompletionService:
             )
 
     async def complete(
-        self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
+        self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint, tenant: str
     ) -> dict[str, Any]:
         self.check_model(request.model)
         route, resp, use, started = await self._start(request, endpoint)
@@ -83,17 +83,20 @@ class CompletionService:
         choice = body["choices"][0]
         text = choice["text"] if endpoint == "completions" else choice["message"]["content"] or ""
         usage = body.get("usage") or {}
-        body["id"] = self._log(request, endpoint, route, text, usage, latency_ms)
+        prediction_id = self.ids.new(_ID_KINDS[endpoint], tenant)
+        self._log(request, endpoint, route, text, usage, latency_ms, prediction_id)
+        body["id"] = prediction_id
         body["model"] = route.served_name
         return body
 
     async def open_stream(
-        self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
+        self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint, tenant: str
     ) -> AsyncIterator[bytes]:
         """Start the upstream stream (errors surface before any byte is sent), then relay it."""
         self.check_model(request.model)
         route, resp, use, started = await self._start(request, endpoint)
-        return self._relay(request, endpoint, route, resp, use, started)
+        prediction_id = self.ids.new(_ID_KINDS[endpoint], tenant)
+        return self._relay(request, endpoint, route, resp, use, started, prediction_id)
 
     async def _start(
         self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
@@ -139,8 +142,8 @@ class CompletionService:
         resp: aiohttp.ClientResponse,
         use: Any,
         started: float,
+        prediction_id: str,
     ) -> AsyncIterator[bytes]:
-        prediction_id = self.ids.new(_ID_KINDS[endpoint])
         parts: list[str] = []
         usage: dict[str, Any] = {}
         try:
@@ -185,9 +188,8 @@ class CompletionService:
         text: str,
         usage: dict[str, Any],
         latency_ms: float,
-        prediction_id: str | None = None,
-    ) -> str:
-        prediction_id = prediction_id or self.ids.new(_ID_KINDS[endpoint])
+        prediction_id: str,
+    ) -> None:
         if isinstance(request, CompletionRequest):
             prompt, messages = request.prompt, None
         else:
@@ -212,4 +214,3 @@ class CompletionService:
         self.outbox.append(event)  # the sender picks it up on its next tick
         self.metrics.tokens.labels("prompt").inc(event.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(event.completion_tokens)
-        return prediction_id

@@ -28,7 +28,7 @@ from services.common.settings import get_settings
 from services.common.task import load_task
 from services.common.topics import DLQ_SUFFIX, Stream, Topics
 from services.monitor.alerts import AlertPublisher, Window
-from services.monitor.drift import alarm_ratio, describe, detect_drift
+from services.monitor.drift import alarm_ratio, describe, detect_drift, warm_up
 from services.monitor.join import (
     JoinState,
     expired,
@@ -53,6 +53,12 @@ settings = get_settings()
 topics = Topics.from_settings(settings)
 task_file = load_task(settings.task_file)
 spec = task_file.drift
+if task_file.task.kind != "classification":
+    import torch
+
+    # Free text embeds every window (drift.py). One thread: on a host shared with vLLM, two
+    # torch threads that keep losing their core wait on each other (as in the retrainer).
+    torch.set_num_threads(1)
 
 app = faust.App(
     settings.monitor_app_id,
@@ -182,7 +188,7 @@ async def follow_models(stream: faust.StreamT) -> None:
 
 @app.agent(window_topic)
 async def watch(stream: faust.StreamT) -> None:
-    windows = DriftWindows(window_table, spec)
+    windows = DriftWindows(window_table, spec, task_file.feedback.max_key_share)
     async for event in stream.events():
         if (pending := windows.outbox) is not None:  # a crash came between close and send
             await deliver(windows, pending)
@@ -196,6 +202,17 @@ async def watch(stream: faust.StreamT) -> None:
             await close_window(windows)
 
 
+@app.task
+async def warm_up_drift() -> None:
+    """The drift tests' imports, model and first report, before the first window needs them."""
+    scratch = settings.var_dir / "monitor" / "warm-up.html"
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    await asyncio.to_thread(warm_up, task_file.task.kind != "classification", str(scratch))
+    await asyncio.to_thread(publisher)  # the Evidently workspace, opened once
+    log.info("drift tests warmed up in %.1f s", time.monotonic() - started)
+
+
 @app.timer(interval=TICK_S)
 async def tick() -> None:
     await window_topic.send(key=WINDOW_KEY, value={"kind": "tick"})
@@ -204,6 +221,7 @@ async def tick() -> None:
 async def close_window(windows: DriftWindows) -> None:
     """Test the window; record it; close it with its alert and trigger decision; send them."""
     closed = windows.closing()
+    started = time.monotonic()
     result = await asyncio.to_thread(
         detect_drift,
         closed.reference,
@@ -214,12 +232,14 @@ async def close_window(windows: DriftWindows) -> None:
         spec.thumbs_down_p_value,
         task_file.task.kind != "classification",  # free text: embeddings, answer kinds
     )
+    tested = time.monotonic()
     window = Window(closed.index, closed.start, closed.end, len(closed.current), closed.version)
     await asyncio.to_thread(publisher().record, result, window)
     alert = await asyncio.to_thread(publisher().alert, result, window)
     lowest = min(result.metrics, key=alarm_ratio)
     log.info(
-        "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s",
+        "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s "
+        "(tests %.1f s, record and report %.1f s)",
         closed.index,
         closed.version,
         len(closed.current),
@@ -228,6 +248,8 @@ async def close_window(windows: DriftWindows) -> None:
         ",".join(result.drifted_columns) or "-",
         lowest.column,
         describe(lowest),
+        tested - started,
+        time.monotonic() - tested,
     )
     await deliver(windows, windows.close(closed, result.drifted_columns, alert))
 

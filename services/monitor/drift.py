@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
@@ -140,16 +141,32 @@ def _frame(rows: Sequence[Row], vocabulary: set[str]) -> pd.DataFrame:
     )
 
 
-def _with_embeddings(frame: pd.DataFrame, rows: Sequence[Row]) -> pd.DataFrame:
-    """``frame`` plus the sentence embeddings of each row's prompt and answer."""
+# Embeddings of texts seen in recent windows: the reference is the same rows window after
+# window, so only the current window's texts are new. Cleared when it grows past the limit.
+_EMBEDDED: dict[str, np.ndarray] = {}
+EMBEDDING_CACHE_SIZE = 20_000
+
+
+def _embed_cached(texts: list[str]) -> np.ndarray:
     from services.common.similarity import embed  # loads the model on first use
 
+    missing = list(dict.fromkeys(t for t in texts if t not in _EMBEDDED))
+    if len(_EMBEDDED) + len(missing) > EMBEDDING_CACHE_SIZE:
+        _EMBEDDED.clear()
+        missing = list(dict.fromkeys(texts))
+    if missing:
+        _EMBEDDED.update(zip(missing, embed(missing), strict=True))
+    return np.stack([_EMBEDDED[t] for t in texts])
+
+
+def _with_embeddings(frame: pd.DataFrame, rows: Sequence[Row]) -> pd.DataFrame:
+    """``frame`` plus the sentence embeddings of each row's prompt and answer."""
     parts = [frame.reset_index(drop=True)]
     for name, texts in (
         ("prompt_embedding", [r.prompt_text for r in rows]),
         ("completion_embedding", [r.completion_text for r in rows]),
     ):
-        vectors = embed(texts)
+        vectors = _embed_cached(texts)
         columns = [f"{name}_{i}" for i in range(vectors.shape[1])]
         parts.append(pd.DataFrame(vectors, columns=columns))
     return pd.concat(parts, axis=1)
@@ -159,22 +176,45 @@ def _with_embeddings(frame: pd.DataFrame, rows: Sequence[Row]) -> pd.DataFrame:
 class ThumbsCount:
     down: int
     total: int
+    # The same per API key fingerprint: (key, down, total); empty when not known.
+    by_key: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def rate(self) -> float:
         return self.down / self.total if self.total else 0.0
 
+    @classmethod
+    def of(cls, counts: Sequence[int], by_key: dict[str, list[int]]) -> ThumbsCount:
+        keys = tuple((k, d, t) for k, (d, t) in sorted(by_key.items()) if t > 0)
+        return cls(counts[0], counts[1], keys)
+
 
 def thumbs_down_p_value(reference: ThumbsCount, current: ThumbsCount) -> float:
-    """One-sided two-proportion z-test: is the current thumbs-down rate higher?"""
-    if reference.total == 0 or current.total == 0:
+    """One-sided test that the current thumbs-down rate is higher than the reference's.
+
+    Compared key by key, each key weighted by its share of the reference's ratings (a
+    post-stratified two-proportion z-test): a key that did not rate in the reference (a new
+    app, or a flood) cannot move the rate, and one that did moves it at most by its share.
+    With one key (or none known) it is the plain two-proportion z-test.
+    """
+    ref = {k: (d, t) for k, d, t in reference.by_key}
+    cur = {k: (d, t) for k, d, t in current.by_key}
+    if len(ref | cur) <= 1:
+        ref, cur = {"": (reference.down, reference.total)}, {"": (current.down, current.total)}
+    shared = [k for k in cur if k in ref and ref[k][1] > 0 and cur[k][1] > 0]
+    weight_sum = sum(ref[k][1] for k in shared)
+    if not weight_sum:
         return 1.0
-    pooled = (reference.down + current.down) / (reference.total + current.total)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / reference.total + 1 / current.total))
-    if se == 0:
+    diff = variance = 0.0
+    for k in shared:
+        (ref_down, ref_n), (cur_down, cur_n) = ref[k], cur[k]
+        w = ref_n / weight_sum
+        pooled = (ref_down + cur_down) / (ref_n + cur_n)
+        diff += w * (cur_down / cur_n - ref_down / ref_n)
+        variance += w * w * pooled * (1 - pooled) * (1 / ref_n + 1 / cur_n)
+    if variance == 0:
         return 1.0
-    z = (current.rate - reference.rate) / se
-    return 0.5 * math.erfc(z / math.sqrt(2))
+    return 0.5 * math.erfc(diff / math.sqrt(variance) / math.sqrt(2))
 
 
 def homogeneity_p_value(reference: Sequence[str], current: Sequence[str]) -> float:
@@ -290,3 +330,30 @@ def detect_drift(
             )
         )
     return DriftResult(metrics, snapshot)
+
+
+def warm_up(free_text: bool, scratch: str) -> None:
+    """Run the tests and write a report once on made-up rows, at worker start.
+
+    The first window otherwise pays for the imports, the embedding model's load and the
+    report's first render, on a host where vLLM already takes the cores: measured ~100 s for
+    each of the first two free-text windows beside 6 requests/s, ~10 s for later ones.
+    """
+    rows = [
+        Row(
+            prompt_words_list=("ticket", f"word{i}"),
+            prompt_chars=20 + i,
+            completion_chars=30 + i,
+            latency_ms=10.0 + i,
+            prompt_tokens=8 + i,
+            completion_tokens=4 + i % 3,
+            segment="a" if i % 2 else "b",
+            label="x" if i % 3 else "y",
+            prompt_text=f"ticket number {i}" if free_text else "",
+            completion_text=f"answer number {i}" if free_text else "",
+        )
+        for i in range(96)  # the embedding report's t-SNE needs more rows than its perplexity
+    ]
+    result = detect_drift(rows[:64], rows[64:], 0.01, free_text=free_text)
+    result.save_html(scratch)
+    _EMBEDDED.clear()

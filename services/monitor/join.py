@@ -43,6 +43,8 @@ def make_example(prediction: PredictionEvent, feedback: FeedbackEvent) -> Exampl
         label_source=feedback.source,
         predicted_at=prediction.occurred_at,
         rated_at=feedback.occurred_at,
+        tenant=feedback.tenant,
+        key_id=feedback.key_id,
     )
 
 
@@ -73,7 +75,7 @@ class JoinState:
         prediction = raw.get("prediction")
         return cls(
             prediction=_prediction(prediction) if prediction else None,
-            feedback={k: FeedbackEvent.model_validate(v) for k, v in raw["feedback"].items()},
+            feedback={k: _feedback(v) for k, v in raw["feedback"].items()},
             touched_at=float(raw.get("touched_at", 0.0)),
             partition=raw.get("partition"),
         )
@@ -83,6 +85,13 @@ def _prediction(raw: dict[str, Any]) -> PredictionEvent:
     """A stored prediction, in whichever schema version it was kept (v1 before chat)."""
     event = parse_versioned(PredictionEvent, raw)
     assert isinstance(event, PredictionEvent)
+    return event
+
+
+def _feedback(raw: dict[str, Any]) -> FeedbackEvent:
+    """A stored rating, in whichever schema version it was kept (v1 before key ids)."""
+    event = parse_versioned(FeedbackEvent, raw)
+    assert isinstance(event, FeedbackEvent)
     return event
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from services.common.events import TriggerEvent
+from services.common.shares import capped_total
 from services.common.task import DriftSpec
 
 #: Columns that say how the service runs, not what it sees: a slow host (say, training on
@@ -29,6 +30,7 @@ class TriggerState:
     episode_start: datetime | None = None
     examples_since_training: int = 0
     labels_in_episode: int = 0  # thumbs-up or corrections since the episode's first window
+    labels_by_key: dict[str, int] = field(default_factory=dict)  # the same per API key
     last_trigger_at: datetime | None = None
     drifted_columns: list[str] = field(default_factory=list)
 
@@ -41,6 +43,7 @@ class TriggerState:
             "episode_start": iso(self.episode_start),
             "examples_since_training": self.examples_since_training,
             "labels_in_episode": self.labels_in_episode,
+            "labels_by_key": dict(self.labels_by_key),
             "last_trigger_at": iso(self.last_trigger_at),
             "drifted_columns": self.drifted_columns,
         }
@@ -58,6 +61,7 @@ class TriggerState:
             episode_start=when(raw["episode_start"]),
             examples_since_training=raw["examples_since_training"],
             labels_in_episode=raw.get("labels_in_episode", 0),
+            labels_by_key=dict(raw.get("labels_by_key", {})),
             last_trigger_at=when(raw["last_trigger_at"]),
             drifted_columns=list(raw["drifted_columns"]),
         )
@@ -69,15 +73,18 @@ def on_window(
     reference_version: str,
     window_end: datetime,
     drifted_columns: list[str],
+    max_key_share: float = 1.0,
 ) -> TriggerEvent | None:
     """Update ``state`` with one closed window; return a trigger when one is due.
 
     Only quality columns count: drift in :data:`OPERATIONAL_COLUMNS` alone is no episode.
+    New labels count with no API key over ``max_key_share`` of them (a flood of one key's
+    corrections is not the evidence of many users).
     """
     drifted_columns = [c for c in drifted_columns if c not in OPERATIONAL_COLUMNS]
     if not drifted_columns:
         state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
-        state.labels_in_episode = 0
+        state.labels_in_episode, state.labels_by_key = 0, {}
         return None
     state.consecutive += 1
     state.episode_start = state.episode_start or window_end
@@ -86,7 +93,12 @@ def on_window(
         return None
     if state.examples_since_training < spec.min_examples:
         return None
-    if state.labels_in_episode < spec.min_new_labels:
+    labels = (
+        capped_total(state.labels_by_key, max_key_share)
+        if state.labels_by_key
+        else state.labels_in_episode
+    )
+    if labels < spec.min_new_labels:
         return None
     cooldown = timedelta(minutes=spec.cooldown_minutes)
     if state.last_trigger_at is not None and window_end - state.last_trigger_at < cooldown:
@@ -98,6 +110,8 @@ def on_window(
         "drifted_windows": state.consecutive,
         "examples_since_training": state.examples_since_training,
         "labels_in_episode": state.labels_in_episode,
+        "labels_counted": labels,  # with no key over its share
+        "keys_labeling": len(state.labels_by_key),
     }
     trigger_id = f"drift-v{reference_version}-{state.episode_start:%Y%m%dT%H%M%S}"
     return TriggerEvent(
@@ -117,3 +131,4 @@ def on_promotion(state: TriggerState) -> None:
     """A new champion: its own reference, no drift yet, no labels since its training."""
     state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
     state.examples_since_training = state.labels_in_episode = 0
+    state.labels_by_key = {}

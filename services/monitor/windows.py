@@ -43,7 +43,9 @@ from services.monitor.drift import Row, ThumbsCount
 from services.monitor.triggers import TriggerState, on_promotion, on_window
 
 REFERENCE, CURRENT = "reference", "current"
-_NESTED = ("trigger", "outbox", "ref_thumbs", "cur_thumbs")  # not copied as they are
+# Not copied as they are (lists and dicts are copied, so a change is only a change once
+# committed, never in the stored value).
+_NESTED = ("trigger", "outbox", "ref_thumbs", "cur_thumbs", "ref_keys", "cur_keys")
 #: ``meta`` layout: 1 had no ids, positions or outbox, and the trigger state under ``trigger``.
 STATE_SCHEMA = 2
 
@@ -66,6 +68,7 @@ def rating_record(example: ExampleEvent) -> dict[str, Any]:
         "feedback_id": example.feedback_id,
         "event_id": example.event_id,  # derived from the feedback event: same on a replay
         "down": example.rating == "down",
+        "key_id": example.key_id or "",  # whose ratings: the thumbs test weighs keys
         "reviewer": example.label_source == "reviewer",
         "labeled": example.rating == "up" or bool(example.correction),
     }
@@ -145,6 +148,9 @@ class WindowState:
     cur_end: str | None = None
     ref_thumbs: list[int] = field(default_factory=lambda: [0, 0])  # [down, total]
     cur_thumbs: list[int] = field(default_factory=lambda: [0, 0])
+    # The same per API key fingerprint ("" for none): key -> [down, total].
+    ref_keys: dict[str, list[int]] = field(default_factory=dict)
+    cur_keys: dict[str, list[int]] = field(default_factory=dict)
     seq: int = -1  # position of the last record applied (its offset in the window topic)
     previous: str | None = None  # the last closed window, whose ids are still kept
     trigger: TriggerState = field(default_factory=TriggerState)
@@ -180,6 +186,8 @@ class WindowState:
             **{k: v for k, v in self.__dict__.items() if k not in _NESTED},
             "ref_thumbs": list(self.ref_thumbs),
             "cur_thumbs": list(self.cur_thumbs),
+            "ref_keys": {k: list(v) for k, v in self.ref_keys.items()},
+            "cur_keys": {k: list(v) for k, v in self.cur_keys.items()},
             "trigger": self.trigger.to_json(),
             "outbox": self.outbox.to_json() if self.outbox else None,
         }
@@ -198,6 +206,8 @@ class WindowState:
             # Copies: a change is only a change once committed, never in the stored value.
             ref_thumbs=list(raw["ref_thumbs"]),
             cur_thumbs=list(raw["cur_thumbs"]),
+            ref_keys={k: list(v) for k, v in raw.get("ref_keys", {}).items()},
+            cur_keys={k: list(v) for k, v in raw.get("cur_keys", {}).items()},
             trigger=TriggerState.from_json(raw.get("trigger", legacy_trigger)),
             outbox=Outbox.from_json(outbox) if outbox else None,
         )
@@ -206,9 +216,12 @@ class WindowState:
 class DriftWindows:
     """The window state machine over ``store``; every change is written back as a key."""
 
-    def __init__(self, store: MutableMapping[str, Any], spec: DriftSpec) -> None:
+    def __init__(
+        self, store: MutableMapping[str, Any], spec: DriftSpec, max_key_share: float = 1.0
+    ) -> None:
         self.store = store
         self.spec = spec
+        self.max_key_share = max_key_share  # of a trigger's new labels (task feedback section)
 
     @property
     def state(self) -> WindowState:
@@ -294,24 +307,32 @@ class DriftWindows:
         if previous is not None and event is not None and previous["event"] == event:
             return Change.REPLAYED
         state.trigger.examples_since_training += 1
+        key_id = record.get("key_id", "")
         if state.trigger.episode_start is not None and record.get("labeled"):
             state.trigger.labels_in_episode += 1
+            labels = state.trigger.labels_by_key
+            labels[key_id] = labels.get(key_id, 0) + 1
         # Reviewers' labels are not users' thumbs: not in the thumbs-down rate.
         counted = record["model_version"] == state.version and not record.get("reviewer")
         generation = state.generation
         if counted:
-            thumbs = state.ref_thumbs if state.phase == REFERENCE else state.cur_thumbs
+            reference = state.phase == REFERENCE
+            thumbs = state.ref_thumbs if reference else state.cur_thumbs
+            by_key = state.ref_keys if reference else state.cur_keys
             if previous and previous["gen"] == generation and previous["counted"]:
-                thumbs[0] -= int(previous["down"])  # a re-rating replaces its earlier one
-                thumbs[1] -= 1
-            thumbs[0] += int(record["down"])
-            thumbs[1] += 1
+                for count in (thumbs, by_key.setdefault(previous.get("key_id", ""), [0, 0])):
+                    count[0] -= int(previous["down"])  # a re-rating replaces its earlier one
+                    count[1] -= 1
+            for count in (thumbs, by_key.setdefault(key_id, [0, 0])):
+                count[0] += int(record["down"])
+                count[1] += 1
         self.store[key] = {
             "gen": generation,
             "seq": state.seq,
             "event": event,
             "down": record["down"],
             "counted": counted,
+            "key_id": key_id,
         }
         return Change.RATED
 
@@ -333,8 +354,8 @@ class DriftWindows:
             version=state.version,
             reference=[_row(self.store[f"ref:{i}"]) for i in range(state.ref_n)],
             current=[_row(self.store[f"cur:{i}"]) for i in range(state.cur_n)],
-            reference_thumbs=ThumbsCount(*state.ref_thumbs),
-            current_thumbs=ThumbsCount(*state.cur_thumbs),
+            reference_thumbs=ThumbsCount.of(state.ref_thumbs, state.ref_keys),
+            current_thumbs=ThumbsCount.of(state.cur_thumbs, state.cur_keys),
             start=datetime.fromisoformat(state.cur_start),
             end=datetime.fromisoformat(state.cur_end),
         )
@@ -347,12 +368,19 @@ class DriftWindows:
         state = self.state
         if closed.index != state.index:
             raise ValueError(f"window {closed.index} is not the open one ({state.index})")
-        trigger = on_window(self.spec, state.trigger, closed.version, closed.end, drifted_columns)
+        trigger = on_window(
+            self.spec,
+            state.trigger,
+            closed.version,
+            closed.end,
+            drifted_columns,
+            self.max_key_share,
+        )
         state.outbox = Outbox(closed.index, alert, trigger)
         state.previous = state.generation
         state.index += 1
         state.cur_n, state.cur_opened_at, state.cur_start, state.cur_end = 0, None, None, None
-        state.cur_thumbs = [0, 0]
+        state.cur_thumbs, state.cur_keys = [0, 0], {}
         self._commit(state)
         self._collect(state)
         return state.outbox

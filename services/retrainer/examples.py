@@ -29,6 +29,15 @@ class TrainingExample:
     example_id: str = ""
     # A chat example's conversation up to the answer; ``prompt`` is then its last user turn.
     messages: tuple[ChatTurn, ...] | None = None
+    # Who rated it (feedback only): the prediction, the API key's fingerprint, the user.
+    prediction_id: str | None = None
+    key_id: str | None = None
+    user: str | None = None
+
+    @property
+    def rater(self) -> tuple[str | None, str | None]:
+        """One user: a user name means something only under the key that sent it."""
+        return (self.key_id, self.user)
 
     def with_text(self, prompt: str, target: str) -> TrainingExample:
         return replace(self, prompt=prompt, target=target)
@@ -53,6 +62,9 @@ def annotate(event: ExampleEvent) -> TrainingExample:
         at=event.rated_at,
         example_id=event.event_id,
         messages=tuple(event.messages) if event.messages else None,
+        prediction_id=event.prediction_id,
+        key_id=event.key_id,
+        user=event.user,
     )
 
 

@@ -47,6 +47,7 @@ from services.retrainer.evaluation import (
 )
 from services.retrainer.examples import TrainingExample, annotate, from_seed
 from services.retrainer.gate import GateDecision, gate, main_metric
+from services.retrainer.sources import SourceReport, cap_share, curate
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Splits:
     pool_report: CleanReport
     test_report: CleanReport
     held_out_overlap: int
+    held: list[TrainingExample]  # corrections held for review (sources.py)
+    source_report: SourceReport
 
 
 def split(
@@ -88,12 +91,19 @@ def split(
     seed: Sequence[LabeledText],
     golden: Sequence[LabeledText],
 ) -> Splits:
-    """Annotate, take the newest rated share as the recent test split, clean, split off
-    validation. Nothing whose prompt (normalized) is in a test set is trained on."""
-    annotated = sorted((annotate(e) for e in feedback), key=lambda e: (e.at, e.example_id))
+    """Annotate, weigh sources (one rating per answer, contradicted corrections held, shares
+    capped), take the newest rated share as the recent test split (no source over its share
+    there either), clean, split off validation. Nothing whose prompt (normalized) is in a
+    test set is trained on."""
+    rated = sorted((annotate(e) for e in feedback), key=lambda e: (e.at, e.example_id))
+    seed_answers = {normalize(s.prompt): s.completion for s in seed}
+    annotated, held, source_report = curate(rated, task.task, task.feedback, seed_answers)
     positives = [e for e in annotated if e.positive]
     n_test = round(len(positives) * task.gate.test_share)
-    test_ids = {e.example_id for e in positives[len(positives) - n_test :]} if n_test else set()
+    newest = positives[len(positives) - n_test :] if n_test else []
+    newest = cap_share(newest, lambda e: e.key_id, task.feedback.max_key_share)
+    newest = cap_share(newest, lambda e: e.rater, task.feedback.max_user_share)
+    test_ids = {e.example_id for e in newest}
     recent_raw = [e for e in annotated if e.example_id in test_ids]
     recent_test, test_report = clean(recent_raw, task.task, task.cleaning)
     held_out = {normalize(e.prompt) for e in recent_raw} | {normalize(g.prompt) for g in golden}
@@ -113,6 +123,8 @@ def split(
         pool_report=pool_report,
         test_report=test_report,
         held_out_overlap=len(pool_raw) - len(pool),
+        held=held,
+        source_report=source_report,
     )
 
 
@@ -122,6 +134,8 @@ def _jsonl(path: Path, items: Sequence[TrainingExample]) -> None:
         for e in items:
             row = asdict(e)
             row["at"] = e.at.isoformat() if e.at else None
+            # A chat example's turns are pydantic models: written as the OpenAI messages.
+            row["messages"] = [m.model_dump() for m in e.messages] if e.messages else None
             out.write(json.dumps(row) + "\n")
 
 
@@ -275,6 +289,7 @@ class Retrainer:
                 **{f"pool_{k}": v for k, v in splits.pool_report.as_metrics().items()},
                 **{f"test_{k}": v for k, v in splits.test_report.as_metrics().items()},
                 "held_out_overlap_removed": splits.held_out_overlap,
+                **splits.source_report.as_metrics(),
             }
         )
         self._log_data(snapshot, splits, work_dir)
@@ -395,6 +410,7 @@ class Retrainer:
         _jsonl(data / "train.jsonl", splits.train)
         _jsonl(data / "validation.jsonl", splits.validation)
         _jsonl(data / "recent_test.jsonl", splits.recent_test)
+        _jsonl(data / "held_corrections.jsonl", splits.held)  # for review, never trained on
         mlflow.log_artifacts(str(data), "data")
         for name, items, context in (
             ("train", splits.train, "training"),

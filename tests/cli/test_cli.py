@@ -134,9 +134,10 @@ def test_alerts_prints_drift_alerts(kafka_stack: Settings) -> None:
     assert "drift in prompt_length" in shown.stdout and "ks 0.0001" in shown.stdout
 
 
-def _ci_run(test_body: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _ci_run(test_body: str, tmp_path: Path, slow: bool = False) -> subprocess.CompletedProcess[str]:
     probe = tmp_path / "test_probe.py"
-    probe.write_text(f"def test_probe():\n    {test_body}\n")
+    marker = "import pytest\n@pytest.mark.slow\n" if slow else ""
+    probe.write_text(f"{marker}def test_probe():\n    {test_body}\n")
     env = {**os.environ, "PYTEST_ARGS": str(probe)}
     env.pop("PYTHONPATH", None)
     return subprocess.run(
@@ -156,3 +157,6 @@ def test_ci_run_fails_when_tests_fail(tmp_path: Path) -> None:
     passed = _ci_run("assert 1 == 1", tmp_path)
     assert passed.returncode == 0, passed.stdout[-2000:] + passed.stderr[-2000:]
     assert "1 passed" in passed.stdout
+    # The slow suite (make test-slow) is part of CI too.
+    slow = _ci_run("assert 1 == 2", tmp_path, slow=True)
+    assert slow.returncode != 0 and "1 failed" in slow.stdout

@@ -121,18 +121,29 @@ def test_schema_file_matches_model(event_type: type[Event]) -> None:
     )
 
 
-def test_v1_records_are_read_as_v2() -> None:
+def test_older_versions_are_read_as_the_newest() -> None:
     chat = sample_events()[Stream.PREDICTIONS].model_dump(mode="json", exclude={"messages"})
     v1 = {**chat, "schema_version": 1, "endpoint": "chat.completions", "prompt": "user: hi"}
     upgraded = parse_versioned(PredictionEvent, json.dumps(v1))
     assert isinstance(upgraded, PredictionEvent)
     assert (upgraded.schema_version, upgraded.prompt, upgraded.messages) == (2, "user: hi", None)
     assert upgraded.event_id == v1["event_id"]
-    example = sample_events()[Stream.EXAMPLES].model_dump(mode="json", exclude={"messages"})
-    old = parse_versioned(ExampleEvent, {**example, "schema_version": 1})
-    assert isinstance(old, ExampleEvent) and old.schema_version == 2
+    example = sample_events()[Stream.EXAMPLES].model_dump(
+        mode="json", exclude={"messages", "tenant", "key_id"}
+    )
+    for version in (1, 2):
+        old = parse_versioned(ExampleEvent, {**example, "schema_version": version})
+        assert isinstance(old, ExampleEvent) and old.schema_version == 3
+        assert old.key_id is None
+    feedback = sample_events()[Stream.FEEDBACK].model_dump(
+        mode="json", exclude={"tenant", "key_id"}
+    )
+    rating = parse_versioned(FeedbackEvent, {**feedback, "schema_version": 1})
+    assert isinstance(rating, FeedbackEvent) and rating.schema_version == 2
     with pytest.raises(ValueError):  # a v1 record holds no v2 field
         parse_versioned(PredictionEvent, json.dumps({**v1, "messages": []}))
+    with pytest.raises(ValueError):
+        parse_versioned(FeedbackEvent, {**feedback, "schema_version": 1, "key_id": "k"})
 
 
 def test_every_stream_has_a_sample() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from services.common.exceptions import ConfigError
 from services.common.settings import REPO_ROOT
-from services.common.task import load_task
+from services.common.task import TaskObjective, load_task
 
 
 def test_repo_task_file_loads() -> None:
@@ -100,3 +100,20 @@ def test_gate_metric_defaults_by_task_kind(tmp_path: Path) -> None:
 def test_wrong_gate_metric_names_the_field(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_task(_task_file(tmp_path, text))
+
+
+def test_a_correction_is_normalised_one_way_for_each_kind() -> None:
+    triage = TaskObjective(
+        name="t", kind="classification", prompt_template="{text}", labels=["billing", "returns"]
+    )
+    assert triage.correction_target("  Billing. ") == " billing"
+    with pytest.raises(ValueError, match="not a label of this task; one of billing, returns"):
+        triage.correction_target("shipping")
+    with pytest.raises(ValueError, match="not a label"):
+        triage.correction_target("billing or returns")
+    reply = TaskObjective(name="r", kind="generation", prompt_template="{text}\nReply:")
+    assert reply.correction_target("We will refund you. ") == " We will refund you."
+    chat = TaskObjective(name="c", kind="chat")
+    assert chat.correction_target("  We will refund you.\n") == "We will refund you."
+    with pytest.raises(ValueError, match="empty"):
+        chat.correction_target("   ")

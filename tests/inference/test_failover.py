@@ -24,6 +24,8 @@ from tests.conftest import API_KEYS
 from tests.inference.helpers import read_events
 from tests.ports import FAILOVER, ports
 
+pytestmark = pytest.mark.slow  # a stack of its own (make test-slow)
+
 PROMPT = "Ticket: my parcel never arrived\nTeam:"
 HEADERS = {"Authorization": f"Bearer {API_KEYS['admin']}"}
 # Feedback may be refused this long after the kill, never longer: the dead broker leaves the

@@ -14,7 +14,7 @@ from services.common.registry import ModelRegistry
 from services.common.settings import Settings
 from services.common.topics import Stream
 from services.retrainer.sequence import prompt_ids
-from tests.conftest import API_KEYS
+from tests.conftest import API_KEYS, OTHER_TENANT_KEY
 from tests.inference.helpers import read_events
 
 PROMPT = "Ticket: I was charged twice for my order\nTeam:"
@@ -185,9 +185,15 @@ def test_feedback_is_accepted_once_on_kafka(full_stack: Settings, client: openai
     )
     first = _post_feedback(
         full_stack,
-        {"prediction_id": resp.id, "rating": "down", "correction": " billing", "user": "bob"},
+        {"prediction_id": resp.id, "rating": "down", "correction": "Billing ", "user": "bob"},
     )
     assert first.status_code == 202, first.text
+    # Normalised as the CLI does it (TaskObjective.correction_target); a non-label is refused.
+    refused = _post_feedback(
+        full_stack,
+        {"prediction_id": resp.id, "rating": "down", "correction": "plumbing", "user": "bob"},
+    )
+    assert refused.status_code == 400 and "not a label" in refused.json()["error"]["message"]
     again = _post_feedback(full_stack, {"prediction_id": resp.id, "rating": "up", "user": "bob"})
     assert again.status_code == 202
     other = _post_feedback(full_stack, {"prediction_id": resp.id, "rating": "up", "user": "eve"})
@@ -199,6 +205,32 @@ def test_feedback_is_accepted_once_on_kafka(full_stack: Settings, client: openai
     assert first.json()["feedback_id"] == again.json()["feedback_id"] == by_user["bob"].feedback_id
     assert other.json()["feedback_id"] != first.json()["feedback_id"]
     assert by_user["bob"].rating == "up"
+    corrected = [e for e in events if isinstance(e, FeedbackEvent) and e.correction]
+    assert [e.correction for e in corrected] == [" billing"]
+
+
+def test_only_the_tenant_that_got_an_answer_can_rate_it(full_stack: Settings) -> None:
+    shop_2 = OTHER_TENANT_KEY.split(":")[0]
+    other = openai.OpenAI(base_url=f"{full_stack.gateway_url}/v1", api_key=shop_2)
+    resp = other.completions.create(model=full_stack.registered_model, prompt=PROMPT, max_tokens=2)
+    body = {"prediction_id": resp.id, "rating": "down", "user": "mallory"}
+    refused = _post_feedback(full_stack, body)  # the default tenant's feedback key
+    assert refused.status_code == 404 and "this key's tenant" in refused.json()["error"]["message"]
+    own = httpx.post(
+        f"{full_stack.gateway_url}/v1/feedback",
+        json={**body, "user": "carol"},
+        timeout=30,
+        headers={"Authorization": f"Bearer {shop_2}"},
+    )
+    assert own.status_code == 202, own.text
+    assert _post_feedback(full_stack, {**body, "user": "ops"}, key="admin").status_code == 202
+    events = read_events(full_stack, Stream.FEEDBACK, {resp.id}, "prediction_id")
+    by_user = {e.user: e for e in events if isinstance(e, FeedbackEvent)}
+    assert set(by_user) == {"carol", "ops"}
+    assert {e.tenant for e in by_user.values()} == {"shop-2"}
+    # The key is named by its fingerprint, never by its value.
+    assert by_user["carol"].key_id != by_user["ops"].key_id
+    assert all(e.key_id and e.key_id not in shop_2 for e in by_user.values())
 
 
 def test_feedback_rejections_say_why(full_stack: Settings, client: openai.OpenAI) -> None:

@@ -136,3 +136,24 @@ def test_free_text_is_watched_by_meaning_and_answer_kind_not_label() -> None:
         m.column: m for m in detect_drift(reference, refusing, 0.001, free_text=True).metrics
     }
     assert refused["answer_kind"].drifted
+
+
+def test_one_key_flooding_thumbs_down_cannot_drift_the_rate() -> None:
+    # The app's key rated the reference (10% down) and rates the window the same way.
+    reference = ThumbsCount(20, 200, (("app", 20, 200),))
+    calm = ThumbsCount(6, 60, (("app", 6, 60),))
+    # A key that never rated before floods 500 thumbs-down: it has no weight.
+    flood = ThumbsCount(506, 560, (("app", 6, 60), ("flood", 500, 500)))
+    assert thumbs_down_p_value(reference, flood) == pytest.approx(
+        thumbs_down_p_value(reference, calm)
+    )
+    assert thumbs_down_p_value(reference, calm) > 0.3
+    # Counted as one pool, the same flood is a certain alarm.
+    assert thumbs_down_p_value(ThumbsCount(20, 200), ThumbsCount(506, 560)) < 1e-30
+    # A key with a tenth of the reference moves the rate by at most a tenth.
+    mixed_ref = ThumbsCount(20, 200, (("app", 18, 180), ("small", 2, 20)))
+    small_flood = ThumbsCount(506, 560, (("app", 6, 60), ("small", 500, 500)))
+    assert thumbs_down_p_value(mixed_ref, small_flood) > 1e-3
+    # The app's own users turning unhappy is drift, whatever the other keys do.
+    unhappy = ThumbsCount(33, 80, (("app", 30, 60), ("small", 3, 20)))
+    assert thumbs_down_p_value(mixed_ref, unhappy) < 1e-6

@@ -67,6 +67,20 @@ def test_no_trigger_until_the_drift_brought_enough_new_labels() -> None:
     assert state.labels_in_episode == 0  # a new episode counts afresh
 
 
+def test_one_keys_flood_of_labels_counts_at_most_as_much_as_all_other_keys() -> None:
+    spec = SPEC.model_copy(update={"min_new_labels": 100, "cooldown_minutes": 0})
+    state = TriggerState(examples_since_training=500)
+    on_window(spec, state, "1", at(0), ["segment"])
+    state.labels_in_episode, state.labels_by_key = 330, {"app": 30, "flood": 300}
+    assert on_window(spec, state, "1", at(5), ["segment"], max_key_share=0.5) is None  # 60
+    state.labels_in_episode, state.labels_by_key = 360, {"app": 60, "flood": 300}
+    trigger = on_window(spec, state, "1", at(10), ["segment"], max_key_share=0.5)
+    assert trigger is not None and trigger.evidence["labels_counted"] == 120
+    # One key alone is not capped: a single app is all the evidence there is.
+    state.labels_by_key = {"app": 100}
+    assert on_window(spec, state, "1", at(15), ["segment"], max_key_share=0.5) is not None
+
+
 def test_deciding_on_the_same_window_again_gives_the_same_event() -> None:
     """A crash before the close was recorded: the replay decides again, under the same id."""
 

@@ -39,7 +39,7 @@ def predicted(version: str = "1", text: str = "my order is late") -> dict[str, A
     return prediction_record(p, TASK)
 
 
-def rated(feedback_id: str, down: bool, version: str = "1") -> dict[str, Any]:
+def rated(feedback_id: str, down: bool, version: str = "1", key: str = "") -> dict[str, Any]:
     """A rating record as the join forwards it: a new rating event each call."""
     return {
         "kind": "rating",
@@ -47,6 +47,7 @@ def rated(feedback_id: str, down: bool, version: str = "1") -> dict[str, Any]:
         "feedback_id": feedback_id,
         "event_id": str(uuid.uuid4()),
         "down": down,
+        "key_id": key,
         "labeled": not down,
     }
 
@@ -119,6 +120,23 @@ def test_thumbs_count_per_bucket_and_a_re_rating_replaces() -> None:
     assert (closed.reference_thumbs.down, closed.reference_thumbs.total) == (5, 39)
     assert (closed.current_thumbs.down, closed.current_thumbs.total) == (0, 20)
     assert windows.state.cur_thumbs == [0, 0]
+
+
+def test_thumbs_are_counted_per_key_too() -> None:
+    windows = DriftWindows({}, SPEC)
+    for _ in range(SPEC.reference_size - 1):
+        windows.apply(predicted(), now=0)
+    for i in range(4):
+        windows.apply(rated(f"a{i}", down=i == 0, key="app"), now=0)
+    windows.apply(predicted(), now=0)  # the reference is full: ratings go to the window
+    windows.apply(predicted(), now=1)
+    for i in range(3):
+        windows.apply(rated(f"f{i}", down=True, key="flood"), now=1)
+    windows.apply(rated("f0", down=False, key="app"), now=1)  # re-rated under another key
+    closed = windows.closing()
+    assert closed.reference_thumbs.by_key == (("app", 1, 4),)
+    assert closed.current_thumbs.by_key == (("app", 0, 1), ("flood", 2, 2))
+    assert (closed.current_thumbs.down, closed.current_thumbs.total) == (2, 3)
 
 
 def test_a_prediction_forwarded_twice_counts_once() -> None:

@@ -24,6 +24,8 @@ from tests.conftest import run_cli
 from tests.ports import OWN_MODEL, ports
 from tests.retrainer.test_service import TASK, feedback_events, send_examples
 
+pytestmark = pytest.mark.slow  # a stack of its own (make test-slow)
+
 SHAPE = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2}
 
 

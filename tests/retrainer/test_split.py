@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from services.common.datasets import LabeledText
-from services.common.events import ExampleEvent, TriggerEvent
+from services.common.events import ChatTurn, ExampleEvent, TriggerEvent
 from services.common.task import GateSpec, TaskFile, TaskObjective
-from services.retrainer.examples import annotate
-from services.retrainer.pipeline import split
+from services.retrainer.examples import TrainingExample, annotate
+from services.retrainer.pipeline import _jsonl, split
 from services.retrainer.service import pick
 
 TASK = TaskFile(
@@ -91,3 +93,15 @@ def test_waiting_triggers_coalesce_into_the_newest_and_stale_ones_are_skipped() 
     chosen = pick([trigger("old", version="1"), trigger("manual", by="cli", version=None)], "2")
     assert chosen is not None and chosen.trigger_id == "manual"
     assert pick([trigger("old", version="1")], "2") is None
+
+
+def test_a_chat_example_is_logged_with_its_turns_as_messages(tmp_path: Path) -> None:
+    turns = (ChatTurn(role="system", content="Be brief."), ChatTurn(role="user", content="hi"))
+    example = TrainingExample(prompt="hi", target="Hello.", positive=True, source="seed")
+    _jsonl(
+        tmp_path / "train.jsonl",
+        [example, TrainingExample(**{**example.__dict__, "messages": turns})],
+    )
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert rows[0]["messages"] is None
+    assert rows[1]["messages"] == [t.model_dump() for t in turns]

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from services.inference.deps import Completions, InferenceScope
+from services.inference.deps import Caller, Completions, InferenceScope
 from services.inference.protocol import (
     AUTHENTICATED,
     WITH_BODY,
@@ -49,21 +49,23 @@ router = APIRouter(
 
 @router.post("/v1/completions", response_model=None)
 async def create_completion(
-    body: CompletionRequest, service: Completions
+    body: CompletionRequest, service: Completions, caller: Caller
 ) -> JSONResponse | StreamingResponse:
     if body.stream:
         return StreamingResponse(
-            await service.open_stream(body, "completions"), media_type="text/event-stream"
+            await service.open_stream(body, "completions", caller.tenant),
+            media_type="text/event-stream",
         )
-    return JSONResponse(await service.complete(body, "completions"))
+    return JSONResponse(await service.complete(body, "completions", caller.tenant))
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, service: Completions
+    body: ChatCompletionRequest, service: Completions, caller: Caller
 ) -> JSONResponse | StreamingResponse:
     if body.stream:
         return StreamingResponse(
-            await service.open_stream(body, "chat.completions"), media_type="text/event-stream"
+            await service.open_stream(body, "chat.completions", caller.tenant),
+            media_type="text/event-stream",
         )
-    return JSONResponse(await service.complete(body, "chat.completions"))
+    return JSONResponse(await service.complete(body, "chat.completions", caller.tenant))

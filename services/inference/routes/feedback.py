@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.inference.deps import Feedback, FeedbackScope
+from services.inference.deps import Caller, Feedback, FeedbackScope
 from services.inference.protocol import (
     AUTHENTICATED,
     WITH_BODY,
@@ -19,7 +19,9 @@ router = APIRouter(
         AUTHENTICATED,
         WITH_BODY,
         {
-            404: "the prediction_id was not issued by this service",
+            400: "the correction is empty, or not a label of a classification task",
+            404: "the prediction_id was not issued by this service to this key's tenant, "
+            "or is older than REFINERY_FEEDBACK_MAX_AGE_S",
             503: "Kafka did not acknowledge the rating in time",
         },
     ),
@@ -27,5 +29,7 @@ router = APIRouter(
 
 
 @router.post("/v1/feedback", status_code=202)
-async def create_feedback(body: FeedbackCreate, service: Feedback) -> FeedbackAccepted:
-    return await service.submit(body)
+async def create_feedback(
+    body: FeedbackCreate, service: Feedback, caller: Caller
+) -> FeedbackAccepted:
+    return await service.submit(body, caller)

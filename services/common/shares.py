@@ -1,0 +1,40 @@
+"""Shares of evidence per source: how much of a count one API key or user may give.
+
+Used wherever feedback is counted toward a decision: the monitor's new labels before a
+trigger, the retrainer's training and test sets (services/retrainer/sources.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import TypeVar
+
+Source = TypeVar("Source", bound=Hashable)
+
+
+def share_cap(counts: Mapping[Source, int], share: float) -> dict[Source, int]:
+    """How many each source may give so none is over ``share`` of the total.
+
+    The largest cap ``c`` with ``c <= share * sum(min(n, c))``; a source with fewer than
+    ``c`` keeps all. One source alone, or ``share`` 1, is not capped. When no cap is
+    feasible (fewer sources than ``1 / share``), each keeps at most as many as the second
+    largest: no source outweighs every other.
+    """
+    if len(counts) <= 1 or share >= 1:
+        return dict(counts)
+
+    def fits(c: int) -> bool:
+        return c <= share * sum(min(n, c) for n in counts.values())
+
+    lo, hi = 0, max(counts.values())
+    while lo < hi:  # the feasible caps are 0..c*: find c*
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    if lo == 0:
+        lo = sorted(counts.values())[-2]
+    return {source: min(n, lo) for source, n in counts.items()}
+
+
+def capped_total(counts: Mapping[Source, int], share: float) -> int:
+    """The sum of ``counts`` with each source at most its cap."""
+    return sum(share_cap(counts, share).values())
