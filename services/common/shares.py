@@ -12,26 +12,27 @@ from typing import TypeVar
 Source = TypeVar("Source", bound=Hashable)
 
 
-def share_cap(counts: Mapping[Source, int], share: float) -> dict[Source, int]:
-    """How many each source may give so none is over ``share`` of the total.
+def share_cap(counts: Mapping[Source, int], share: float, uncapped: int = 0) -> dict[Source, int]:
+    """How many each source may give so none is over ``share`` of the total (``counts``
+    plus ``uncapped`` items that belong to no source).
 
     The largest cap ``c`` with ``c <= share * sum(min(n, c))``; a source with fewer than
-    ``c`` keeps all. One source alone, or ``share`` 1, is not capped. When no cap is
-    feasible (fewer sources than ``1 / share``), each keeps at most as many as the second
-    largest: no source outweighs every other.
+    ``c`` keeps all. ``share`` 1 caps nothing, and neither do too few sources to define a
+    share (fewer than ``1 / share``, where no cap is feasible): cutting a big honest source
+    down to a small one's size would throw away the data that matters.
     """
-    if len(counts) <= 1 or share >= 1:
+    if len(counts) + (uncapped > 0) <= 1 or share >= 1:
         return dict(counts)
 
     def fits(c: int) -> bool:
-        return c <= share * sum(min(n, c) for n in counts.values())
+        return c <= share * (uncapped + sum(min(n, c) for n in counts.values()))
 
     lo, hi = 0, max(counts.values())
     while lo < hi:  # the feasible caps are 0..c*: find c*
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     if lo == 0:
-        lo = sorted(counts.values())[-2]
+        return dict(counts)
     return {source: min(n, lo) for source, n in counts.items()}
 
 

@@ -176,14 +176,19 @@ class FeedbackSpec(_Section):
     capped: there is no one else to protect it from."""
 
     max_key_share: float = Field(
-        default=0.5,
+        default=1.0,
         gt=0,
         le=1,
         description="largest share of rated examples, and of a trigger's new labels, from "
-        "one API key (0.5: no key outweighs all others together; 1: no cap)",
+        "one API key (1: no cap, the default: one app's key usually sends nearly all; set "
+        "it below 1 when several apps of comparable volume rate)",
     )
     max_user_share: float = Field(
-        default=0.1, gt=0, le=1, description="largest share of rated examples from one user"
+        default=0.1,
+        gt=0,
+        le=1,
+        description="largest share of rated examples from one named user (ratings without "
+        "a user name are not capped: they name no one)",
     )
     hold_min_contradictions: int = Field(
         default=3,

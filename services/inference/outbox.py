@@ -93,6 +93,7 @@ class OutboxSender:
         self.idle_wait_s = idle_wait_s
         self.sent = 0
         self.failures = 0
+        self.error: str | None = None  # why the last attempt failed on our side (not Kafka's)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="outbox-sender", daemon=True)
@@ -104,21 +105,36 @@ class OutboxSender:
         self._wake.set()
 
     def _run(self) -> None:
+        """Never ends but at stop: every failure is retried with backoff. Kafka's show in
+        /readyz's kafka check; ours (the SQLite file: disk full, I/O error) in ``problem``."""
         backoff = 0.2
         while not self._stopping.is_set():
             try:
                 if self.drain_once() == 0:
                     self._wake.wait(self.idle_wait_s)
                     self._wake.clear()
-                backoff = 0.2
+                backoff, self.error = 0.2, None
+                continue
             except sqlite3.ProgrammingError:
                 return  # the outbox was closed under us at shutdown: what is left stays on disk
             except (KafkaError, OSError) as exc:
-                self.failures += 1
                 log.warning("outbox: Kafka unavailable (%s); %d waiting", exc, len(self.outbox))
                 self._reset_producer()
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except sqlite3.Error as exc:
+                self.error = f"the prediction log's SQLite file failed: {exc}"
+                log.error("outbox: %s; retrying", self.error)
+            except Exception as exc:  # a bug must not stop the log silently either
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.exception("outbox: sending failed; retrying")
+            self.failures += 1
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def problem(self) -> str | None:
+        """Why predictions are not leaving the log (None: they are, or Kafka is away)."""
+        if not self._thread.is_alive() and not self._stopping.is_set():
+            return "the sender thread is not running"
+        return self.error
 
     def drain_once(self) -> int:
         """Send one batch and wait for its acks; returns how many were sent."""

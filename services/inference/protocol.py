@@ -177,6 +177,7 @@ class Readiness(BaseModel):
     vllm: str
     kafka: str
     model: str
+    prediction_log: str = Field(description="the outbox sends to Kafka, or why it cannot")
 
 
 class PromoteRequest(BaseModel):

@@ -47,7 +47,7 @@ from services.retrainer.evaluation import (
 )
 from services.retrainer.examples import TrainingExample, annotate, from_seed
 from services.retrainer.gate import GateDecision, gate, main_metric
-from services.retrainer.sources import SourceReport, cap_share, curate
+from services.retrainer.sources import SourceReport, cap_share, curate, named_rater
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def split(
     n_test = round(len(positives) * task.gate.test_share)
     newest = positives[len(positives) - n_test :] if n_test else []
     newest = cap_share(newest, lambda e: e.key_id, task.feedback.max_key_share)
-    newest = cap_share(newest, lambda e: e.rater, task.feedback.max_user_share)
+    newest = cap_share(newest, named_rater, task.feedback.max_user_share)
     test_ids = {e.example_id for e in newest}
     recent_raw = [e for e in annotated if e.example_id in test_ids]
     recent_test, test_report = clean(recent_raw, task.task, task.cleaning)

@@ -7,9 +7,9 @@ Feedback is data anyone with a key can send, so before it is trained on or teste
 - a user's correction that ``hold_min_contradictions`` independent users contradict (a
   thumbs-up of another answer, or another correction, to the same prompt; a seed label
   counts as one), and that more contradict than support, is held for review;
-- no API key (fingerprint) gives more than ``max_key_share`` of the rated examples, and no
-  user more than ``max_user_share``: the newest of an over-share source are kept. One key
-  or one user alone is never capped (there is no one else to protect it from).
+- no named user gives more than ``max_user_share`` of the rated examples, and (when set
+  below 1) no API key more than ``max_key_share``: the newest of an over-share source are
+  kept. Too few sources to define a share, or ratings naming no one, are not capped.
 The same caps shape the recent test set, so one source cannot grade the challenger either.
 """
 
@@ -68,16 +68,23 @@ def cap_share(
     source: Callable[[TrainingExample], Hashable],
     share: float,
 ) -> list[TrainingExample]:
-    """Keep at most each source's cap (``share_cap``), its newest; in input order."""
+    """Keep at most each source's cap (``share_cap``), its newest; in input order. A source
+    of None (no key, no user name) is nobody in particular: never capped."""
     by_source: dict[Hashable, list[int]] = defaultdict(list)
     for index, example in enumerate(examples):
-        by_source[source(example)].append(index)
-    caps = share_cap({s: len(ix) for s, ix in by_source.items()}, share)
-    kept: set[int] = set()
+        if source(example) is not None:
+            by_source[source(example)].append(index)
+    kept = {i for i, e in enumerate(examples) if source(e) is None}
+    caps = share_cap({s: len(ix) for s, ix in by_source.items()}, share, uncapped=len(kept))
     for s, indices in by_source.items():
         newest = sorted(indices, key=lambda i: _when(examples[i]))
         kept.update(newest[len(newest) - caps[s] :] if caps[s] else [])
     return [e for i, e in enumerate(examples) if i in kept]
+
+
+def named_rater(example: TrainingExample) -> Hashable:
+    """The user to cap, or None for a rating that names no user."""
+    return example.rater if example.user else None
 
 
 def _same_answer(task: TaskObjective, a: str, b: str) -> bool:
@@ -131,7 +138,7 @@ def curate(
     held = [e for e in single if e.example_id in held_ids]
     trusted = [e for e in single if e.example_id not in held_ids]
     by_key = cap_share(trusted, lambda e: e.key_id, spec.max_key_share)
-    kept = cap_share(by_key, lambda e: e.rater, spec.max_user_share)
+    kept = cap_share(by_key, named_rater, spec.max_user_share)
     report = SourceReport(
         input=len(feedback),
         superseded=len(feedback) - len(single),

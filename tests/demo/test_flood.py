@@ -48,52 +48,61 @@ class Flood:
 
 
 async def flood(settings: Settings, task: TaskObjective, n: int, wrong: int) -> Flood:
-    """``n`` questions from one key, every answer rated down under a new user name, the
-    first ``wrong`` with a wrong label as the correction; 429s are waited out."""
+    """``n`` questions from one key, then every answer rated down under a new user name as
+    fast as the gateway takes them, the first ``wrong`` with a wrong label as the
+    correction; 429s are waited out (Retry-After), so every rating lands in the end."""
     report = Flood(started_at=time.time())
     rng = random.Random(5)
     tickets = generate(task, n, seed=909, domain="retail")
     headers = {"Authorization": f"Bearer {FLOOD_KEY}"}
-    limit = asyncio.Semaphore(8)
     async with httpx.AsyncClient(
         base_url=settings.gateway_url, headers=headers, timeout=60
     ) as http:
 
-        async def post(path: str, body: dict[str, object]) -> httpx.Response:
-            while True:
-                r = await http.post(path, json=body)
-                if r.status_code != 429:
-                    return r
-                report.rate_limited += 1
-                await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
-
-        async def one(i: int) -> None:
-            ex = tickets[i]
+        async def post(
+            limit: asyncio.Semaphore, path: str, body: dict[str, object]
+        ) -> httpx.Response:
             async with limit:
-                asked = await post(
+                while True:
+                    r = await http.post(path, json=body)
+                    if r.status_code != 429:
+                        return r
+                    report.rate_limited += 1
+                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+
+        asking = asyncio.Semaphore(8)
+        asked = await asyncio.gather(
+            *(
+                post(
+                    asking,
                     "/v1/completions",
                     {"model": settings.registered_model, "prompt": ex.prompt, "max_tokens": 4},
                 )
-                if asked.status_code != 200:
-                    report.errors.append(asked.text[:200])
-                    return
-                report.answered += 1
-                body: dict[str, object] = {
-                    "prediction_id": asked.json()["id"],
-                    "rating": "down",
-                    "user": f"name-{i}",
-                }
-                if i < wrong:
-                    truth = task.parse_label(ex.completion)
-                    body["correction"] = rng.choice([x for x in task.labels if x != truth])
-                    report.corrections += 1
-                rated = await post("/v1/feedback", body)
-                if rated.status_code == 202:
-                    report.accepted += 1
-                else:
-                    report.errors.append(rated.text[:200])
-
-        await asyncio.gather(*(one(i) for i in range(n)))
+                for ex in tickets
+            )
+        )
+        ratings = []
+        for i, (ex, answer) in enumerate(zip(tickets, asked, strict=True)):
+            if answer.status_code != 200:
+                report.errors.append(answer.text[:200])
+                continue
+            report.answered += 1
+            body: dict[str, object] = {
+                "prediction_id": answer.json()["id"],
+                "rating": "down",
+                "user": f"name-{i}",
+            }
+            if i < wrong:
+                truth = task.parse_label(ex.completion)
+                body["correction"] = rng.choice([x for x in task.labels if x != truth])
+                report.corrections += 1
+            ratings.append(body)
+        rating = asyncio.Semaphore(32)
+        for rated in await asyncio.gather(*(post(rating, "/v1/feedback", b) for b in ratings)):
+            if rated.status_code == 202:
+                report.accepted += 1
+            else:
+                report.errors.append(rated.text[:200])
     return report
 
 
@@ -146,7 +155,7 @@ def test_a_flood_from_one_key_neither_triggers_nor_promotes(flood_stack: Setting
     sim, attack = asyncio.run(app_and_flood())
     print(f"flood {attack}")
     assert (attack.answered, attack.accepted, attack.corrections) == (500, 500, 300), attack.errors
-    assert attack.rate_limited > 0  # 500 + 500 requests from one key: over 50/s, burst 100
+    assert attack.rate_limited > 0  # 500 ratings at once from one key: over 50/s, burst 100
 
     triggers = [e for e in read_stream(settings, Stream.TRIGGERS) if isinstance(e, TriggerEvent)]
     assert triggers == [], [t.reason for t in triggers]

@@ -45,7 +45,8 @@ def test_share_caps() -> None:
     many = {f"u{i}": 2 for i in range(50)} | {"loud": 40}
     caps = share_cap(many, 0.1)
     assert caps["loud"] == 11 and caps["u0"] == 2  # 11 <= 0.1 * (100 + 11)
-    assert share_cap({"a": 9, "b": 5, "c": 1}, 0.1) == {"a": 5, "b": 5, "c": 1}  # infeasible
+    # Too few sources for a 10% share: nothing is cut (a big honest source stays whole).
+    assert share_cap({"a": 9, "b": 5, "c": 1}, 0.1) == {"a": 9, "b": 5, "c": 1}
 
 
 def test_one_key_flooding_under_many_user_names_is_capped_to_the_others_together() -> None:
@@ -102,3 +103,15 @@ def test_curate_reports_what_it_did() -> None:
     assert [e.user for e in kept] == ["n4"] and held == []  # the newest rating of the answer
     assert (report.input, report.superseded, report.output) == (6, 5, 1)
     assert (report.keys, report.users) == (2, 6)
+
+
+def test_ratings_that_name_no_user_are_not_capped_as_one_user() -> None:
+    anonymous = [rated(f"t{i}", " billing", key="app") for i in range(200)]
+    anonymous = [TrainingExample(**{**e.__dict__, "user": None}) for e in anonymous]
+    named = [rated(f"n{i}", " billing", key="app", user=f"u{i % 20}") for i in range(40)]
+    loud = [rated(f"l{i}", " shipping", key="app", user="loud") for i in range(60)]
+    kept, _, report = curate([*anonymous, *named, *loud], TASK, FeedbackSpec())
+    assert sum(e.user is None for e in kept) == 200
+    # 26 <= 0.1 * (200 + 40 + 26): a tenth of all rated examples, the anonymous included.
+    assert sum(e.user == "loud" for e in kept) == 26
+    assert report.capped_user == 60 - 26

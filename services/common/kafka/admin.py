@@ -24,6 +24,10 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 60.0, min_brokers: int = 
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
+            # Probe first without an admin client: in kafka-python 3.0.12 a KafkaAdminClient
+            # whose bootstrap fails leaves its IO thread running, one per attempt on a down
+            # cluster (see _answers_metadata).
+            wait_for_any_broker(bootstrap, max(0.5, min(3.0, deadline - time.monotonic())))
             admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=3000
             )
@@ -34,7 +38,7 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 60.0, min_brokers: int = 
                 last = RuntimeError(f"{len(brokers)} of {min_brokers} brokers up")
             finally:
                 admin.close()
-        except (KafkaError, OSError, ValueError) as exc:
+        except (KafkaError, OSError, ValueError, TimeoutError) as exc:
             last = exc
         time.sleep(0.5)
     raise TimeoutError(f"Kafka at {bootstrap} not ready after {timeout_s:.0f}s: {last}")

@@ -1,4 +1,5 @@
-"""``/healthz`` (the process answers), ``/readyz`` (vLLM and Kafka reachable), ``/metrics``."""
+"""``/healthz`` (the process answers), ``/readyz`` (vLLM and Kafka reachable, the champion
+served, the prediction log sending), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ async def readyz(request: Request) -> JSONResponse:
     except TimeoutError:
         checks["kafka"] = "unreachable"
     checks["model"] = _model_check(state.router, route, served)
+    checks["prediction_log"] = state.sender.problem() or "ok"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse({"ready": bool(ready), **checks}, status_code=200 if ready else 503)
 
