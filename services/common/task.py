@@ -184,11 +184,12 @@ class FeedbackSpec(_Section):
         "it below 1 when several apps of comparable volume rate)",
     )
     max_user_share: float = Field(
-        default=0.1,
+        default=1.0,
         gt=0,
         le=1,
-        description="largest share of rated examples from one named user (ratings without "
-        "a user name are not capped: they name no one)",
+        description="largest share of rated examples from one named user (1: no cap, the "
+        "default; e.g. 0.1 where user names are real people; ratings without a user name "
+        "are never capped: they name no one)",
     )
     hold_min_contradictions: int = Field(
         default=3,

@@ -110,7 +110,8 @@ def test_ratings_that_name_no_user_are_not_capped_as_one_user() -> None:
     anonymous = [TrainingExample(**{**e.__dict__, "user": None}) for e in anonymous]
     named = [rated(f"n{i}", " billing", key="app", user=f"u{i % 20}") for i in range(40)]
     loud = [rated(f"l{i}", " shipping", key="app", user="loud") for i in range(60)]
-    kept, _, report = curate([*anonymous, *named, *loud], TASK, FeedbackSpec())
+    spec = FeedbackSpec(max_user_share=0.1)
+    kept, _, report = curate([*anonymous, *named, *loud], TASK, spec)
     assert sum(e.user is None for e in kept) == 200
     # 26 <= 0.1 * (200 + 40 + 26): a tenth of all rated examples, the anonymous included.
     assert sum(e.user == "loud" for e in kept) == 26
