@@ -45,8 +45,9 @@ test: setup lint
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # Whole closed loops and other suites that start stacks of their own; .ci/run runs both.
+# -rP: what the loops print (timeline, quality by phase and domain) shows for a pass too.
 test-slow: setup
-	$(PYTEST) -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PYTEST) -m slow -rP $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # Speed targets live here, measured side by side in one run (never in unit tests).
 bench: setup

@@ -38,14 +38,17 @@ class LoopCase:
     # Requests/s: a 30-token reply costs vLLM 8x the decoding of a 4-token label, and on a
     # 2-core host the monitor (which embeds every free-text window) must keep up beside it.
     rate: float
+    # Seconds of traffic at most: on 2 cores the first two free-text windows sometimes take
+    # ~2 minutes each to test beside vLLM (later ones ~10 s), so free text gets longer.
+    max_duration_s: float = 420
 
 
 DATA = REPO_ROOT / "tests" / "data"
 CASES = {
     "classification": LoopCase(DATA / "task-loop.yaml", min_gain=0.3, rate=10),
     # chrF is on 0-100: a wrong product line's reply scores ~15-30, a right one ~90+.
-    "generation": LoopCase(DATA / "task-loop-reply.yaml", min_gain=25, rate=6),
-    "chat": LoopCase(DATA / "task-loop-chat.yaml", min_gain=25, rate=6),
+    "generation": LoopCase(DATA / "task-loop-reply.yaml", min_gain=25, rate=6, max_duration_s=660),
+    "chat": LoopCase(DATA / "task-loop-chat.yaml", min_gain=25, rate=6, max_duration_s=660),
 }
 
 
@@ -78,7 +81,7 @@ def test_drift_feedback_retraining_and_recovery(
     champion_before = registry.champion()
     assert champion_before is not None
     config = SimulationConfig(
-        rate=case.rate, shift_at_s=25, max_duration_s=420, after_promotion_s=20
+        rate=case.rate, shift_at_s=25, max_duration_s=case.max_duration_s, after_promotion_s=20
     )
     sim = asyncio.run(
         simulate(

@@ -76,7 +76,15 @@ async def flood(settings: Settings, task: TaskObjective, n: int, wrong: int) -> 
                 post(
                     asking,
                     "/v1/completions",
-                    {"model": settings.registered_model, "prompt": ex.prompt, "max_tokens": 4},
+                    # As the app asks (its segment too): the attack is on the ratings. A key
+                    # whose own traffic differs drifts the prompt features: not weighed per
+                    # key yet (predictions do not carry the key).
+                    {
+                        "model": settings.registered_model,
+                        "prompt": ex.prompt,
+                        "max_tokens": 4,
+                        "segment": ex.segment,
+                    },
                 )
                 for ex in tickets
             )
