@@ -31,7 +31,9 @@ def monitor_process(settings: Settings, name: str = "monitor") -> ManagedProcess
         run_dir=settings.run_dir,
         log_dir=settings.log_dir,
         health=lambda: False,
-        env={**settings.to_env(), "PYTHONPATH": str(REPO_ROOT)},
+        # One OpenMP thread: the drift report's t-SNE (scikit-learn) and vLLM's CPU workers
+        # otherwise spin against each other on a small host.
+        env={**settings.to_env(), "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
         cwd=REPO_ROOT,
         startup_timeout_s=180,
     )
