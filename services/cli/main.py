@@ -338,8 +338,11 @@ def cmd_review(args: argparse.Namespace) -> int:
     from services.common.task import load_task
 
     settings = get_settings()
-    task = load_task(settings.task_file).task
-    result = review(settings, task, input, print, args.reviewer or getpass.getuser(), args.limit)
+    task_file = load_task(settings.task_file)
+    reviewer = args.reviewer or getpass.getuser()
+    result = review(
+        settings, task_file.task, task_file.feedback, input, print, reviewer, args.limit
+    )
     print(f"\n{result.labeled} labeled, {result.skipped} skipped, of {result.queued} waiting")
     return 0
 
@@ -483,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fresh", action="store_true", help="stop the stack and start from an empty var/ first"
     )
-    p = add("review", cmd_review, "label thumbs-down examples that have no correction yet")
+    p = add("review", cmd_review, "label uncorrected thumbs-down and held corrections")
     p.add_argument("--reviewer", help="your name, kept with each label (default: login name)")
     p.add_argument("--limit", type=int, help="at most this many examples")
     p = add("alerts", cmd_alerts, "print drift alerts")

@@ -1,8 +1,10 @@
 """``refinery review``: a small annotation queue for people.
 
-It lists the thumbs-down examples that have no correction yet (from anyone), oldest
-first, shows the prompt and the model's answer, and asks for the right one. An answer is
-sent as reviewer feedback on the same prediction (``source="reviewer"``, its own
+It lists the thumbs-down examples that have no correction yet (from anyone), and the
+user corrections the retrainer holds back because other users contradict them
+(``services/retrainer/sources.py``; the seed label's vote is left out here), oldest first,
+shows the prompt, the model's answer and any held correction, and asks for the right one.
+An answer is sent as reviewer feedback on the same prediction (``source="reviewer"``, its own
 ``feedback_id``), so the monitor joins it like any rating and the retrainer sees it as a
 reviewer's label (``label_source="reviewer"``), ranked above users' corrections.
 """
@@ -15,9 +17,11 @@ from dataclasses import dataclass
 from services.common.events import ExampleEvent, FeedbackEvent
 from services.common.kafka import EventProducer
 from services.common.settings import Settings
-from services.common.task import TaskObjective
+from services.common.task import FeedbackSpec, TaskObjective
 from services.common.topics import Stream
 from services.retrainer.collect import end_offsets, read_examples
+from services.retrainer.examples import annotate
+from services.retrainer.sources import contradicted, one_per_prediction
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,23 @@ class ReviewResult:
     skipped: int
 
 
-def queue(examples: list[ExampleEvent]) -> list[ExampleEvent]:
-    """Thumbs-down examples whose prediction has no correction from anyone, oldest first."""
-    corrected = {e.prediction_id for e in examples if e.correction and e.correction.strip()}
+def held_corrections(
+    examples: list[ExampleEvent], task: TaskObjective, spec: FeedbackSpec
+) -> set[str]:
+    """Event ids of the user corrections the retrainer would hold back (not train on)."""
+    single = one_per_prediction([annotate(e) for e in examples])
+    return contradicted(single, task, spec.hold_min_contradictions)
+
+
+def queue(examples: list[ExampleEvent], held: set[str] | None = None) -> list[ExampleEvent]:
+    """Thumbs-down examples whose prediction has no trusted correction from anyone (none,
+    or only ``held`` ones), oldest first."""
+    held = held or set()
+    corrected = {
+        e.prediction_id
+        for e in examples
+        if e.correction and e.correction.strip() and e.event_id not in held
+    }
     waiting: dict[str, ExampleEvent] = {}
     for e in sorted(examples, key=lambda e: e.rated_at):
         if e.rating == "down" and e.prediction_id not in corrected:
@@ -47,14 +65,21 @@ def parse_answer(task: TaskObjective, answer: str) -> str | None:
 def review(
     settings: Settings,
     task: TaskObjective,
+    trust: FeedbackSpec,
     ask: Callable[[str], str],
     show: Callable[[str], None],
     reviewer: str,
     limit: int | None = None,
 ) -> ReviewResult:
     examples, _ = read_examples(settings, end_offsets(settings))
-    pending = queue(examples)[:limit] if limit else queue(examples)
-    show(f"{len(pending)} thumbs-down example(s) without a correction")
+    held = held_corrections(examples, task, trust)
+    pending = queue(examples, held)
+    pending = pending[:limit] if limit else pending
+    n_held = sum(e.event_id in held for e in pending)
+    show(
+        f"{len(pending)} thumbs-down example(s) without a trusted correction "
+        f"({n_held} with a user's correction held back: other users contradict it)"
+    )
     labeled = skipped = 0
     hint = f"one of {', '.join(task.labels)}" if task.kind == "classification" else "the answer"
     with EventProducer(settings) as producer:
@@ -62,6 +87,11 @@ def review(
             show(
                 f"\n[{i}/{len(pending)}] {example.segment or '-'}, model v{example.model_version}\n"
                 f"{example.prompt}{example.completion}   <- the model's answer"
+                + (
+                    f"\n{example.correction}   <- a user's correction, held: others contradict it"
+                    if example.event_id in held
+                    else ""
+                )
             )
             while True:
                 answer = ask(f"right answer ({hint}; enter skips, q quits): ")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.cli.review import parse_answer, queue, review
+from services.cli.review import held_corrections, parse_answer, queue, review
 from services.common.events import ExampleEvent, FeedbackEvent
 from services.common.kafka import EventProducer, ensure_topics
 from services.common.settings import Settings
@@ -16,21 +16,30 @@ from services.common.topics import Stream
 from tests.conftest import TEST_TASK
 from tests.inference.helpers import read_events
 
-TASK = load_task(TEST_TASK).task
+TASK_FILE = load_task(TEST_TASK)
+TASK = TASK_FILE.task
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
-def example(pid: str, rating: str, correction: str | None = None, minutes: int = 0) -> ExampleEvent:
+def example(
+    pid: str,
+    rating: str,
+    correction: str | None = None,
+    minutes: int = 0,
+    user: str | None = None,
+    completion: str = " billing",
+) -> ExampleEvent:
     return ExampleEvent(
         feedback_id=f"{pid}:{uuid.uuid4().hex[:4]}",
         prediction_id=pid,
         prompt="Ticket: hub offline\nTeam:",
-        completion=" billing",
+        completion=completion,
         model_version="1",
         rating=rating,  # type: ignore[arg-type]
         correction=correction,
         predicted_at=T0,
         rated_at=T0 + timedelta(minutes=minutes),
+        user=user,
     )
 
 
@@ -44,6 +53,20 @@ def test_the_queue_holds_uncorrected_thumbs_down_once_oldest_first() -> None:
         example("early", "down", minutes=2),
     ]
     assert [e.prediction_id for e in queue(items)] == ["early", "late"]
+
+
+def test_a_correction_other_users_contradict_waits_for_a_reviewer() -> None:
+    """Three users' thumbs-up of " technical" on the same ticket contradict one user's
+    " billing": the retrainer holds that correction back, so it is queued for review."""
+    items = [
+        example("claimed", "down", " billing", user="mallory", completion=" technical"),
+        *(example(f"ok{i}", "up", user=f"user{i}", completion=" technical") for i in range(3)),
+        example("trusted", "down", " technical", minutes=1, user="rita"),
+    ]
+    held = held_corrections(items, TASK, TASK_FILE.feedback)
+    assert held == {items[0].event_id}
+    assert [e.prediction_id for e in queue(items, held)] == ["claimed"]
+    assert queue(items) == []  # without the hold, both corrections count as labels
 
 
 def test_answers_are_checked_against_the_labels() -> None:
@@ -63,7 +86,9 @@ def test_a_reviewers_label_is_sent_as_reviewer_feedback(kafka_stack: Settings) -
 
     shown: list[str] = []
     answers = iter(["nonsense", "technical", ""])  # a bad answer, a label, a skip
-    result = review(settings, TASK, lambda _: next(answers), shown.append, "rita")
+    result = review(
+        settings, TASK, TASK_FILE.feedback, lambda _: next(answers), shown.append, "rita"
+    )
     assert (result.queued, result.labeled, result.skipped) == (2, 1, 1)
     assert any("not a label" in s for s in shown)
 
