@@ -3,6 +3,7 @@ the Evidently workspace (for `evidently ui`), and a Slack-compatible webhook POS
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -52,12 +53,33 @@ def slack_payload(alert: AlertEvent) -> dict[str, Any]:
     return {"text": "\n".join(lines)}
 
 
+def set_aside_unreadable_snapshots(workspace_dir: Path) -> list[Path]:
+    """Move snapshot files that are not whole JSON out of the workspace; returns where to.
+
+    Evidently writes a snapshot in place and refuses to open a workspace holding a broken
+    one, so a worker killed mid-write (bench/faults.py did) would crash on every restart.
+    """
+    moved = []
+    for snapshot in sorted(workspace_dir.glob("*/snapshots/*.json")):
+        try:
+            with snapshot.open() as f:
+                json.load(f)
+        except (OSError, ValueError) as exc:
+            dest = workspace_dir.parent / "unreadable-snapshots" / snapshot.parent.parent.name
+            dest.mkdir(parents=True, exist_ok=True)
+            snapshot.rename(dest / snapshot.name)
+            moved.append(dest / snapshot.name)
+            log.warning("evidently: %s is unreadable (%s); moved to %s", snapshot, exc, dest)
+    return moved
+
+
 class AlertPublisher:
     """Saves the report, records the run in the workspace, and posts the webhook."""
 
     def __init__(self, reports_dir: Path, workspace_dir: Path, webhook_url: str | None) -> None:
         reports_dir.mkdir(parents=True, exist_ok=True)
         self.reports_dir = reports_dir
+        set_aside_unreadable_snapshots(workspace_dir)
         self.workspace = Workspace.create(str(workspace_dir))
         found = self.workspace.search_project(PROJECT_NAME)
         self.project = found[0] if found else self.workspace.create_project(PROJECT_NAME)

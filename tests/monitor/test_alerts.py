@@ -85,6 +85,23 @@ def test_webhook_failure_still_gives_the_alert(tmp_path: Path) -> None:
     publisher.notify(alert)  # logged, not raised
 
 
+def test_a_snapshot_cut_short_by_a_kill_does_not_stop_the_next_worker(tmp_path: Path) -> None:
+    """A worker SIGKILLed while Evidently wrote a snapshot left half a JSON file; the next
+    worker could not open the workspace and crashed on every restart (bench/faults.py)."""
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None)
+    result = detect_drift(rows("retail", 400, seed=1), rows("retail", 200, seed=4), 0.001)
+    publisher.record(result, WINDOW)
+    publisher.record(result, WINDOW)
+    [first, second] = sorted((tmp_path / "w").glob("*/snapshots/*.json"))
+    second.write_text(second.read_text()[: second.stat().st_size // 2])
+
+    again = AlertPublisher(tmp_path / "r", tmp_path / "w", None)
+    runs = again.workspace.list_runs(again.project.id)
+    assert [str(r) for r in runs] == [first.stem]
+    assert [p.name for p in (tmp_path / "unreadable-snapshots").glob("*/*.json")] == [second.name]
+    again.record(result, WINDOW)  # and it goes on recording
+
+
 def test_an_alert_id_names_its_window() -> None:
     """A window closed again after a crash alerts under the same id; another window not."""
     again = Window(WINDOW.index, WINDOW.start, WINDOW.end, WINDOW.size, "1")
