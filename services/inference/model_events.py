@@ -41,6 +41,12 @@ class ModelEventListener:
             [Stream.MODELS],
             group_id=f"gateway-{settings.gateway_host}-{settings.gateway_port}",
             auto_offset_reset="latest",
+            # A restarted gateway joins the group its killed predecessor still holds, and
+            # starts only once the coordinator drops that member: after the session timeout
+            # (kafka-python's default 45 s kept a SIGKILLed gateway down 49 s in
+            # bench/faults.py). 6 s is the broker's smallest allowed.
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=2000,
         )
         self._thread = threading.Thread(target=self._run, name="model-events", daemon=True)
 
