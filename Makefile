@@ -9,7 +9,7 @@ PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 REFINERY := ./refinery
 
-.PHONY: help setup demo up down status test test-slow lint bench lock clean
+.PHONY: help setup demo up down status test test-slow lint bench faults soak lock clean
 
 help:
 	@echo "make demo   - the closed loop from scratch: shift, drift, retrain, promote, plot"
@@ -17,6 +17,8 @@ help:
 	@echo "make test   - set up, run the test suite (real Kafka, MLflow, vLLM)"
 	@echo "make test-slow - the slow suites: closed loops per task kind, own models, failover"
 	@echo "make bench  - gateway overhead vs vLLM, feedback req/s vs bare FastAPI, monitor events/s, training examples/s"
+	@echo "make faults - faults on real processes under traffic (docs/RELIABILITY.md; ~25 min)"
+	@echo "make soak   - a rate ladder and a 20-minute soak with one retraining (~30 min)"
 	@echo "make up / down / status / lint / lock / clean"
 
 setup:
@@ -55,6 +57,14 @@ bench: setup
 	$(PY) -m bench.gateway
 	$(PY) -m bench.monitor
 	$(PY) -m bench.retrainer
+
+# Faults and soak (docs/RELIABILITY.md): each starts a stack of its own on ports 31000+.
+faults: setup
+	$(PY) -m bench.faults
+	$(PY) -m bench.faults --nodes 3
+
+soak: setup
+	$(PY) -m bench.soak
 
 lint: setup
 	$(PY) -m ruff check services tests bench

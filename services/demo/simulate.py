@@ -65,6 +65,10 @@ class Request:
     status: str = "pending"  # ok | error
     rating: str | None = None
     error: str = ""
+    feedback_id: str = ""  # what the gateway acknowledged (202) for the rating
+    feedback_t: float | None = None  # when it was acknowledged, seconds since the start
+    feedback_refused: int = 0  # answers other than 202 (and errors) on the way there
+    latency: float | None = None  # seconds the completion took (answered or not)
 
 
 @dataclass(frozen=True)
@@ -234,18 +238,23 @@ async def simulate(
             try:
                 r = await http.post("/v1/feedback", json=body)
             except httpx.HTTPError:
+                request.feedback_refused += 1
                 await asyncio.sleep(1 + attempt)
                 continue
             if r.status_code == 202:
                 request.rating = body["rating"]
+                request.feedback_id = r.json()["feedback_id"]
+                request.feedback_t = time.time() - sim.started_at
                 sim.feedback_sent += 1
                 return
+            request.feedback_refused += 1
             if r.status_code != 503:
                 break
             await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
         sim.feedback_failed += 1
 
     async def one(request: Request, ex: LabeledText, user: str) -> None:
+        asked = time.perf_counter()  # from when it was due: waiting for a slot counts too
         async with limit:
             try:
                 request.prediction_id, request.version, request.answer = await _ask(
@@ -254,6 +263,8 @@ async def simulate(
             except openai.OpenAIError as exc:
                 request.status, request.error = "error", str(exc)[:200]
                 return
+            finally:
+                request.latency = time.perf_counter() - asked
         request.status = "ok"
         verdict = judge(task, request.truth, request.answer, config.thumbs_up_chrf)
         request.correct, request.score = verdict.up, verdict.score
