@@ -68,6 +68,12 @@ app = faust.App(
     store="memory://",  # state lives in the changelog topic and is replayed on start
     web_enabled=False,
     consumer_auto_offset_reset="earliest",
+    # A restarted worker rejoins its group only once the coordinator drops the killed one:
+    # faust's 60 s default kept a SIGKILLed monitor from its partitions 73 s in
+    # bench/faults.py. Heartbeats run on the event loop, which drift tests leave free (they
+    # run in threads), so 20 s still spares a busy worker.
+    broker_session_timeout=20.0,
+    broker_heartbeat_interval=3.0,
 )
 
 traffic = app.topic(
