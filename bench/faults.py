@@ -435,8 +435,11 @@ def table(faults: list[Fault]) -> str:
     return "\n".join(rows)
 
 
-def consumer_lag_now(settings: Settings) -> dict[str, dict[str, int]]:
-    return consumer_lag(settings.kafka_bootstrap)
+def consumer_lag_now(settings: Settings) -> dict[str, dict[str, int]] | str:
+    try:
+        return consumer_lag(settings.kafka_bootstrap)
+    except Exception as exc:  # a reading for the report, not worth losing the run over
+        return f"unreadable ({type(exc).__name__}: {exc})"
 
 
 def drain(settings: Settings) -> None:
@@ -445,8 +448,8 @@ def drain(settings: Settings) -> None:
         ("outbox", lambda: backlog(settings) == 0),
         ("monitor lag", lambda: monitor_lag(settings) == 0),
     ):
-        if wait_until(condition, 180, every_s=2) is None:
-            print(f"warning: {what} did not drain within 180 s: {consumer_lag_now(settings)}")
+        if wait_until(condition, 90, every_s=2) is None:
+            print(f"warning: {what} did not drain within 90 s: {consumer_lag_now(settings)}")
 
 
 def main() -> None:
@@ -481,6 +484,8 @@ def main() -> None:
         final_retraining(run)
         run.faults[-1].until = traffic.now()
         sim = traffic.stop()
+        if args.out:  # what the clients saw, kept before anything else can fail
+            sim.save(args.out.with_suffix(".requests.jsonl"))
         drain(settings)
         topics = {
             s: read_topic(settings, s)

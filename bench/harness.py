@@ -225,7 +225,10 @@ def monitor_lag(settings: Settings) -> int:
     """Records of predictions and feedback the monitor has not committed yet."""
     topics = Topics.from_settings(settings)
     wanted = {topics.name(Stream.PREDICTIONS), topics.name(Stream.FEEDBACK)}
-    per_topic = consumer_lag(settings.kafka_bootstrap).get(settings.monitor_app_id, {})
+    try:
+        per_topic = consumer_lag(settings.kafka_bootstrap).get(settings.monitor_app_id, {})
+    except KeyError:  # kafka-python's end_offsets, while a partition's leader moves
+        return -1
     if not wanted <= set(per_topic):
         return -1  # it has not committed on both yet
     return sum(n for topic, n in per_topic.items() if topic in wanted)

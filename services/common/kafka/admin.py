@@ -6,8 +6,9 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.net.compat import KafkaNetClient
@@ -124,6 +125,19 @@ def ensure_topics(settings: Settings) -> list[str]:
         admin.close()
 
 
+def _end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> dict[Any, int]:
+    """kafka-python's ``end_offsets`` raises KeyError when a partition's answer is missing
+    (its leader moving, seen in bench/faults.py): asked again, it answers."""
+    for attempt in range(5):
+        try:
+            return consumer.end_offsets(partitions)  # type: ignore[no-any-return]
+        except KeyError:
+            if attempt == 4:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
 def consumer_lag(bootstrap: str) -> dict[str, dict[str, int]]:
     """Per consumer group and topic: records not yet committed (end offset - committed)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
@@ -135,7 +149,7 @@ def consumer_lag(bootstrap: str) -> dict[str, dict[str, int]]:
         for group_id, offsets in committed.items():
             if not offsets:
                 continue
-            ends = consumer.end_offsets(list(offsets))
+            ends = _end_offsets(consumer, list(offsets))
             per_topic: dict[str, int] = {}
             for tp, meta in offsets.items():
                 per_topic[tp.topic] = per_topic.get(tp.topic, 0) + max(0, ends[tp] - meta.offset)
