@@ -39,11 +39,14 @@ ADMIN_KEY = "bench-admin-key"
 APP_KEY = "bench-app-key"
 
 
-def bench_settings(var_dir: Path, port_base: int, nodes: int) -> Settings:
+def bench_settings(
+    var_dir: Path, port_base: int, nodes: int, rate_limit_rps: float | None = None
+) -> Settings:
     """A stack under ``var_dir`` listening on ``port_base`` and up (below the ephemeral
-    range, away from the defaults and the test suite's 21000-21799)."""
+    range, away from the defaults and the test suite's 21000-21799). ``rate_limit_rps``:
+    the per-key limit (default: the gateway's; 0 turns it off)."""
     mlflow_port = port_base + 20
-    return Settings(
+    settings = Settings(
         var_dir=var_dir,
         task_file=TASK,
         kafka_nodes=nodes,
@@ -56,13 +59,18 @@ def bench_settings(var_dir: Path, port_base: int, nodes: int) -> Settings:
         vllm_max_model_len=256,
         api_keys=SecretStr(f"{ADMIN_KEY}:admin,{APP_KEY}:inference+feedback"),
     )
+    if rate_limit_rps is None:
+        return settings
+    return settings.model_copy(update={"rate_limit_rps": rate_limit_rps})
 
 
 @contextlib.contextmanager
-def running_stack(port_base: int, nodes: int, keep: bool = False) -> Iterator[Stack]:
+def running_stack(
+    port_base: int, nodes: int, keep: bool = False, rate_limit_rps: float | None = None
+) -> Iterator[Stack]:
     """Every process up and the supervisor watching, as ``refinery up`` leaves them."""
     var_dir = Path(tempfile.mkdtemp(prefix="refinery-bench-"))
-    stack = Stack(bench_settings(var_dir, port_base, nodes))
+    stack = Stack(bench_settings(var_dir, port_base, nodes, rate_limit_rps))
     # `kill PID` stops the stack too (the finally below), not only Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

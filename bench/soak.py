@@ -183,9 +183,17 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=60.0, help="seconds per ladder rate")
     parser.add_argument("--p99-ms", type=float, default=1000.0, help="the p99 bound")
     parser.add_argument("--port-base", type=int, default=31000)
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=0.0,
+        help="the gateway's per-key limit, requests/s (default 0: off, so the ladder finds "
+        "what the stack sustains; one app key sends ~1.7 requests per completion with "
+        "ratings, so the default 50/s would cap it near 30 completions/s)",
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.ladder.split(",") if r.strip()]
-    with running_stack(args.port_base, nodes=1, keep=True) as stack:
+    with running_stack(args.port_base, 1, keep=True, rate_limit_rps=args.rate_limit) as stack:
         if rates:
             steps = ladder(stack, rates, args.step, args.p99_ms)
             kept = [s.rate for s in steps if s.sustained(args.p99_ms)]
