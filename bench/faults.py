@@ -64,7 +64,8 @@ class Fault:
     at: float = math.nan  # injected
     until: float = math.inf  # the next fault's injection (or the end of traffic)
     recovered_s: float | None = None  # to the scenario's own "recovered" condition
-    outcome: str = ""  # the retraining's or the loop's result, where the fault has one
+    trigger_id: str = ""  # the retraining this fault hits, if any
+    outcome: str = ""  # that retraining's recorded outcome
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -137,7 +138,8 @@ class Run:
         trigger_id = ask_retrain(self.settings, f"bench fault {fault_name}")
         reached = wait_until(lambda: moment(offset), RECOVERY_TIMEOUT_S, every_s=0.1)
         time.sleep(delay_s)
-        fault = self._with_trigger(self.inject(fault_name, how), trigger_id)
+        fault = self.inject(fault_name, how)
+        fault.trigger_id = trigger_id
         if reached is None:
             fault.notes.append("the moment to inject never came")
         return fault
@@ -145,13 +147,8 @@ class Run:
     def training_started(self, offset: int) -> bool:
         return self.logged_after("retrainer", offset, "train: ")
 
-    def _with_trigger(self, fault: Fault, trigger_id: str) -> Fault:
-        fault.notes.append(f"trigger {trigger_id}")
-        fault.outcome = trigger_id  # replaced by the outcome in recover_retraining
-        return fault
-
     def recover_retraining(self, fault: Fault) -> None:
-        trigger_id = fault.outcome
+        trigger_id = fault.trigger_id
 
         def done() -> bool:
             return outcome(self.settings, trigger_id) is not None and ready(self.settings)
@@ -342,9 +339,8 @@ def kafka_controller(run: Run) -> None:
 def final_retraining(run: Run) -> None:
     """After every fault: a retraining asked for must reach an outcome and be served."""
     trigger_id = ask_retrain(run.settings, "bench: the loop after the faults")
-    fault = run._with_trigger(
-        run.inject("loop-after-faults", "a retraining asked for after every fault"), trigger_id
-    )
+    fault = run.inject("loop-after-faults", "a retraining asked for after every fault")
+    fault.trigger_id = trigger_id
     run.recover_retraining(fault)
 
 
@@ -501,7 +497,8 @@ def main() -> None:
     )
     print(table(run.faults))
     for f in run.faults:
-        print(f"- {f.name}: {f.how}. {' '.join(f.notes)}")
+        trigger = f" trigger {f.trigger_id}." if f.trigger_id else ""
+        print(f"- {f.name}: {f.how}.{trigger} {' '.join(f.notes)}")
     if args.out:
         args.out.write_text(json.dumps([asdict(f) for f in run.faults], indent=2, default=str))
 
