@@ -244,13 +244,14 @@ def vllm_with_lora(run: Run) -> None:
     )
 
 
+def into_training(run: Run, name: str, victim: str) -> Fault:
+    """A retraining asked for; returns 10 s into its training, the fault named."""
+    how = f"a retraining asked for; {victim} SIGKILLed 10 s into training"
+    return run.retrain_until(name, how, run.training_started, delay_s=10)
+
+
 def retrainer_mid_training(run: Run) -> None:
-    fault = run.retrain_until(
-        "retrainer-mid-training",
-        "a retraining asked for; the retrainer SIGKILLed 10 s into training",
-        run.training_started,
-        delay_s=10,
-    )
+    fault = into_training(run, "retrainer-mid-training", "the retrainer")
     offset = run.log_offset("retrainer")
     run.kill("retrainer")
     run.recover_retraining(fault)
@@ -259,12 +260,7 @@ def retrainer_mid_training(run: Run) -> None:
 
 
 def mlflow_mid_training(run: Run) -> None:
-    fault = run.retrain_until(
-        "mlflow-mid-training",
-        "a retraining asked for; MLflow (server and workers) SIGKILLed 10 s into training",
-        run.training_started,
-        delay_s=10,
-    )
+    fault = into_training(run, "mlflow-mid-training", "MLflow (server and workers)")
     run.kill("mlflow", whole_group=True)
     run.recover_retraining(fault)
 

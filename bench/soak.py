@@ -17,6 +17,7 @@ import argparse
 import time
 from dataclasses import dataclass
 
+from bench.gateway import percentile as gateway_percentile
 from bench.harness import (
     Traffic,
     ask_retrain,
@@ -36,10 +37,8 @@ SAMPLE_EVERY_S = 30.0
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+    """bench/gateway.py's percentile, NaN for no values (a ladder step may answer none)."""
+    return gateway_percentile(values, q) if values else float("nan")
 
 
 @dataclass(frozen=True)
