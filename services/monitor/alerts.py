@@ -79,8 +79,11 @@ class AlertPublisher:
     def __init__(self, reports_dir: Path, workspace_dir: Path, webhook_url: str | None) -> None:
         reports_dir.mkdir(parents=True, exist_ok=True)
         self.reports_dir = reports_dir
-        set_aside_unreadable_snapshots(workspace_dir)
-        self.workspace = Workspace.create(str(workspace_dir))
+        try:
+            self.workspace = Workspace.create(str(workspace_dir))
+        except ValueError:  # a snapshot is not whole JSON: only then is each one read
+            set_aside_unreadable_snapshots(workspace_dir)
+            self.workspace = Workspace.create(str(workspace_dir))
         found = self.workspace.search_project(PROJECT_NAME)
         self.project = found[0] if found else self.workspace.create_project(PROJECT_NAME)
         self.webhook_url = webhook_url
