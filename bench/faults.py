@@ -23,10 +23,12 @@ import math
 import os
 import signal
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from threading import Thread
 
 from kafka import KafkaAdminClient
 
@@ -44,11 +46,15 @@ from bench.harness import (
     wait_until,
 )
 from services.common.events import Event, ExampleEvent, FeedbackEvent, PredictionEvent
+from services.common.kafka import EventProducer
 from services.common.kafka.admin import consumer_lag
 from services.common.registry import ModelRegistry
 from services.common.settings import Settings
+from services.common.task import load_task
 from services.common.topics import Stream, Topics
+from services.demo.corpus import generate
 from services.demo.simulate import Request, Simulation
+from services.stack.monitor import monitor_process
 from services.stack.stack import Stack
 
 RECOVERY_TIMEOUT_S = 600.0  # a fault not recovered from by then is reported as such
@@ -68,6 +74,10 @@ class Fault:
     outcome: str = ""  # that retraining's recorded outcome
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    feedback_refused_by: dict[str, int] = field(default_factory=dict)  # "503": 40, ...
+    # ratings the bench produced to Kafka itself (not through the gateway) during the fault:
+    # each must be joined into an example, once after event_id dedup
+    produced_feedback_ids: list[str] = field(default_factory=list, repr=False)
 
 
 class Run:
@@ -188,6 +198,87 @@ def monitor_mid_window(run: Run) -> None:
     fault = run.inject("monitor", "the faust worker SIGKILLed mid-window")
     run.kill("monitor")
     run.recover(fault, lambda: run.healthy("monitor") and 0 <= monitor_lag(run.settings) < 100)
+
+
+REBALANCE_PAIRS = 5000
+
+
+def _produce_pairs(settings: Settings, n: int, tag: str) -> list[str]:
+    """``n`` predictions of retail tickets, each answered right and rated up, sent straight
+    to Kafka as fast as it takes them; the feedback ids sent."""
+    task = load_task(settings.task_file).task
+    examples = generate(task, n, seed=97, domain="retail")
+    sent: list[str] = []
+    with EventProducer(settings) as producer:
+        for i, ex in enumerate(examples):
+            pid, user = f"{tag}-{i}", f"bench-user-{i % 200}"
+            prediction = PredictionEvent(
+                prediction_id=pid,
+                endpoint="completions",
+                prompt=ex.prompt,
+                completion=ex.completion,
+                model=settings.registered_model,
+                model_version="1",
+                served_name=f"{settings.registered_model}-v1",
+                prompt_tokens=len(ex.prompt.split()),
+                completion_tokens=1,
+                latency_ms=10.0,
+                segment=ex.segment,
+                user=user,
+            )
+            rating = FeedbackEvent(
+                feedback_id=f"{pid}:{user}", prediction_id=pid, rating="up", user=user
+            )
+            producer.send(Stream.PREDICTIONS, prediction, key=pid)
+            producer.send(Stream.FEEDBACK, rating, key=pid)
+            sent.append(rating.feedback_id)
+        producer.flush()
+    return sent
+
+
+def monitor_in_rebalance(run: Run) -> None:
+    """Two monitor workers share the partitions; a third joins while 5,000 prediction and
+    rating pairs flow, and the first is SIGKILLed as soon as it starts revoking (mid-
+    rebalance). Every pair must come out as one example."""
+    extra = [monitor_process(run.settings, f"monitor-{n}") for n in ("b", "c")]
+    extra[0].start()
+    try:
+        if wait_until(extra[0].is_healthy, 180) is None:
+            raise RuntimeError("a second monitor worker never became ready")
+        time.sleep(SETTLE_S)  # the group of two settled, traffic split between them
+        offset = run.log_offset("monitor")
+        fault = run.inject(
+            "monitor in a rebalance",
+            f"2 workers; {REBALANCE_PAIRS:,} pairs sent straight to Kafka; a 3rd worker "
+            "started; the 1st SIGKILLed as soon as it began revoking its partitions",
+        )
+        producing = Thread(
+            target=lambda: fault.produced_feedback_ids.extend(
+                _produce_pairs(run.settings, REBALANCE_PAIRS, f"rebalance-{uuid.uuid4().hex[:8]}")
+            )
+        )
+        producing.start()
+        extra[1].start()
+        revoking = wait_until(
+            lambda: run.logged_after("monitor", offset, "Revoking previously assigned"),
+            120,
+            every_s=0.05,
+        )
+        if revoking is None:
+            fault.notes.append("the first worker never began revoking: killed without it")
+        run.kill("monitor")
+        producing.join()
+        run.recover(
+            fault,
+            lambda: (
+                run.healthy("monitor")
+                and all(p.is_healthy() for p in extra)
+                and 0 <= monitor_lag(run.settings) < 100
+            ),
+        )
+    finally:
+        for proc in extra:
+            proc.stop()
 
 
 def retrainer_after_alias_move(run: Run) -> None:
@@ -343,6 +434,7 @@ def final_retraining(run: Run) -> None:
 ONE_NODE = {
     "gateway": gateway_with_backlog,
     "monitor": monitor_mid_window,
+    "monitor-rebalance": monitor_in_rebalance,
     "retrainer-after-promotion": retrainer_after_alias_move,
     "vllm": vllm_with_lora,
     "retrainer-mid-training": retrainer_mid_training,
@@ -383,7 +475,7 @@ def count(fault: Fault, sim: Simulation, topics: dict[Stream, list[Event]]) -> N
     fault.counts = {
         "requests": len(inside),
         "completion_errors": sum(r.status == "error" for r in inside),
-        "feedback_refused": sum(r.feedback_refused for r in inside),
+        "feedback_refused": sum(len(r.feedback_refusals) for r in inside),
         "predictions_acked": len(acked),
         "feedback_acked": len(rated),
         "predictions_missing": sum(p not in on["predictions"] for p in acked),
@@ -396,7 +488,20 @@ def count(fault: Fault, sim: Simulation, topics: dict[Stream, list[Event]]) -> N
             feedback, lambda e: getattr(e, "feedback_id", ""), set(rated)
         ),
     }
-    errors = [answered_at(r) for r in inside if r.status == "error" or r.feedback_refused]
+    fault.feedback_refused_by = dict(Counter(x for r in inside for x in r.feedback_refusals))
+    if fault.produced_feedback_ids:
+        produced = set(fault.produced_feedback_ids)
+        fault.counts["produced_feedback"] = len(produced)
+        fault.counts["produced_examples_missing"] = len(produced - on["examples"])
+        fault.counts["produced_example_duplicates"] = _duplicates(
+            examples, lambda e: getattr(e, "feedback_id", ""), produced
+        )
+        fault.notes.append(
+            f"of the {len(produced):,} pairs sent straight to Kafka: "
+            f"{fault.counts['produced_examples_missing']} never joined into an example, "
+            f"{fault.counts['produced_example_duplicates']} examples twice after dedup"
+        )
+    errors = [answered_at(r) for r in inside if r.status == "error" or r.feedback_refusals]
     if errors:
         fault.notes.append(f"last refused request {max(errors) - fault.at:.1f} s after the fault")
 
@@ -405,6 +510,14 @@ def recovery(f: Fault) -> str:
     if f.name == "baseline":
         return "-"
     return "not recovered" if f.recovered_s is None else f"{f.recovered_s:.0f} s"
+
+
+def _by_kind(counts: dict[str, int]) -> str:
+    """' (503: 40, ReadTimeout: 9)': what refused the feedback tries, most frequent first."""
+    if not counts:
+        return ""
+    kinds = sorted(counts.items(), key=lambda kv: -kv[1])
+    return " (" + ", ".join(f"{kind}: {n}" for kind, n in kinds) + ")"
 
 
 def table(faults: list[Fault]) -> str:
@@ -418,7 +531,8 @@ def table(faults: list[Fault]) -> str:
         missing = c["predictions_missing"] + c["feedback_missing"] + c["examples_missing"]
         rows.append(
             f"| {f.name} | {c['completion_errors']} of {c['requests']} / "
-            f"{c['feedback_refused']} | {missing} of {c['predictions_acked']} predictions + "
+            f"{c['feedback_refused']}{_by_kind(f.feedback_refused_by)} | "
+            f"{missing} of {c['predictions_acked']} predictions + "
             f"{c['feedback_acked']} ratings | {c['prediction_duplicates']} / "
             f"{c['feedback_duplicates']} | "
             f"{recovery(f)} | "

@@ -70,7 +70,7 @@ def summarize(rate: float, seconds: float, requests: list[Request]) -> Step:
         seconds=seconds,
         requests=len(requests),
         errors=sum(r.status == "error" for r in requests),
-        feedback_refused=sum(r.feedback_refused for r in requests),
+        feedback_refused=sum(len(r.feedback_refusals) for r in requests),
         p50_ms=percentile(answered, 50),
         p99_ms=percentile(answered, 99),
     )

@@ -1,8 +1,9 @@
 """The MLflow model registry as Refinery uses it: versions, aliases, local copies to serve.
 
-Aliases, not stages: ``champion`` serves, ``challenger`` is under evaluation, ``previous``
-is where a rollback goes. Every version carries a ``kind`` tag (``base`` or ``lora``) and a
-LoRA version names the base it applies to in ``base_version``.
+Aliases, not stages: ``champion`` serves, ``challenger`` is under evaluation, ``canary``
+answers a share of live traffic beside the champion (its ``canary_share`` tag says how
+much), ``previous`` is where a rollback goes. Every version carries a ``kind`` tag
+(``base`` or ``lora``) and a LoRA version names the base it applies to in ``base_version``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from services.common.settings import Settings
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
+CANARY = "canary"
+CANARY_SHARE_TAG = "canary_share"
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,19 @@ class ModelRegistry:
         )
         return VersionInfo.from_mlflow(mv)
 
+    def canary(self) -> VersionInfo | None:
+        return self.by_alias(CANARY)
+
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.name, alias, version)
+
+    def delete_alias(self, alias: str) -> None:
+        """Remove ``alias``; removing one that is not set is not an error."""
+        try:
+            self.client.delete_registered_model_alias(self.name, alias)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
 
     def local_copy(self, info: VersionInfo, models_dir: Path) -> Path:
         """A local folder holding the version's files (downloaded once; versions are immutable)."""

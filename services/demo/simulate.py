@@ -67,7 +67,8 @@ class Request:
     error: str = ""
     feedback_id: str = ""  # what the gateway acknowledged (202) for the rating
     feedback_t: float | None = None  # when it was acknowledged, seconds since the start
-    feedback_refused: int = 0  # answers other than 202 (and errors) on the way there
+    # why each try before the 202 (or the last) was refused: a status code or an error's name
+    feedback_refusals: list[str] = field(default_factory=list)
     latency: float | None = None  # seconds the completion took (answered or not)
 
 
@@ -237,8 +238,8 @@ async def simulate(
         for attempt in range(5):  # 503 + Retry-After while Kafka is busy: wait and retry
             try:
                 r = await http.post("/v1/feedback", json=body)
-            except httpx.HTTPError:
-                request.feedback_refused += 1
+            except httpx.HTTPError as exc:
+                request.feedback_refusals.append(type(exc).__name__)
                 await asyncio.sleep(1 + attempt)
                 continue
             if r.status_code == 202:
@@ -247,7 +248,7 @@ async def simulate(
                 request.feedback_t = time.time() - sim.started_at
                 sim.feedback_sent += 1
                 return
-            request.feedback_refused += 1
+            request.feedback_refusals.append(str(r.status_code))
             if r.status_code != 503:
                 break
             await asyncio.sleep(float(r.headers.get("Retry-After", "1")))

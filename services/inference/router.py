@@ -7,21 +7,28 @@ the old adapter once its in-flight requests have finished.
 The registry's ``champion`` alias is the only truth: model events make the router look
 (fast), a periodic ``reconcile`` makes it right. Reconciling also puts the adapter back
 into a vLLM that restarted without it, so a vLLM restart heals without a gateway restart.
+
+A ``canary`` alias adds a second route: the users whose id hashes under the canary's
+share get it, the same users on every gateway and every request (sticky), so one user
+sees one model; requests without a user id are drawn at random.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 
-from services.common.registry import ModelRegistry, VersionInfo
+from services.common.registry import CANARY_SHARE_TAG, ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.inference.exceptions import Unavailable, UpstreamError
 
@@ -36,6 +43,16 @@ class Route:
     version: str
     kind: str
     served_name: str
+    arm: Literal["champion", "canary"] = "champion"
+
+
+def in_canary(user: str | None, canary_version: str, share: float) -> bool:
+    """Is this user's traffic the canary's? A stable hash of (version, user): the same on
+    every gateway and restart, and a new draw of users for each canary."""
+    if user is None:
+        return random.random() < share
+    digest = hashlib.blake2b(f"{canary_version}:{user}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
 
 
 class ModelRouter:
@@ -55,15 +72,26 @@ class ModelRouter:
         self.base_version: str | None = None
         #: the champion version the last reconcile read from the registry (None: never read)
         self.champion_version: str | None = None
+        self.canary: Route | None = None
+        self.canary_share = 0.0
+        #: the canary version the last reconcile read ("" none; None: never read)
+        self.canary_version: str | None = None
 
     def route_for(self, info: VersionInfo) -> Route:
         served = self.settings.served_model_name if info.kind == "base" else info.served_name
         return Route(info.name, info.version, info.kind, served)
 
+    def pick(self, user: str | None) -> Route | None:
+        """The champion's route, or the canary's for a user in its share."""
+        canary = self.canary
+        if canary is not None and in_canary(user, canary.version, self.canary_share):
+            return canary
+        return self.current
+
     @asynccontextmanager
-    async def use(self) -> AsyncIterator[Route]:
+    async def use(self, user: str | None = None) -> AsyncIterator[Route]:
         """The route for one request, held until the request (stream included) is done."""
-        route = self.current
+        route = self.pick(user)
         if route is None:
             raise Unavailable("no model is being served yet; retry shortly", retry_after_s=2)
         self._inflight[route.served_name] += 1
@@ -75,12 +103,40 @@ class ModelRouter:
                 self._idle.notify_all()
 
     async def reconcile(self) -> Route | None:
-        """Serve what the registry's champion alias names, with its adapter loaded in vLLM."""
+        """Serve what the registry's champion and canary aliases name, with their adapters
+        loaded in vLLM."""
         champion = await asyncio.to_thread(self.registry.champion)
         if champion is None:
             return self.current
+        canary = await asyncio.to_thread(self.registry.canary)
         self.champion_version = champion.version
-        return await self.switch_to(champion)
+        route = await self.switch_to(champion)
+        if canary is None or canary.version == champion.version:
+            await self.set_canary(None)
+        else:
+            await self.set_canary(canary)
+        self.canary_version = canary.version if canary else ""
+        return route
+
+    async def set_canary(self, info: VersionInfo | None) -> None:
+        """Serve ``info`` to its share of users beside the champion; None ends the canary."""
+        async with self._switch_lock:
+            old = self.canary
+            if info is None:
+                self.canary, self.canary_share = None, 0.0
+            else:
+                share = float(info.tags.get(CANARY_SHARE_TAG, "0"))
+                new = Route(info.name, info.version, info.kind, info.served_name, "canary")
+                if new.kind == "lora" and (
+                    new != old or new.served_name not in await self.served_names()
+                ):
+                    await self._load_adapter(info, new.served_name)
+                if new != old:
+                    log.info("router: canary %s for %.0f%% of users", new.served_name, share * 100)
+                self.canary, self.canary_share = new, share
+            if old is not None and old != self.canary:
+                log.info("router: canary %s ended", old.served_name)
+                asyncio.get_running_loop().create_task(self._retire(old))
 
     async def served_names(self) -> set[str]:
         """The model names vLLM serves right now (base and loaded adapters)."""
@@ -94,7 +150,7 @@ class ModelRouter:
         """vLLM does not know ``broken`` (it restarted and lost its runtime adapters):
         load it again unless someone already did."""
         async with self._switch_lock:
-            if self.current != broken or broken.kind != "lora":
+            if broken not in (self.current, self.canary) or broken.kind != "lora":
                 return
             if broken.served_name in await self.served_names():
                 return
@@ -103,8 +159,14 @@ class ModelRouter:
             await self._load_adapter(info, broken.served_name)
 
     def converged(self) -> bool:
-        """Does the route serve the champion the registry named at the last reconcile?"""
-        return self.current is not None and self.current.version == self.champion_version
+        """Do the routes serve the champion (and canary) the registry named at the last
+        reconcile?"""
+        canary = self.canary.version if self.canary else ""
+        return (
+            self.current is not None
+            and self.current.version == self.champion_version
+            and canary == (self.canary_version or "")
+        )
 
     async def switch_to(self, info: VersionInfo) -> Route:
         """Serve ``info`` from now on (its adapter loaded if vLLM lacks it); idempotent."""
@@ -129,7 +191,7 @@ class ModelRouter:
                 await self._load_adapter(info, new.served_name)
             self.current = new
             log.info("router: now serving %s v%s as %s", new.model, new.version, new.served_name)
-            if old is not None and old.kind == "lora" and old.served_name != new.served_name:
+            if old is not None and old.served_name != new.served_name:
                 asyncio.get_running_loop().create_task(self._retire(old))
             return new
 
@@ -146,11 +208,16 @@ class ModelRouter:
             raise UpstreamError(f"vLLM refused adapter {served_name}: {text[:300]}")
 
     async def _retire(self, old: Route) -> None:
+        """Unload ``old``'s adapter once its in-flight requests are done, unless a route
+        serves it again by then."""
+        if old.kind != "lora":
+            return
         async with self._idle:
             await self._idle.wait_for(lambda: self._inflight[old.served_name] == 0)
         async with self._switch_lock:
-            if self.current is not None and self.current.served_name == old.served_name:
-                return  # rolled back to it while we waited
+            serving = {r.served_name for r in (self.current, self.canary) if r is not None}
+            if old.served_name in serving:
+                return  # rolled back to it (or it was promoted) while we waited
             async with self.vllm.post(
                 "/v1/unload_lora_adapter", json={"lora_name": old.served_name}
             ) as resp:

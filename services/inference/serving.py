@@ -41,6 +41,26 @@ def _upstream_error(status: int, text: str) -> GatewayError:
     return UpstreamError(f"vLLM answered {status}: {message}")
 
 
+async def post_once_more_on_a_stale_connection(
+    session: aiohttp.ClientSession, path: str, body: dict[str, Any]
+) -> aiohttp.ClientResponse:
+    """POST, and once more on a fresh connection when a pooled one turns out closed.
+
+    A keep-alive connection vLLM closed between two requests fails on write ("Can not
+    write request body") or before any answer (server disconnected); nothing reached the
+    model, so sending again is safe. A refused connect is vLLM down: no second try."""
+    try:
+        return await session.post(path, json=body)
+    except aiohttp.ClientConnectorError as exc:
+        raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
+    except aiohttp.ClientConnectionError as exc:
+        log.info("vLLM connection dropped before an answer (%s): sending once more", exc)
+    try:
+        return await session.post(path, json=body)
+    except aiohttp.ClientConnectionError as exc:
+        raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
+
+
 class CompletionService:
     """One request in, one logged prediction out."""
 
@@ -71,7 +91,9 @@ class CompletionService:
 
     async def complete(
         self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint, tenant: str
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], Route]:
+        """vLLM's answer with the prediction's id and the served name, and the route that
+        answered (the champion's or a canary's)."""
         self.check_model(request.model)
         route, resp, use, started = await self._start(request, endpoint)
         try:
@@ -87,16 +109,16 @@ class CompletionService:
         self._log(request, endpoint, route, text, usage, latency_ms, prediction_id)
         body["id"] = prediction_id
         body["model"] = route.served_name
-        return body
+        return body, route
 
     async def open_stream(
         self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint, tenant: str
-    ) -> AsyncIterator[bytes]:
+    ) -> tuple[AsyncIterator[bytes], Route]:
         """Start the upstream stream (errors surface before any byte is sent), then relay it."""
         self.check_model(request.model)
         route, resp, use, started = await self._start(request, endpoint)
         prediction_id = self.ids.new(_ID_KINDS[endpoint], tenant)
-        return self._relay(request, endpoint, route, resp, use, started, prediction_id)
+        return self._relay(request, endpoint, route, resp, use, started, prediction_id), route
 
     async def _start(
         self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
@@ -106,16 +128,13 @@ class CompletionService:
         runtime adapters and answers 404 for the route: the router loads it again and the
         request is sent once more, so a vLLM restart fails no request that reaches it."""
         for attempt in (1, 2):
-            use = self.router.use()
+            use = self.router.use(request.user)
             route = await use.__aenter__()
             try:
                 started = time.perf_counter()
-                try:
-                    resp = await self.vllm.post(
-                        _PATHS[endpoint], json=request.upstream_body(route.served_name)
-                    )
-                except aiohttp.ClientConnectionError as exc:
-                    raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
+                resp = await post_once_more_on_a_stale_connection(
+                    self.vllm, _PATHS[endpoint], request.upstream_body(route.served_name)
+                )
                 if resp.status == 200:
                     return route, resp, use, started
                 text = await resp.text()

@@ -15,6 +15,7 @@ from services.inference.protocol import (
     CompletionRequest,
     error_responses,
 )
+from services.inference.router import Route
 
 # 200 is vLLM's OpenAI body (JSON), or with "stream": true, server-sent events: the schema
 # of an event stream describes one event (OpenAPI 3.1).
@@ -27,8 +28,16 @@ _ANSWER: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the answer, or its chunks as server-sent events when streaming",
         "content": {"text/event-stream": {"schema": _EVENT}},
+        "headers": {
+            "X-Refinery-Arm": {
+                "description": "which arm answered: the champion, or a canary while one runs",
+                "schema": {"type": "string", "enum": ["champion", "canary"]},
+            }
+        },
     }
 }
+
+ARM_HEADER = "X-Refinery-Arm"
 
 router = APIRouter(
     dependencies=[InferenceScope],
@@ -47,16 +56,21 @@ router = APIRouter(
 )
 
 
+def _arm(route: Route) -> dict[str, str]:
+    """Which arm answered: ``champion``, or ``canary`` while one runs (the body's ``model``
+    names the served version)."""
+    return {ARM_HEADER: route.arm}
+
+
 @router.post("/v1/completions", response_model=None)
 async def create_completion(
     body: CompletionRequest, service: Completions, caller: Caller
 ) -> JSONResponse | StreamingResponse:
     if body.stream:
-        return StreamingResponse(
-            await service.open_stream(body, "completions", caller.tenant),
-            media_type="text/event-stream",
-        )
-    return JSONResponse(await service.complete(body, "completions", caller.tenant))
+        chunks, route = await service.open_stream(body, "completions", caller.tenant)
+        return StreamingResponse(chunks, media_type="text/event-stream", headers=_arm(route))
+    answer, route = await service.complete(body, "completions", caller.tenant)
+    return JSONResponse(answer, headers=_arm(route))
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -64,8 +78,7 @@ async def create_chat_completion(
     body: ChatCompletionRequest, service: Completions, caller: Caller
 ) -> JSONResponse | StreamingResponse:
     if body.stream:
-        return StreamingResponse(
-            await service.open_stream(body, "chat.completions", caller.tenant),
-            media_type="text/event-stream",
-        )
-    return JSONResponse(await service.complete(body, "chat.completions", caller.tenant))
+        chunks, route = await service.open_stream(body, "chat.completions", caller.tenant)
+        return StreamingResponse(chunks, media_type="text/event-stream", headers=_arm(route))
+    answer, route = await service.complete(body, "chat.completions", caller.tenant)
+    return JSONResponse(answer, headers=_arm(route))
