@@ -434,12 +434,13 @@ def final_retraining(run: Run) -> None:
 ONE_NODE = {
     "gateway": gateway_with_backlog,
     "monitor": monitor_mid_window,
-    "monitor-rebalance": monitor_in_rebalance,
     "retrainer-after-promotion": retrainer_after_alias_move,
     "vllm": vllm_with_lora,
     "retrainer-mid-training": retrainer_mid_training,
     "mlflow-mid-training": mlflow_mid_training,
     "mlflow-at-promotion": mlflow_at_promotion,
+    # Last: its 5,000 extra examples would lengthen every later fault's training.
+    "monitor-rebalance": monitor_in_rebalance,
 }
 THREE_NODES = {
     "kafka-partition-leader": kafka_partition_leader,

@@ -54,6 +54,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         champion = stack.champion()
         named = f"{champion.name} v{champion.version} ({champion.kind})" if champion else "none"
         print(f"champion: {named}")
+        canary = stack.canary() if champion else None
+        if canary is not None:
+            version, share = canary
+            print(f"canary: v{version} answers {share:.0%} of users (sticky per user)")
     if any(r.healthy for r in rows if r.name.startswith("kafka")):
         lag = stack.lag()
         if not lag:

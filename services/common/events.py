@@ -96,6 +96,11 @@ class PredictionEvent(Event):
     latency_ms: float = Field(ge=0)
     segment: str | None = None
     user: str | None = None
+    shadow_of: str | None = Field(
+        default=None,
+        description="a shadow canary's answer, never returned: the id of the prediction the "
+        "user got for the same request",
+    )
 
 
 class FeedbackEvent(Event):
@@ -192,7 +197,9 @@ class ModelEvent(Event):
 
     model: str
     version: str
-    action: Literal["evaluated", "promoted", "rejected", "rolled_back"]
+    action: Literal[
+        "evaluated", "promoted", "rejected", "rolled_back", "canary_started", "canary_stopped"
+    ]
     served_name: str = Field(description="immutable name to serve it under")
     artifact_uri: str
     kind: Literal["base", "lora"]
@@ -200,6 +207,16 @@ class ModelEvent(Event):
     previous_version: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     reasons: list[str] = Field(default_factory=list)
+
+    @property
+    def switches_champion(self) -> bool:
+        """A new champion serves (and is the drift monitor's new reference)."""
+        return self.action in ("promoted", "rolled_back")
+
+    @property
+    def changes_routes(self) -> bool:
+        """What the gateway serves changes: the champion, or a canary beside it."""
+        return self.switches_champion or self.action in ("canary_started", "canary_stopped")
 
 
 class PredictionEventV1(Event):

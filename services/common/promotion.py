@@ -1,6 +1,6 @@
-"""Promotion, rejection and rollback: alias moves in the registry plus an event on
-``refinery.models``. The retrainer's gate and the ``refinery promote``/``rollback``
-commands take this same path.
+"""Promotion, rejection, rollback and canaries: alias moves in the registry plus an event
+on ``refinery.models``. The retrainer's gate and canary judge and the ``refinery
+promote``/``rollback`` commands take this same path.
 
 Order matters for crashes: ``previous`` moves first, then ``champion``, then the event.
 A crash between the alias moves leaves champion where it was (never half-moved); a crash
@@ -19,13 +19,20 @@ from pydantic import ValidationError
 from services.common.events import ModelEvent
 from services.common.exceptions import RegistryError
 from services.common.kafka import EventProducer
-from services.common.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry, VersionInfo
+from services.common.registry import (
+    CANARY,
+    CANARY_MODE_TAG,
+    CANARY_SHARE_TAG,
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    ModelRegistry,
+    VersionInfo,
+)
 from services.common.settings import Settings
 from services.common.topics import Stream, Topics
 
 log = logging.getLogger(__name__)
-
-SWITCHING_ACTIONS = ("promoted", "rolled_back")
 
 
 def _event(
@@ -81,6 +88,9 @@ def promote(
         registry.set_alias(PREVIOUS, current.version)
     registry.set_alias(CHAMPION, version)
     registry.client.set_model_version_tag(registry.name, version, "status", "champion")
+    canary = registry.canary()
+    if canary is not None and canary.version == version:
+        registry.delete_alias(CANARY)  # it serves everyone now
     event = _event(info, "promoted", current.version if current else None, metrics, reasons)
     announce(settings, event)
     log.info("promote: v%s is champion (previous v%s)", version, current and current.version)
@@ -116,6 +126,63 @@ def reject(
     return event
 
 
+def start_canary(
+    settings: Settings,
+    info: VersionInfo,
+    share: float,
+    metrics: dict[str, float] | None = None,
+    reasons: list[str] | None = None,
+    mode: str = "live",
+) -> ModelEvent:
+    """Serve ``info`` to ``share`` of users beside the champion (sticky per user); in
+    ``shadow`` mode it answers their requests too, but they get the champion's answer."""
+    if not 0 < share < 1:
+        raise ValueError(f"a canary's share of traffic is between 0 and 1, not {share}")
+    registry = ModelRegistry(settings)
+    champion = registry.champion()
+    if champion is None or champion.version == info.version:
+        raise RegistryError(f"v{info.version} cannot be a canary: it is the champion or none is")
+    if registry.serving_base(info).version != registry.serving_base(champion).version:
+        raise RegistryError(
+            f"v{info.version} applies to a different base model than champion v{champion.version}"
+        )
+    tag = registry.client.set_model_version_tag
+    tag(registry.name, info.version, CANARY_SHARE_TAG, f"{share:g}")
+    tag(registry.name, info.version, CANARY_MODE_TAG, mode)
+    tag(registry.name, info.version, "status", "canary")
+    registry.set_alias(CANARY, info.version)
+    event = _event(
+        info, "canary_started", champion.version, {**(metrics or {}), "share": share}, reasons
+    )
+    announce(settings, event)
+    log.info(
+        "canary (%s): v%s answers %.0f%% of users beside v%s",
+        mode,
+        info.version,
+        share * 100,
+        champion.version,
+    )
+    return event
+
+
+def stop_canary(
+    settings: Settings, info: VersionInfo, metrics: dict[str, float], reasons: list[str]
+) -> ModelEvent:
+    """Take ``info`` off live traffic (rejected); the champion answers everyone again."""
+    registry = ModelRegistry(settings)
+    canary = registry.canary()
+    if canary is not None and canary.version == info.version:
+        registry.delete_alias(CANARY)
+    tag = registry.client.set_model_version_tag
+    tag(registry.name, info.version, "status", "rejected")
+    tag(registry.name, info.version, "rejected_because", "; ".join(reasons)[:5000])
+    champion = registry.champion()
+    event = _event(info, "canary_stopped", champion.version if champion else None, metrics, reasons)
+    announce(settings, event)
+    log.info("canary: v%s stopped (%s)", info.version, "; ".join(reasons))
+    return event
+
+
 def mark_challenger(settings: Settings, info: VersionInfo) -> None:
     ModelRegistry(settings).set_alias(CHALLENGER, info.version)
 
@@ -137,7 +204,7 @@ def last_switch(settings: Settings) -> ModelEvent | None:
                         event = ModelEvent.model_validate_json(record.value or b"")
                     except ValidationError:
                         continue
-                    if event.action in SWITCHING_ACTIONS and (
+                    if event.switches_champion and (
                         latest is None or event.occurred_at > latest.occurred_at
                     ):
                         latest = event

@@ -25,6 +25,7 @@ CHALLENGER = "challenger"
 PREVIOUS = "previous"
 CANARY = "canary"
 CANARY_SHARE_TAG = "canary_share"
+CANARY_MODE_TAG = "canary_mode"  # live or shadow
 
 
 @dataclass(frozen=True)

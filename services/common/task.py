@@ -223,6 +223,13 @@ class TrainingSpec(_Section):
         description="modules LoRA adapts; none: PEFT's default for the base's architecture",
     )
     learning_rate: float = Field(default=3e-3, gt=0)
+    feedback_weight: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="times each example from rated traffic is seen per epoch, against once "
+        "for the replayed seed data: how much the new traffic counts",
+    )
     epochs: int = Field(default=4, ge=1)
     batch_size: int = Field(default=32, ge=2)
     max_seq_len: int = Field(default=128, ge=8)
@@ -261,6 +268,52 @@ class GateSpec(_Section):
     bootstrap_samples: int = Field(default=2000, ge=100)
 
 
+class CanarySpec(_Section):
+    """After the gate: the challenger answers a share of live traffic, and a sequential test
+    on users' thumbs promotes it or rolls it back (services/retrainer/canary.py)."""
+
+    share: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="share of users (sticky per user) the challenger answers beside the "
+        "champion; 0: no canary, the gate's pass promotes at once",
+    )
+    mode: Literal["live", "shadow"] = Field(
+        default="live",
+        description="live: the share of users gets the challenger's answers; shadow: they "
+        "get the champion's, the challenger answers the same requests unseen and is judged "
+        "by what their thumbs say of the champion's answer (for tasks where users must not "
+        "see a canary)",
+    )
+    alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="chance that the always-valid interval ever misses the true difference",
+    )
+    margin: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="promote when the canary's thumbs-up rate is not below the champion's "
+        "by more than this; roll back when it is below by more",
+    )
+    min_per_arm: int = Field(default=30, ge=1, description="ratings each arm needs first")
+    max_per_arm: int = Field(
+        default=2000, ge=1, description="canary ratings after which an undecided canary ends"
+    )
+    max_minutes: float = Field(
+        default=60.0, gt=0, description="time after which an undecided canary ends"
+    )
+    effect_scale: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="the difference in thumbs-up rate the test is tuned to detect fastest",
+    )
+
+
 class TaskFile(_Section):
     """The whole task file."""
 
@@ -272,6 +325,7 @@ class TaskFile(_Section):
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
+    canary: CanarySpec = Field(default_factory=CanarySpec)
 
     @model_validator(mode="after")
     def _gate_metric_fits_task(self) -> TaskFile:

@@ -4,9 +4,12 @@ of the task's kind: a team to route to (classification), or the one-sentence rep
 
 ``retail`` is what the first champion is trained on; ``smart_home`` is a new product line
 with its own vocabulary, a label mix leaning to ``technical`` and replies of its own: the
-shift the loop must recover from. Generation is seeded, so the same seed gives the same
-corpus, and every kind draws the same tickets (the triage corpus is the reference: the
-free-text kinds consume the random stream exactly as it does).
+shift the loop must recover from. ``fitness`` (a training app and home gym equipment,
+leaning to ``account`` and ``billing``) is a shift the demo never plays: tests of
+recovery use it, so nothing tuned on the demo's shift can pass them by accident.
+Generation is seeded, so the same seed gives the same corpus, and every kind draws the
+same tickets (the triage corpus is the reference: the free-text kinds consume the random
+stream exactly as it does).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from services.common.events import ChatTurn
 from services.common.task import TaskObjective
 from services.demo.replies import reply_for
 
-DOMAINS = ("retail", "smart_home")
+DOMAINS = ("retail", "smart_home", "fitness")
 
 # The chat task's fixed system prompt: the conversation every demo chat request starts with.
 SYSTEM_PROMPT = "You are a support agent. Answer in one sentence."
@@ -52,6 +55,14 @@ _PRODUCTS = {
         "smoke detector",
         "bridge",
     ],
+    "fitness": [
+        "rowing machine",
+        "treadmill",
+        "exercise bike",
+        "heart rate strap",
+        "kettlebell set",
+        "yoga mat",
+    ],
 }
 
 # Per label, per domain: sentence patterns. {p} is a product, {n} a number, {d} a day.
@@ -74,6 +85,12 @@ _PATTERNS: dict[str, dict[str, list[str]]] = {
             "cancel the subscription for the {p}, you still charge me",
             "the app store charged me twice for the {p} plan",
         ],
+        "fitness": [
+            "the annual membership renewed at ${n} and I wanted monthly",
+            "I paid for the {p} twice this month",
+            "the family plan charge is ${n} higher than advertised",
+            "stop charging me for the {p}, I cancelled in {d}",
+        ],
     },
     "shipping": {
         "retail": [
@@ -91,6 +108,11 @@ _PATTERNS: dict[str, dict[str, list[str]]] = {
             "the replacement {p} you promised never shipped",
             "installer kit for the {p} didn't arrive with the order",
             "where's the tracking number for my {p}",
+        ],
+        "fitness": [
+            "the {p} delivery slot was missed again",
+            "freight for my {p} has been pending {n} days",
+            "the {p} arrived without the assembly screws",
         ],
     },
     "account": {
@@ -110,6 +132,13 @@ _PATTERNS: dict[str, dict[str, list[str]]] = {
             "remove my old house from the account",
             "transfer ownership of the {p} to the new tenant",
             "the invite to the household never arrived",
+        ],
+        "fitness": [
+            "my workout history vanished after I logged in again",
+            "how do I pause my membership for {n} weeks",
+            "link my watch to the training app account",
+            "merge my two profiles, one has all my workouts",
+            "my coach can't see my {p} progress",
         ],
     },
     "technical": {
@@ -133,6 +162,12 @@ _PATTERNS: dict[str, dict[str, list[str]]] = {
             "zigbee {p} not found when scanning",
             "after the update the {p} drains its battery in {n} days",
         ],
+        "fitness": [
+            "the {p} screen freezes during a class",
+            "resistance on the {p} stays at level {n}",
+            "the {p} loses bluetooth mid workout",
+            "calories on the {p} are way off",
+        ],
     },
     "returns": {
         "retail": [
@@ -149,6 +184,11 @@ _PATTERNS: dict[str, dict[str, list[str]]] = {
             "send me a return label for the {p}",
             "the {p} is dead on arrival, exchange it",
             "can I return the {p} after installing it",
+        ],
+        "fitness": [
+            "the {p} is too loud for my flat, can I send it back",
+            "return the {p}, it squeaks after {n} days",
+            "collect the {p}, I changed my mind",
         ],
     },
 }
@@ -167,6 +207,13 @@ _LABEL_WEIGHTS = {
         "shipping": 0.08,
         "account": 0.15,
         "technical": 0.55,
+        "returns": 0.10,
+    },
+    "fitness": {
+        "billing": 0.30,
+        "shipping": 0.10,
+        "account": 0.35,
+        "technical": 0.15,
         "returns": 0.10,
     },
 }

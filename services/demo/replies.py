@@ -173,6 +173,61 @@ _REPLIES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+_REPLIES.update(
+    {
+        "fitness.plan_switch": (
+            "We moved you to the monthly plan and refunded the difference.",
+            "You are on the monthly plan now and the difference is refunded.",
+            "We switched you to monthly and refunded the difference.",
+        ),
+        "fitness.double": (
+            "The second payment is refunded to your card.",
+            "We refunded the second payment to your card.",
+            "Your second payment has gone back to your card.",
+        ),
+        "fitness.delivery": (
+            "Pick a new delivery slot from the link we just sent.",
+            "Choose a new delivery slot with the link we sent.",
+            "Use the link we sent to pick a new delivery slot.",
+        ),
+        "fitness.parts": (
+            "A parts pack is on its way to you today.",
+            "We are sending you a parts pack today.",
+            "A pack with the missing parts ships today.",
+        ),
+        "fitness.history": (
+            "Sync the app from settings to bring your workouts back.",
+            "Run a sync from settings to restore your workouts.",
+            "Your workouts come back after a sync from settings.",
+        ),
+        "fitness.pause": (
+            "You can pause your membership from the account page.",
+            "Pause your membership on the account page.",
+            "The account page lets you pause your membership.",
+        ),
+        "fitness.link": (
+            "Connect your devices under profile and then sharing.",
+            "Go to profile and sharing to connect your devices.",
+            "Under profile and sharing you can connect your devices.",
+        ),
+        "fitness.restart": (
+            "Hold the power button for ten seconds to restart the machine.",
+            "Restart the machine by holding power for ten seconds.",
+            "Hold power for ten seconds and the machine restarts.",
+        ),
+        "fitness.calibrate": (
+            "Run the calibration from the machine settings menu.",
+            "Calibrate the machine from its settings menu.",
+            "Start the calibration in the machine settings menu.",
+        ),
+        "fitness.pickup": (
+            "We will collect the machine and refund you in full.",
+            "We are collecting the machine and refunding you in full.",
+            "A pickup is booked and you get a full refund.",
+        ),
+    }
+)
+
 # Ticket pattern (as in corpus._PATTERNS) -> the issue it raises.
 ISSUE_OF: dict[str, str] = {
     # retail billing
@@ -250,6 +305,26 @@ ISSUE_OF: dict[str, str] = {
     "send me a return label for the {p}": "smart_home.return",
     "the {p} is dead on arrival, exchange it": "smart_home.doa",
     "can I return the {p} after installing it": "smart_home.return",
+    # fitness
+    "the annual membership renewed at ${n} and I wanted monthly": "fitness.plan_switch",
+    "I paid for the {p} twice this month": "fitness.double",
+    "the family plan charge is ${n} higher than advertised": "fitness.plan_switch",
+    "stop charging me for the {p}, I cancelled in {d}": "fitness.double",
+    "the {p} delivery slot was missed again": "fitness.delivery",
+    "freight for my {p} has been pending {n} days": "fitness.delivery",
+    "the {p} arrived without the assembly screws": "fitness.parts",
+    "my workout history vanished after I logged in again": "fitness.history",
+    "how do I pause my membership for {n} weeks": "fitness.pause",
+    "link my watch to the training app account": "fitness.link",
+    "merge my two profiles, one has all my workouts": "fitness.history",
+    "my coach can't see my {p} progress": "fitness.link",
+    "the {p} screen freezes during a class": "fitness.restart",
+    "resistance on the {p} stays at level {n}": "fitness.calibrate",
+    "the {p} loses bluetooth mid workout": "fitness.restart",
+    "calories on the {p} are way off": "fitness.calibrate",
+    "the {p} is too loud for my flat, can I send it back": "fitness.pickup",
+    "return the {p}, it squeaks after {n} days": "fitness.pickup",
+    "collect the {p}, I changed my mind": "fitness.pickup",
 }
 
 # Any phrasing -> all phrasings of its reply: what a user who knows the answer accepts.

@@ -17,8 +17,6 @@ from services.inference.router import ModelRouter
 
 log = logging.getLogger(__name__)
 
-SWITCHING_ACTIONS = ("promoted", "rolled_back")
-
 
 class ModelEventListener:
     """A thread consuming model events; each gateway instance has its own consumer group."""
@@ -71,7 +69,7 @@ class ModelEventListener:
     def _handle(self, item: Received) -> None:
         event = item.event
         assert isinstance(event, ModelEvent)
-        if event.model != self.settings.registered_model or event.action not in SWITCHING_ACTIONS:
+        if event.model != self.settings.registered_model or not event.changes_routes:
             return
         try:
             future = asyncio.run_coroutine_threadsafe(self.router.reconcile(), self.loop)

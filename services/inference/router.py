@@ -10,7 +10,9 @@ into a vLLM that restarted without it, so a vLLM restart heals without a gateway
 
 A ``canary`` alias adds a second route: the users whose id hashes under the canary's
 share get it, the same users on every gateway and every request (sticky), so one user
-sees one model; requests without a user id are drawn at random.
+sees one model; requests without a user id are drawn at random. A canary in ``shadow``
+mode is never returned: those users get the champion, and the canary answers the same
+request on the side.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from typing import Literal
 
 import aiohttp
 
-from services.common.registry import CANARY_SHARE_TAG, ModelRegistry, VersionInfo
+from services.common.registry import (
+    CANARY_MODE_TAG,
+    CANARY_SHARE_TAG,
+    ModelRegistry,
+    VersionInfo,
+)
 from services.common.settings import Settings
 from services.inference.exceptions import Unavailable, UpstreamError
 
@@ -74,6 +81,7 @@ class ModelRouter:
         self.champion_version: str | None = None
         self.canary: Route | None = None
         self.canary_share = 0.0
+        self.canary_shadow = False  # answers on the side, never returned
         #: the canary version the last reconcile read ("" none; None: never read)
         self.canary_version: str | None = None
 
@@ -82,18 +90,30 @@ class ModelRouter:
         return Route(info.name, info.version, info.kind, served)
 
     def pick(self, user: str | None) -> Route | None:
-        """The champion's route, or the canary's for a user in its share."""
+        """The champion's route, or a live canary's for a user in its share."""
         canary = self.canary
-        if canary is not None and in_canary(user, canary.version, self.canary_share):
+        if (
+            canary is not None
+            and not self.canary_shadow
+            and in_canary(user, canary.version, self.canary_share)
+        ):
             return canary
         return self.current
 
+    def shadow(self, user: str | None) -> Route | None:
+        """A shadow canary's route for a user in its share: it answers too, unseen."""
+        canary = self.canary
+        if (
+            canary is not None
+            and self.canary_shadow
+            and in_canary(user, canary.version, self.canary_share)
+        ):
+            return canary
+        return None
+
     @asynccontextmanager
-    async def use(self, user: str | None = None) -> AsyncIterator[Route]:
-        """The route for one request, held until the request (stream included) is done."""
-        route = self.pick(user)
-        if route is None:
-            raise Unavailable("no model is being served yet; retry shortly", retry_after_s=2)
+    async def hold(self, route: Route) -> AsyncIterator[Route]:
+        """Hold ``route`` for one request, as ``use`` does for the route it picks."""
         self._inflight[route.served_name] += 1
         try:
             yield route
@@ -101,6 +121,15 @@ class ModelRouter:
             async with self._idle:
                 self._inflight[route.served_name] -= 1
                 self._idle.notify_all()
+
+    @asynccontextmanager
+    async def use(self, user: str | None = None) -> AsyncIterator[Route]:
+        """The route for one request, held until the request (stream included) is done."""
+        route = self.pick(user)
+        if route is None:
+            raise Unavailable("no model is being served yet; retry shortly", retry_after_s=2)
+        async with self.hold(route):
+            yield route
 
     async def reconcile(self) -> Route | None:
         """Serve what the registry's champion and canary aliases name, with their adapters
@@ -126,6 +155,7 @@ class ModelRouter:
                 self.canary, self.canary_share = None, 0.0
             else:
                 share = float(info.tags.get(CANARY_SHARE_TAG, "0"))
+                shadow = info.tags.get(CANARY_MODE_TAG) == "shadow"
                 new = Route(info.name, info.version, info.kind, info.served_name, "canary")
                 if new.kind == "lora" and (
                     new != old or new.served_name not in await self.served_names()
@@ -133,7 +163,7 @@ class ModelRouter:
                     await self._load_adapter(info, new.served_name)
                 if new != old:
                     log.info("router: canary %s for %.0f%% of users", new.served_name, share * 100)
-                self.canary, self.canary_share = new, share
+                self.canary, self.canary_share, self.canary_shadow = new, share, shadow
             if old is not None and old != self.canary:
                 log.info("router: canary %s ended", old.served_name)
                 asyncio.get_running_loop().create_task(self._retire(old))

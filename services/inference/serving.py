@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -79,6 +80,7 @@ class CompletionService:
         self.outbox = outbox
         self.ids = ids
         self.metrics = metrics
+        self._shadows: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
 
     def check_model(self, requested: str) -> None:
         route = self.router.current
@@ -107,6 +109,7 @@ class CompletionService:
         usage = body.get("usage") or {}
         prediction_id = self.ids.new(_ID_KINDS[endpoint], tenant)
         self._log(request, endpoint, route, text, usage, latency_ms, prediction_id)
+        self._shadow_if_any(request, endpoint, prediction_id)
         body["id"] = prediction_id
         body["model"] = route.served_name
         return body, route
@@ -176,6 +179,7 @@ class CompletionService:
                     self._log(
                         request, endpoint, route, "".join(parts), usage, latency_ms, prediction_id
                     )
+                    self._shadow_if_any(request, endpoint, prediction_id)
                     yield b"data: [DONE]\n\n"
                     return
                 chunk = json.loads(data)
@@ -199,6 +203,55 @@ class CompletionService:
             resp.release()
             await use.__aexit__(None, None, None)
 
+    def _shadow_if_any(
+        self,
+        request: CompletionRequest | ChatCompletionRequest,
+        endpoint: Endpoint,
+        shown_id: str,
+    ) -> None:
+        """A shadow canary covering this user answers the same request, after the user has
+        the champion's answer: on the side, logged, never returned."""
+        route = self.router.shadow(request.user)
+        if route is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._shadow(request, endpoint, route, shown_id)
+        )
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(
+        self,
+        request: CompletionRequest | ChatCompletionRequest,
+        endpoint: Endpoint,
+        route: Route,
+        shown_id: str,
+    ) -> None:
+        quiet = request.model_copy(update={"stream": False, "stream_options": None})
+        try:
+            async with self.router.hold(route):
+                started = time.perf_counter()
+                async with self.vllm.post(
+                    _PATHS[endpoint], json=quiet.upstream_body(route.served_name)
+                ) as resp:
+                    if resp.status != 200:
+                        log.info(
+                            "shadow %s answered %d; not logged", route.served_name, resp.status
+                        )
+                        return
+                    body = await resp.json()
+            latency_ms = (time.perf_counter() - started) * 1000
+            choice = body["choices"][0]
+            text = (
+                choice["text"] if endpoint == "completions" else choice["message"]["content"] or ""
+            )
+            usage = body.get("usage") or {}
+            self._log(
+                quiet, endpoint, route, text, usage, latency_ms, f"{shown_id}.shadow", shown_id
+            )
+        except Exception as exc:  # the user has their answer; a shadow never fails them
+            log.warning("shadow %s: %s: %s", route.served_name, type(exc).__name__, exc)
+
     def _log(
         self,
         request: CompletionRequest | ChatCompletionRequest,
@@ -208,6 +261,7 @@ class CompletionService:
         usage: dict[str, Any],
         latency_ms: float,
         prediction_id: str,
+        shadow_of: str | None = None,
     ) -> None:
         if isinstance(request, CompletionRequest):
             prompt, messages = request.prompt, None
@@ -229,6 +283,7 @@ class CompletionService:
             latency_ms=latency_ms,
             segment=request.segment,
             user=request.user,
+            shadow_of=shadow_of,
         )
         self.outbox.append(event)  # the sender picks it up on its next tick
         self.metrics.tokens.labels("prompt").inc(event.prompt_tokens)

@@ -158,6 +158,8 @@ async def join(stream: faust.StreamT) -> None:
                 message, ValueError(f"key {key!r} is not its prediction_id {expected!r}")
             )
             continue
+        if isinstance(parsed, PredictionEvent) and parsed.shadow_of is not None:
+            continue  # a shadow canary's answer: nobody saw it, so nobody rates it
         raw = join_table.get(key)
         now = time.time()
         # Past its TTL but not swept yet: gone all the same, whenever the sweep comes.
@@ -187,7 +189,7 @@ async def follow_models(stream: faust.StreamT) -> None:
         except ValidationError as exc:
             log.warning("models: skipping an invalid event: %s", str(exc).splitlines()[0])
             continue
-        if event.action in ("promoted", "rolled_back"):
+        if event.switches_champion:
             log.info("models: v%s %s; new drift reference", event.version, event.action)
             await window_topic.send(key=WINDOW_KEY, value=reset_record(event.version))
 

@@ -48,9 +48,9 @@ class Snapshot:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-def end_offsets(settings: Settings) -> dict[int, int]:
-    """The current end of every partition of the examples topic."""
-    topic = Topics.from_settings(settings).name(Stream.EXAMPLES)
+def end_offsets(settings: Settings, stream: Stream = Stream.EXAMPLES) -> dict[int, int]:
+    """The current end of every partition of the stream's topic (the examples topic)."""
+    topic = Topics.from_settings(settings).name(stream)
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]

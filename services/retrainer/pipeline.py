@@ -17,6 +17,7 @@ import logging
 import random
 import re
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,10 +31,15 @@ from mlflow.data.pandas_dataset import from_pandas
 
 from services.common.datasets import LabeledText, read_jsonl
 from services.common.events import ExampleEvent, TriggerEvent
-from services.common.promotion import mark_challenger, promote, reject
+from services.common.promotion import (
+    mark_challenger,
+    promote,
+    reject,
+)
 from services.common.registry import ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.task import TaskFile, TrainingSpec
+from services.retrainer.canary_watch import run_canary
 from services.retrainer.clean import CleanReport, clean, normalize
 from services.retrainer.collect import Snapshot, end_offsets, read_examples
 from services.retrainer.evaluation import (
@@ -65,7 +71,7 @@ def _key(trigger_id: str) -> str:
 class Outcome:
     trigger_id: str
     run_id: str
-    status: str  # promoted | rejected | already_done
+    status: str  # promoted | rejected | already_done | interrupted (a canary left running)
     version: str | None
     reasons: list[str]
 
@@ -94,7 +100,8 @@ def split(
     """Annotate, weigh sources (one rating per answer, contradicted corrections held, shares
     capped), take the newest rated share as the recent test split (no source over its share
     there either), clean, split off validation. Nothing whose prompt (normalized) is in a
-    test set is trained on."""
+    test set is trained on. Examples from rated traffic appear ``training.feedback_weight``
+    times in the training split (the replayed seed data once)."""
     rated = sorted((annotate(e) for e in feedback), key=lambda e: (e.at, e.example_id))
     seed_answers = {normalize(s.prompt): s.completion for s in seed}
     annotated, held, source_report = curate(rated, task.task, task.feedback, seed_answers)
@@ -115,8 +122,11 @@ def split(
     rng.shuffle(order)
     n_val = max(1, round(len(cleaned) * task.training.validation_share))
     val_idx = set(order[:n_val])
+    train = [e for i, e in enumerate(cleaned) if i not in val_idx]
+    weight = task.training.feedback_weight
+    train += [e for e in train if e.source != "seed"] * (weight - 1)
     return Splits(
-        train=[e for i, e in enumerate(cleaned) if i not in val_idx],
+        train=train,
         validation=[e for i, e in enumerate(cleaned) if i in val_idx],
         recent_test=recent_test,
         golden=list(golden),
@@ -167,7 +177,9 @@ def _flat(prefix: str, spec: TrainingSpec) -> dict[str, Any]:
 class Retrainer:
     """Runs the pipeline for triggers; one instance per retrainer process."""
 
-    def __init__(self, settings: Settings, task: TaskFile) -> None:
+    def __init__(
+        self, settings: Settings, task: TaskFile, stop: threading.Event | None = None
+    ) -> None:
         from services.retrainer.training import check_rank  # heavy: torch, transformers
 
         check_rank(task.training, settings)  # an adapter vLLM cannot load is no challenger
@@ -178,6 +190,7 @@ class Retrainer:
         mlflow.set_tracking_uri(settings.mlflow_uri)
         self.experiment_id = mlflow.set_experiment(settings.experiment).experiment_id
         self.work_root = settings.var_dir / "retrainer"
+        self.stop = stop or threading.Event()  # set: a canary watch ends, to resume later
 
     # -- idempotency ---------------------------------------------------------------------
     def find_run(self, trigger_id: str) -> Any | None:
@@ -251,6 +264,9 @@ class Retrainer:
         mine = self._registered_for(run_id)
         if mine is not None and mine.version == serving.version:
             return self._finish_promotion(trigger, run_id, mine)
+        running = self.registry.canary()
+        if mine is not None and running is not None and running.version == mine.version:
+            return self._canary(trigger, run_id, mine, ["the gate passed before a restart"])
         champion = self.registry.get(pinned_champion) if pinned_champion else serving
         base = self.registry.serving_base(champion)
         models_dir = self.settings.models_dir
@@ -326,6 +342,9 @@ class Retrainer:
         mark_challenger(self.settings, info)
         summary = {k: v for k, v in eval_metrics.items() if "_ci_" in k or "difference" in k}
         t0 = time.monotonic()
+        if decision.promote and self.task.canary.share > 0:
+            mlflow.log_metrics(timings)
+            return self._canary(trigger, run_id, info, decision.reasons, summary)
         if decision.promote:
             promote(self.settings, info.version, metrics=summary, reasons=decision.reasons)
             status = "promoted"
@@ -349,6 +368,29 @@ class Retrainer:
             "; ".join(decision.reasons),
         )
         return Outcome(trigger.trigger_id, run_id, status, info.version, decision.reasons)
+
+    def _canary(
+        self,
+        trigger: TriggerEvent,
+        run_id: str,
+        info: VersionInfo,
+        reasons: list[str],
+        metrics: dict[str, float] | None = None,
+    ) -> Outcome:
+        """The gate passed: a share of users gets ``info`` and their thumbs decide."""
+        status, why = run_canary(
+            self.settings, self.task, run_id, info, reasons, metrics or {}, self.stop
+        )
+        if status != "interrupted":
+            mlflow.set_tags(
+                {
+                    OUTCOME_TAG: status,
+                    "refinery.version": info.version,
+                    "refinery.reasons": " | ".join(why)[:5000],
+                }
+            )
+        log.info("trigger %s: v%s %s (%s)", trigger.trigger_id, info.version, status, why[-1])
+        return Outcome(trigger.trigger_id, run_id, status, info.version, why)
 
     def record_failure(self, trigger: TriggerEvent, exc: Exception) -> None:
         """Mark the trigger's run failed (making one if it never started), so ops see why

@@ -138,7 +138,7 @@ def _connected(settings: Settings, task: TaskFile, stop: threading.Event) -> Ret
     wait = 2.0
     while not stop.is_set():
         try:
-            return Retrainer(settings, task)
+            return Retrainer(settings, task, stop)
         except TRANSIENT as exc:
             log.warning("retrainer: MLflow not reachable (%s); retrying in %.0f s", exc, wait)
             stop.wait(wait)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from services.common.exceptions import RefineryError
 from services.common.kafka.admin import consumer_lag, ensure_topics, wait_for_broker
-from services.common.registry import ModelRegistry, VersionInfo
+from services.common.registry import CANARY_SHARE_TAG, ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.task import load_task
 from services.stack.gateway import ensure_local_secrets, gateway_process
@@ -189,6 +189,13 @@ class Stack:
     def champion(self) -> VersionInfo | None:
         registry = ModelRegistry(self.settings)
         return registry.champion() if registry.exists() else None
+
+    def canary(self) -> tuple[str, float] | None:
+        """The canary's version and share of users, while one runs."""
+        canary = ModelRegistry(self.settings).canary()
+        if canary is None:
+            return None
+        return canary.version, float(canary.tags.get(CANARY_SHARE_TAG, "0"))
 
     def lag(self) -> dict[str, dict[str, int]]:
         return consumer_lag(self.settings.kafka_bootstrap)

@@ -244,3 +244,29 @@ def test_invalid_records_go_to_dlq_with_cause_and_consumer_goes_on(kafka_stack: 
     junk = letters[(garbage_meta.partition, garbage_meta.offset)]
     assert junk.value == b"\x00not json"
     assert "json" in junk.error.lower()
+
+
+def test_a_canary_changes_the_gateway_routes_but_not_the_monitors_reference() -> None:
+    """The monitor resets its drift reference only when the champion changes; a canary that
+    starts or is rolled back leaves the windows alone (its answers are in none of them)."""
+    base = {
+        "model": "m",
+        "version": "3",
+        "served_name": "m-v3",
+        "artifact_uri": "runs:/x/adapter",
+        "kind": "lora",
+    }
+    switches = {
+        action: (
+            ModelEvent(**base, action=action).changes_routes,
+            ModelEvent(**base, action=action).switches_champion,
+        )
+        for action in ("promoted", "rolled_back", "canary_started", "canary_stopped", "rejected")
+    }
+    assert switches == {
+        "promoted": (True, True),
+        "rolled_back": (True, True),
+        "canary_started": (True, False),
+        "canary_stopped": (True, False),
+        "rejected": (False, False),
+    }

@@ -8,11 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
-import mlflow
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from services.common.events import ModelEvent, PredictionEvent
 from services.common.kafka import EventProducer
@@ -21,7 +17,7 @@ from services.common.settings import Settings
 from services.common.topics import Stream
 from services.stack.stack import Stack
 from tests.conftest import API_KEYS
-from tests.inference.helpers import read_events
+from tests.inference.helpers import read_events, register_adapter
 
 PROMPT = "Ticket: where is my parcel, it is late\nTeam:"
 HEADERS = {"Authorization": f"Bearer {API_KEYS['admin']}"}
@@ -123,24 +119,6 @@ def test_predictions_wait_on_disk_across_a_gateway_restart(
     assert {e.prediction_id for e in logged if isinstance(e, PredictionEvent)} == set(sent)
 
 
-def _register_adapter(settings: Settings, base_dir: Path, out: Path) -> VersionInfo:
-    torch.manual_seed(5)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(
-        r=8, lora_alpha=16, init_lora_weights=False, target_modules=["q_proj", "v_proj", "o_proj"]
-    )
-    get_peft_model(model, config).save_pretrained(out)
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_experiment(settings.experiment)
-    with mlflow.start_run(run_name="test-adapter") as run:
-        mlflow.log_artifacts(str(out), "adapter")
-    return ModelRegistry(settings).register(
-        f"{run.info.artifact_uri}/adapter",
-        run.info.run_id,
-        tags={"kind": "lora", "base_version": "1"},
-    )
-
-
 def _announce(settings: Settings, info: VersionInfo, action: str, previous: str) -> None:
     event = ModelEvent(
         model=info.name,
@@ -203,7 +181,7 @@ def test_promotion_and_rollback_switch_with_zero_failed_requests(
 ) -> None:
     registry = ModelRegistry(full_stack)
     base = registry.get("1")
-    adapter = _register_adapter(
+    adapter = register_adapter(
         full_stack, registry.local_copy(base, tmp_path / "m"), tmp_path / "adapter"
     )
     try:
@@ -253,7 +231,7 @@ def test_a_vllm_restart_under_a_lora_champion_heals_without_a_gateway_restart(
     request fails once vLLM answers again; /readyz is red while the champion is not served."""
     registry = ModelRegistry(full_stack)
     base = registry.get("1")
-    adapter = _register_adapter(
+    adapter = register_adapter(
         full_stack, registry.local_copy(base, tmp_path / "m"), tmp_path / "adapter"
     )
     vllm = stack._started["vllm"]
