@@ -123,11 +123,15 @@ def split(
     n_val = max(1, round(len(cleaned) * task.training.validation_share))
     val_idx = set(order[:n_val])
     train = [e for i, e in enumerate(cleaned) if i not in val_idx]
+    validation = [e for i, e in enumerate(cleaned) if i in val_idx]
+    # Validation weighs sources as training does: early stopping then watches the new
+    # traffic's loss as much as training counts it, not mostly the replayed seed's.
     weight = task.training.feedback_weight
     train += [e for e in train if e.source != "seed"] * (weight - 1)
+    validation += [e for e in validation if e.source != "seed"] * (weight - 1)
     return Splits(
         train=train,
-        validation=[e for i, e in enumerate(cleaned) if i in val_idx],
+        validation=validation,
         recent_test=recent_test,
         golden=list(golden),
         pool_report=pool_report,

@@ -56,6 +56,11 @@ def gateway_process(settings: Settings) -> ManagedProcess:
             "--no-access-log",
             "--timeout-graceful-shutdown",
             "30",
+            # Clients keep idle connections about 5 s (httpx, the openai client): a server
+            # closing them after the same 5 s (uvicorn's default) races their next request
+            # on it, which then fails ("Connection error."). Longer here: clients close first.
+            "--timeout-keep-alive",
+            "75",
         ],
         run_dir=settings.run_dir,
         log_dir=settings.log_dir,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import time
 from pathlib import Path
 
 import httpx
@@ -291,3 +293,19 @@ def test_health_readiness_and_metrics(full_stack: Settings, client: openai.OpenA
     assert "refinery_request_latency_seconds_bucket" in text
     assert "refinery_prediction_log_backlog" in text
     assert 'refinery_tokens_total{kind="completion"}' in text
+
+
+def test_a_connection_idle_as_long_as_clients_keep_one_still_answers(full_stack: Settings) -> None:
+    """Clients pool idle connections for ~5 s; the gateway must not close them first, or a
+    request sent on one as it closes fails (seen as one "Connection error." in the demo)."""
+    conn = http.client.HTTPConnection(full_stack.gateway_host, full_stack.gateway_port, timeout=10)
+    try:
+        for pause in (0.0, 6.0):
+            time.sleep(pause)
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+            assert response.getheader("connection", "keep-alive").lower() != "close"
+    finally:
+        conn.close()
