@@ -121,7 +121,7 @@ def adapters(full_stack: Settings, tmp_path: Path) -> Iterator[tuple[VersionInfo
     good = register_adapter(full_stack, base_dir, tmp_path / "good", identity=True)
     yield bad, good
     if registry.champion() != registry.get("1"):
-        promote(full_stack, "1")
+        promote(full_stack, "1", reasons=["canary tests done: the base serves again"])
         _wait_served(full_stack, full_stack.served_model_name)
 
 

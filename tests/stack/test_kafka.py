@@ -86,11 +86,20 @@ def test_three_node_cluster_replicates_and_refuses_unsafe_writes(
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         try:
             [described] = admin.describe_topics([topic])
-            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            # Asked of any broker: one that has not applied the new topic's metadata yet
+            # answers without its configs for a moment.
+            deadline = time.monotonic() + 30
+            while True:
+                configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])[
+                    "topic"
+                ][topic]
+                if "min.insync.replicas" in configs or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
         finally:
             admin.close()
         assert all(len(p["replica_nodes"]) == 3 for p in described["partitions"])
-        assert configs["topic"][topic]["min.insync.replicas"]["value"] == "2"
+        assert configs["min.insync.replicas"]["value"] == "2"
 
         producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
