@@ -89,27 +89,20 @@ class ModelRouter:
         served = self.settings.served_model_name if info.kind == "base" else info.served_name
         return Route(info.name, info.version, info.kind, served)
 
+    def _canary_for(self, user: str | None, shadow: bool) -> Route | None:
+        """The canary's route when one runs in this mode and ``user`` is in its share."""
+        canary = self.canary
+        if canary is None or self.canary_shadow != shadow:
+            return None
+        return canary if in_canary(user, canary.version, self.canary_share) else None
+
     def pick(self, user: str | None) -> Route | None:
         """The champion's route, or a live canary's for a user in its share."""
-        canary = self.canary
-        if (
-            canary is not None
-            and not self.canary_shadow
-            and in_canary(user, canary.version, self.canary_share)
-        ):
-            return canary
-        return self.current
+        return self._canary_for(user, shadow=False) or self.current
 
     def shadow(self, user: str | None) -> Route | None:
         """A shadow canary's route for a user in its share: it answers too, unseen."""
-        canary = self.canary
-        if (
-            canary is not None
-            and self.canary_shadow
-            and in_canary(user, canary.version, self.canary_share)
-        ):
-            return canary
-        return None
+        return self._canary_for(user, shadow=True)
 
     @asynccontextmanager
     async def hold(self, route: Route) -> AsyncIterator[Route]:

@@ -32,6 +32,12 @@ _PATHS = {"completions": "/v1/completions", "chat.completions": "/v1/chat/comple
 _ID_KINDS = {"completions": "cmpl", "chat.completions": "chatcmpl"}
 
 
+def _answer_text(body: dict[str, Any], endpoint: Endpoint) -> str:
+    """The first choice's text of a (non-streamed) vLLM answer."""
+    choice = body["choices"][0]
+    return choice["text"] if endpoint == "completions" else choice["message"]["content"] or ""
+
+
 def _upstream_error(status: int, text: str) -> GatewayError:
     try:
         message = json.loads(text)["error"]["message"]
@@ -104,8 +110,7 @@ class CompletionService:
             resp.release()
             await use.__aexit__(None, None, None)
         latency_ms = (time.perf_counter() - started) * 1000
-        choice = body["choices"][0]
-        text = choice["text"] if endpoint == "completions" else choice["message"]["content"] or ""
+        text = _answer_text(body, endpoint)
         usage = body.get("usage") or {}
         prediction_id = self.ids.new(_ID_KINDS[endpoint], tenant)
         self._log(request, endpoint, route, text, usage, latency_ms, prediction_id)
@@ -241,10 +246,7 @@ class CompletionService:
                         return
                     body = await resp.json()
             latency_ms = (time.perf_counter() - started) * 1000
-            choice = body["choices"][0]
-            text = (
-                choice["text"] if endpoint == "completions" else choice["message"]["content"] or ""
-            )
+            text = _answer_text(body, endpoint)
             usage = body.get("usage") or {}
             self._log(
                 quiet, endpoint, route, text, usage, latency_ms, f"{shown_id}.shadow", shown_id
