@@ -156,6 +156,13 @@ class DriftSpec(_Section):
         description="thumbs-up or corrections since the drift began: data to learn the shift from",
     )
     cooldown_minutes: float = Field(default=30, ge=0, description="quiet time after a trigger")
+    refinement_rounds: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="more rounds when a promoted challenger's thumbs-down rate stays above "
+        "the one before the drift (each after min_new_labels of its own ratings)",
+    )
 
 
 class CleaningSpec(_Section):

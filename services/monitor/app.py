@@ -191,7 +191,7 @@ async def follow_models(stream: faust.StreamT) -> None:
             continue
         if event.switches_champion:
             log.info("models: v%s %s; new drift reference", event.version, event.action)
-            await window_topic.send(key=WINDOW_KEY, value=reset_record(event.version))
+            await window_topic.send(key=WINDOW_KEY, value=reset_record(event.version, event.action))
 
 
 @app.agent(window_topic)

@@ -1,8 +1,19 @@
-"""When drift becomes a retrain request: persistent, with enough new labels, not too often.
+"""When drift becomes a retrain request: persistent, with enough new labels, not too often;
+and when a promoted challenger still lags, a refinement round.
 
 The trigger id names the drift episode (reference version + the first drifted window of
 the run), so a replay or a second worker asking again yields the same id, and the
 retrainer trains once per id.
+
+Refinement: a drift trigger keeps the champion's thumbs-down count before the drift (its
+reference and every window that did not drift) as the quality bar. When that trigger's
+challenger is promoted, its ratings are counted from the promotion on; once
+``min_new_labels`` of them are in, each closed window tests (one-sided, the windows'
+thumbs-down test) whether its thumbs-down rate is still above the bar. If so, another
+round trains on everything rated since the drift began (``refine-v<N>-...``), at most
+``refinement_rounds`` per episode. The cooldown spaces episodes, not the rounds of one:
+each round waits for its own evidence instead. A model that shows no lag by
+``REFINE_GIVE_UP`` x ``min_new_labels`` ratings has caught up.
 """
 
 from __future__ import annotations
@@ -15,11 +26,13 @@ from typing import Any
 from services.common.events import TriggerEvent
 from services.common.shares import capped_total
 from services.common.task import DriftSpec
+from services.monitor.drift import ThumbsCount, thumbs_down_p_value
 
 #: Columns that say how the service runs, not what it sees: a slow host (say, training on
 #: the same cores) drifts latency, and retraining would not fix that. Alerted, never triggered.
 OPERATIONAL_COLUMNS = frozenset({"latency_ms"})
 _TRIGGER_NS = uuid.UUID("8c2e5a91-4f3b-4d7e-a6c0-5b1f9e2d7a34")
+REFINE_GIVE_UP = 4  # x min_new_labels ratings since a promotion without a significant lag
 
 
 @dataclass
@@ -33,6 +46,18 @@ class TriggerState:
     labels_by_key: dict[str, int] = field(default_factory=dict)  # the same per API key
     last_trigger_at: datetime | None = None
     drifted_columns: list[str] = field(default_factory=list)
+    drift_began: datetime | None = None  # the first drifted window's start (one episode)
+    # Refinement (module docstring): the bar before the drift, [down, total] and per key;
+    # rounds still allowed; the champion's ratings since its promotion while refining.
+    stable: list[int] = field(default_factory=lambda: [0, 0])  # windows without drift
+    stable_keys: dict[str, list[int]] = field(default_factory=dict)
+    bar: list[int] | None = None
+    bar_drift_began: datetime | None = None  # the episode's drift_began: rounds learn from it
+    bar_keys: dict[str, list[int]] = field(default_factory=dict)
+    rounds_left: int = 0
+    refining: bool = False
+    since: list[int] = field(default_factory=lambda: [0, 0])
+    since_keys: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -46,6 +71,16 @@ class TriggerState:
             "labels_by_key": dict(self.labels_by_key),
             "last_trigger_at": iso(self.last_trigger_at),
             "drifted_columns": self.drifted_columns,
+            "drift_began": iso(self.drift_began),
+            "stable": list(self.stable),
+            "stable_keys": {k: list(v) for k, v in self.stable_keys.items()},
+            "bar": list(self.bar) if self.bar else None,
+            "bar_drift_began": iso(self.bar_drift_began),
+            "bar_keys": {k: list(v) for k, v in self.bar_keys.items()},
+            "rounds_left": self.rounds_left,
+            "refining": self.refining,
+            "since": list(self.since),
+            "since_keys": {k: list(v) for k, v in self.since_keys.items()},
         }
 
     @classmethod
@@ -64,6 +99,16 @@ class TriggerState:
             labels_by_key=dict(raw.get("labels_by_key", {})),
             last_trigger_at=when(raw["last_trigger_at"]),
             drifted_columns=list(raw["drifted_columns"]),
+            drift_began=when(raw.get("drift_began")),
+            stable=list(raw.get("stable", [0, 0])),
+            stable_keys={k: list(v) for k, v in raw.get("stable_keys", {}).items()},
+            bar=list(raw["bar"]) if raw.get("bar") else None,
+            bar_drift_began=when(raw.get("bar_drift_began")),
+            bar_keys={k: list(v) for k, v in raw.get("bar_keys", {}).items()},
+            rounds_left=raw.get("rounds_left", 0),
+            refining=raw.get("refining", False),
+            since=list(raw.get("since", [0, 0])),
+            since_keys={k: list(v) for k, v in raw.get("since_keys", {}).items()},
         )
 
 
@@ -74,20 +119,29 @@ def on_window(
     window_end: datetime,
     drifted_columns: list[str],
     max_key_share: float = 1.0,
+    window_start: datetime | None = None,
+    reference_thumbs: ThumbsCount | None = None,
+    current_thumbs: ThumbsCount | None = None,
 ) -> TriggerEvent | None:
     """Update ``state`` with one closed window; return a trigger when one is due.
 
     Only quality columns count: drift in :data:`OPERATIONAL_COLUMNS` alone is no episode.
     New labels count with no API key over ``max_key_share`` of them (a flood of one key's
-    corrections is not the evidence of many users).
+    corrections is not the evidence of many users). The champion's ratings in its
+    reference (``reference_thumbs``) and in windows without drift (``current_thumbs``) are
+    the bar a refinement round is judged against.
     """
     drifted_columns = [c for c in drifted_columns if c not in OPERATIONAL_COLUMNS]
     if not drifted_columns:
         state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
         state.labels_in_episode, state.labels_by_key = 0, {}
+        state.drift_began = None
+        if current_thumbs is not None:
+            _add(state.stable, state.stable_keys, current_thumbs)
         return None
     state.consecutive += 1
     state.episode_start = state.episode_start or window_end
+    state.drift_began = state.drift_began or window_start or window_end
     state.drifted_columns = sorted(set(state.drifted_columns) | set(drifted_columns))
     if state.consecutive < spec.persist_windows:
         return None
@@ -104,6 +158,14 @@ def on_window(
     if state.last_trigger_at is not None and window_end - state.last_trigger_at < cooldown:
         return None
     state.last_trigger_at = window_end
+    if state.bar is None and reference_thumbs is not None:  # kept through the episode's rounds
+        state.bar, state.bar_keys = (
+            list(state.stable),
+            {k: list(v) for k, v in state.stable_keys.items()},
+        )
+        _add(state.bar, state.bar_keys, reference_thumbs)
+        state.bar_drift_began = state.drift_began
+    state.rounds_left = spec.refinement_rounds
     evidence: dict[str, Any] = {
         "reference_version": reference_version,
         "drifted_columns": state.drifted_columns,
@@ -121,14 +183,84 @@ def on_window(
         trigger_id=trigger_id,
         reason=f"drift in {', '.join(state.drifted_columns)} for {state.consecutive} windows",
         requested_by="monitor",
-        window_start=state.episode_start,
+        window_start=state.drift_began,
         window_end=window_end,
         evidence=evidence,
     )
 
 
-def on_promotion(state: TriggerState) -> None:
-    """A new champion: its own reference, no drift yet, no labels since its training."""
+def _add(counts: list[int], by_key: dict[str, list[int]], thumbs: ThumbsCount) -> None:
+    counts[0] += thumbs.down
+    counts[1] += thumbs.total
+    for key, down, total in thumbs.by_key:
+        mine = by_key.setdefault(key, [0, 0])
+        mine[0] += down
+        mine[1] += total
+
+
+def on_champion_rating(state: TriggerState, down: bool, key_id: str, sign: int = 1) -> None:
+    """A user's rating of the champion's answer (``sign`` -1: one replaced by a re-rating)."""
+    if not state.refining:
+        return
+    for count in (state.since, state.since_keys.setdefault(key_id, [0, 0])):
+        count[0] += sign * int(down)
+        count[1] += sign
+
+
+def on_refinement_window(
+    spec: DriftSpec, state: TriggerState, champion_version: str, window_end: datetime
+) -> TriggerEvent | None:
+    """At a closed window: a refinement round when the promoted challenger still lags."""
+    if not state.refining or state.bar is None or state.since[1] < spec.min_new_labels:
+        return None
+    bar = ThumbsCount.of(state.bar, state.bar_keys)
+    since = ThumbsCount.of(state.since, state.since_keys)
+    p = thumbs_down_p_value(bar, since)
+    if p >= spec.thumbs_down_p_value:
+        if since.total >= REFINE_GIVE_UP * spec.min_new_labels:
+            _end_refinement(state)  # caught up, as far as its users can tell
+        return None
+    state.refining = False
+    state.rounds_left -= 1
+    round_ = spec.refinement_rounds - state.rounds_left
+    began = state.bar_drift_began or window_end
+    trigger_id = f"refine-v{champion_version}-{began:%Y%m%dT%H%M%S}"
+    return TriggerEvent(
+        event_id=str(uuid.uuid5(_TRIGGER_NS, f"{trigger_id}@{window_end.isoformat()}")),
+        trigger_id=trigger_id,
+        reason=(
+            f"refinement round {round_}: v{champion_version} has {since.rate:.1%} thumbs-down "
+            f"over {since.total} ratings since its promotion, {bar.rate:.1%} over "
+            f"{bar.total} before the drift (p={p:.1e})"
+        ),
+        requested_by="monitor",
+        window_start=began,  # the round learns from everything rated since the drift began
+        window_end=window_end,
+        evidence={
+            "refinement_round": round_,
+            "champion_version": champion_version,
+            "thumbs_down_since_promotion": list(state.since),
+            "thumbs_down_before_drift": list(state.bar),
+            "p_value": p,
+        },
+    )
+
+
+def _end_refinement(state: TriggerState) -> None:
+    state.bar, state.bar_keys, state.rounds_left, state.refining = None, {}, 0, False
+    state.bar_drift_began = None
+    state.since, state.since_keys = [0, 0], {}
+
+
+def on_promotion(state: TriggerState, action: str = "promoted") -> None:
+    """A new champion: its own reference, no drift yet, no labels since its training. A
+    promotion with refinement rounds left starts counting its ratings against the bar; a
+    rollback (ops or a canary judged it) ends the episode's refinement."""
     state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
     state.examples_since_training = state.labels_in_episode = 0
-    state.labels_by_key = {}
+    state.labels_by_key, state.drift_began = {}, None
+    state.stable, state.stable_keys = [0, 0], {}
+    if action == "promoted" and state.bar is not None and state.rounds_left > 0:
+        state.refining, state.since, state.since_keys = True, [0, 0], {}
+    else:
+        _end_refinement(state)

@@ -40,7 +40,13 @@ from typing import Any
 from services.common.events import AlertEvent, ExampleEvent, PredictionEvent, TriggerEvent
 from services.common.task import DriftSpec, TaskObjective
 from services.monitor.drift import Row, ThumbsCount
-from services.monitor.triggers import TriggerState, on_promotion, on_window
+from services.monitor.triggers import (
+    TriggerState,
+    on_champion_rating,
+    on_promotion,
+    on_refinement_window,
+    on_window,
+)
 
 REFERENCE, CURRENT = "reference", "current"
 # Not copied as they are (lists and dicts are copied, so a change is only a change once
@@ -74,8 +80,9 @@ def rating_record(example: ExampleEvent) -> dict[str, Any]:
     }
 
 
-def reset_record(version: str) -> dict[str, Any]:
-    return {"kind": "reset", "model_version": version}
+def reset_record(version: str, action: str = "promoted") -> dict[str, Any]:
+    """A new champion: ``action`` is how it came (promoted, or rolled back to)."""
+    return {"kind": "reset", "model_version": version, "action": action}
 
 
 def _row(raw: dict[str, Any]) -> Row:
@@ -167,7 +174,7 @@ class WindowState:
         live = {f"ref{self.epoch}", self.generation}
         return live | {self.previous} if self.previous else live
 
-    def reset(self, version: str) -> None:
+    def reset(self, version: str, action: str = "promoted") -> None:
         """A new champion: a new reference, no open window (the count of windows goes on)."""
         fresh = WindowState(
             version=version,
@@ -178,7 +185,7 @@ class WindowState:
             outbox=self.outbox,
         )
         self.__dict__.update(fresh.__dict__)
-        on_promotion(self.trigger)
+        on_promotion(self.trigger, action)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -263,7 +270,7 @@ class DriftWindows:
         elif kind == "rating":
             change = self._on_rating(state, record)
         elif kind == "reset":
-            state.reset(record["model_version"])
+            state.reset(record["model_version"], record.get("action", "promoted"))
             change = Change.RESET
         elif kind == "tick":
             change = Change.NONE
@@ -326,6 +333,9 @@ class DriftWindows:
             for count in (thumbs, by_key.setdefault(key_id, [0, 0])):
                 count[0] += int(record["down"])
                 count[1] += 1
+            if previous and previous.get("refining"):
+                on_champion_rating(state.trigger, previous["down"], previous["key_id"], sign=-1)
+            on_champion_rating(state.trigger, record["down"], key_id)
         self.store[key] = {
             "gen": generation,
             "seq": state.seq,
@@ -333,6 +343,7 @@ class DriftWindows:
             "down": record["down"],
             "counted": counted,
             "key_id": key_id,
+            "refining": counted and state.trigger.refining,  # in the ratings since promotion
         }
         return Change.RATED
 
@@ -375,7 +386,10 @@ class DriftWindows:
             closed.end,
             drifted_columns,
             self.max_key_share,
-        )
+            window_start=closed.start,
+            reference_thumbs=closed.reference_thumbs,
+            current_thumbs=closed.current_thumbs,
+        ) or on_refinement_window(self.spec, state.trigger, closed.version, closed.end)
         state.outbox = Outbox(closed.index, alert, trigger)
         state.previous = state.generation
         state.index += 1

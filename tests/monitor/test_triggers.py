@@ -1,11 +1,18 @@
-"""The trigger policy: persistence, enough labels, cooldown, stable ids."""
+"""The trigger policy: persistence, enough labels, cooldown, stable ids, refinement rounds."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 from services.common.task import DriftSpec
-from services.monitor.triggers import TriggerState, on_promotion, on_window
+from services.monitor.drift import ThumbsCount
+from services.monitor.triggers import (
+    TriggerState,
+    on_champion_rating,
+    on_promotion,
+    on_refinement_window,
+    on_window,
+)
 
 SPEC = DriftSpec(persist_windows=2, min_examples=50, min_new_labels=0, cooldown_minutes=30)
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -95,3 +102,74 @@ def test_deciding_on_the_same_window_again_gives_the_same_event() -> None:
     first = decide(state, 5)
     assert decide(replayed, 5) == first
     assert decide(state, 40) != first  # a later window of the episode asks anew
+
+
+# -- refinement rounds -------------------------------------------------------------------
+REFINE = DriftSpec(
+    persist_windows=1, min_examples=0, min_new_labels=100, cooldown_minutes=30, refinement_rounds=1
+)
+BEFORE = ThumbsCount(down=2, total=200)  # the champion's reference: 1% thumbs-down
+STABLE = ThumbsCount(down=1, total=100)  # a window without drift
+
+
+def promoted_after_drift(state: TriggerState) -> None:
+    on_window(REFINE, state, "1", at(3), [], current_thumbs=STABLE)
+    state.labels_in_episode = 500
+    trigger = on_window(
+        REFINE, state, "1", at(5), ["segment"], window_start=at(4), reference_thumbs=BEFORE
+    )
+    assert trigger is not None and trigger.window_start == at(4)
+    on_promotion(state)
+
+
+def rate(state: TriggerState, down: int, total: int) -> None:
+    for i in range(total):
+        on_champion_rating(state, i < down, key_id="")
+
+
+def test_a_promoted_challenger_that_still_lags_gets_one_refinement_round() -> None:
+    state = TriggerState()
+    promoted_after_drift(state)
+    rate(state, down=5, total=99)
+    assert on_refinement_window(REFINE, state, "2", at(6)) is None  # too few ratings yet
+    rate(state, down=11, total=101)  # 8% thumbs-down against 1% before the drift
+    trigger = on_refinement_window(REFINE, state, "2", at(7))
+    assert trigger is not None
+    assert trigger.trigger_id == "refine-v2-20261129T120400"
+    assert trigger.window_start == at(4)  # it learns from all rated since the drift began
+    assert trigger.evidence["thumbs_down_since_promotion"] == [16, 200]
+    assert trigger.evidence["thumbs_down_before_drift"] == [3, 300]
+    assert on_refinement_window(REFINE, state, "2", at(8)) is None  # asked once
+    on_promotion(state)  # the round's challenger: no rounds left, however it does
+    rate(state, down=20, total=200)
+    assert on_refinement_window(REFINE, state, "3", at(9)) is None
+    assert state.bar is None
+
+
+def test_a_challenger_as_good_as_before_the_drift_is_left_alone_and_the_watch_ends() -> None:
+    state = TriggerState()
+    promoted_after_drift(state)
+    for minute in range(6, 10):
+        rate(state, down=1, total=100)  # 1%: no lag
+        assert on_refinement_window(REFINE, state, "2", at(minute)) is None
+    assert not state.refining and state.bar is None  # 400 ratings: caught up
+
+
+def test_a_rollback_ends_the_refinement_and_a_re_rating_replaces_its_earlier_one() -> None:
+    state = TriggerState()
+    promoted_after_drift(state)
+    rate(state, down=0, total=10)
+    on_champion_rating(state, False, "", sign=-1)
+    on_champion_rating(state, True, "")
+    assert state.since == [1, 10]
+    on_promotion(state, "rolled_back")
+    rate(state, down=100, total=200)
+    assert on_refinement_window(REFINE, state, "1", at(7)) is None
+
+
+def test_refinement_state_survives_a_restart() -> None:
+    state = TriggerState()
+    promoted_after_drift(state)
+    rate(state, down=2, total=7)
+    again = TriggerState.from_json(state.to_json())
+    assert again == state

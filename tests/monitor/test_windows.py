@@ -363,3 +363,39 @@ def alert_of(windows: DriftWindows) -> AlertEvent:
         metrics=[],
         reference_version=closed.version,
     )
+
+
+def test_a_lagging_promotion_gets_a_refinement_trigger_through_the_windows() -> None:
+    """The whole path: stable windows set the bar, a drift trigger keeps it, the promoted
+    version's ratings (re-ratings replacing, other versions not counted) are tested at a
+    close, and the refinement trigger goes out in that close's outbox."""
+    spec = SPEC.model_copy(
+        update={"persist_windows": 2, "min_new_labels": 15, "refinement_rounds": 1}
+    )
+    windows = DriftWindows({}, spec)
+
+    def window(version: str, downs: int, drifted: list[str]) -> Any:
+        for i in range(spec.window_size):
+            windows.apply(predicted(version), now=1)
+            rating = f"{version}-{windows.state.index}-{i}"
+            windows.apply(rated(rating, down=i < downs, version=version), now=1)
+        return windows.close(windows.closing(), drifted, None)
+
+    for i in range(spec.reference_size):
+        windows.apply(predicted(), now=0)
+        windows.apply(rated(f"ref{i}", down=False), now=0)
+    assert window("1", downs=0, drifted=[]).trigger is None  # stable: part of the bar
+    assert window("1", downs=1, drifted=["segment"]).trigger is None  # once is no episode
+    drift = window("1", downs=1, drifted=["segment"]).trigger
+    assert drift is not None and drift.trigger_id.startswith("drift-v1-")
+    assert windows.state.trigger.bar == [0, 60]  # the reference and the stable window
+    windows.apply(reset_record("2"), now=2)
+    for i in range(spec.reference_size):  # v2's reference: 8 of 40 thumbs down
+        windows.apply(predicted("2"), now=2)
+        windows.apply(rated(f"v2ref{i}", down=i % 5 == 0, version="2"), now=2)
+    windows.apply(rated("v2ref1", down=True, version="2"), now=2)  # re-rated: replaces
+    windows.apply(rated("old", down=True, version="1"), now=2)  # the old champion's answer
+    assert windows.state.trigger.since == [9, 40]
+    refine = window("2", downs=4, drifted=[]).trigger
+    assert refine is not None and refine.trigger_id.startswith("refine-v2-")
+    assert refine.window_start == drift.window_start
