@@ -27,7 +27,7 @@ from services.common.settings import REPO_ROOT, Settings
 from services.common.task import load_task
 from services.common.topics import Stream, Topics
 from services.demo.simulate import Request, Simulation, SimulationConfig, simulate
-from services.retrainer.pipeline import OUTCOME_TAG, TRIGGER_TAG
+from services.retrainer.record import OUTCOME_TAG, TRIGGER_TAG
 from services.stack.process import ManagedProcess, _group_members
 from services.stack.stack import COMPONENTS, Stack
 from services.stack.supervisor import supervisor_process

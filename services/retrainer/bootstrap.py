@@ -212,7 +212,7 @@ def _fine_tune(
     """A LoRA on the user's base, trained on their training file: the first champion."""
     from transformers import AutoTokenizer
 
-    from services.retrainer.pipeline import split
+    from services.retrainer.splits import split
     from services.retrainer.training import check_rank
     from services.retrainer.training import train as train_adapter
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.task import DEFAULT_METRIC, GateMetric, GateSpec, TaskFile
-from services.retrainer.evaluation import PairedComparison, level
+from services.retrainer.evaluation import MEAN_KEY, PairedComparison, level
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ def main_metric(task: TaskFile) -> GateMetric:
     """The metric the gate decides on: the task file's ``gate.metric`` (filled in with the
     task kind's default when the file loads)."""
     return task.gate.metric or DEFAULT_METRIC[task.task.kind]
+
+
+def main_metric_key(task: TaskFile) -> str:
+    """Where ``evaluation.metrics`` keeps the gate metric's mean per-item score (0-1)."""
+    return MEAN_KEY[main_metric(task)]
 
 
 def _interval(c: PairedComparison, confidence: float) -> str:

@@ -1,46 +1,39 @@
-"""One retraining run, in the lifecycle's order: collect → annotate → split by time → clean
-→ train (optionally a small search) → evaluate both models on the same held-out sets →
-error analysis → register → gate → promote or reject.
+"""One retraining run, in the lifecycle's order, as named steps that pass typed results:
+collect (snapshot, annotate, split by time, clean: :mod:`splits`) → train (optionally a
+small search) → evaluate both models on the same held-out sets, with error analysis →
+register → decide (gate, then promote, reject, or start a canary).
 
-Everything a run decides is in its MLflow run (tag ``refinery.trigger_id``): the
-snapshot's offsets come back from there when a killed run resumes, the checkpoints from
-its work dir, and the registered version from the run id, so a trigger trains once and
-registers once however often it is delivered. ``refinery.outcome`` marks a finished run.
+Everything a run decides is in its MLflow run (:mod:`record` names it): the snapshot's
+offsets come back from there when a killed run resumes, the checkpoints from its work dir,
+and the registered version from the run id, so a trigger trains once and registers once
+however often it is delivered. The outcome tag marks a finished run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
-import random
 import re
 import shutil
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 
 from services.common.datasets import LabeledText, read_jsonl
-from services.common.events import ExampleEvent, TriggerEvent
-from services.common.promotion import (
-    mark_challenger,
-    promote,
-    reject,
-)
+from services.common.events import TriggerEvent
+from services.common.promotion import mark_challenger, promote, reject
 from services.common.registry import ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.task import TaskFile, TrainingSpec
 from services.retrainer.canary_watch import run_canary
-from services.retrainer.clean import CleanReport, clean, normalize
 from services.retrainer.collect import Snapshot, end_offsets, read_examples
 from services.retrainer.evaluation import (
     PairedComparison,
@@ -51,20 +44,25 @@ from services.retrainer.evaluation import (
     score_outputs,
     write_report,
 )
-from services.retrainer.examples import TrainingExample, annotate, from_seed
 from services.retrainer.gate import GateDecision, gate, main_metric
-from services.retrainer.sources import SourceReport, cap_share, curate, named_rater
+from services.retrainer.record import (
+    CHAMPION_PARAM,
+    ERROR_TAG,
+    OFFSETS_TAG,
+    OUTCOME_TAG,
+    REASONS_TAG,
+    TRIGGER_KEY_TAG,
+    TRIGGER_REASON_TAG,
+    TRIGGER_TAG,
+    VERSION_TAG,
+    Timings,
+    evaluation_metric,
+    find_run,
+    trigger_key,
+)
+from services.retrainer.splits import Splits, frame, split, write_jsonl
 
 log = logging.getLogger(__name__)
-
-TRIGGER_TAG = "refinery.trigger_id"
-OUTCOME_TAG = "refinery.outcome"
-OFFSETS_TAG = "refinery.snapshot_offsets"
-TRIGGER_KEY_TAG = "refinery.trigger_key"
-
-
-def _key(trigger_id: str) -> str:
-    return hashlib.sha256(trigger_id.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -77,92 +75,27 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Splits:
-    """The data of one run: train and validation from the pool, test from recent traffic."""
+class Collected:
+    """Step 1: the models a run compares, and the data it learns from and is judged on."""
 
-    train: list[TrainingExample]
-    validation: list[TrainingExample]
-    recent_test: list[TrainingExample]
-    golden: list[LabeledText]
-    pool_report: CleanReport
-    test_report: CleanReport
-    held_out_overlap: int
-    held: list[TrainingExample]  # corrections held for review (sources.py)
-    source_report: SourceReport
-
-
-def split(
-    task: TaskFile,
-    feedback: Sequence[ExampleEvent],
-    seed: Sequence[LabeledText],
-    golden: Sequence[LabeledText],
-) -> Splits:
-    """Annotate, weigh sources (one rating per answer, contradicted corrections held, shares
-    capped), take the newest rated share as the recent test split (no source over its share
-    there either), clean, split off validation. Nothing whose prompt (normalized) is in a
-    test set is trained on. Examples from rated traffic appear ``training.feedback_weight``
-    times in the training split (the replayed seed data once)."""
-    rated = sorted((annotate(e) for e in feedback), key=lambda e: (e.at, e.example_id))
-    seed_answers = {normalize(s.prompt): s.completion for s in seed}
-    annotated, held, source_report = curate(rated, task.task, task.feedback, seed_answers)
-    positives = [e for e in annotated if e.positive]
-    n_test = round(len(positives) * task.gate.test_share)
-    newest = positives[len(positives) - n_test :] if n_test else []
-    newest = cap_share(newest, lambda e: e.key_id, task.feedback.max_key_share)
-    newest = cap_share(newest, named_rater, task.feedback.max_user_share)
-    test_ids = {e.example_id for e in newest}
-    recent_raw = [e for e in annotated if e.example_id in test_ids]
-    recent_test, test_report = clean(recent_raw, task.task, task.cleaning)
-    held_out = {normalize(e.prompt) for e in recent_raw} | {normalize(g.prompt) for g in golden}
-    pool_raw = [from_seed(s) for s in seed] + [e for e in annotated if e.example_id not in test_ids]
-    pool = [e for e in pool_raw if normalize(e.prompt) not in held_out]
-    cleaned, pool_report = clean(pool, task.task, task.cleaning)
-    rng = random.Random(task.training.seed)
-    order = list(range(len(cleaned)))
-    rng.shuffle(order)
-    n_val = max(1, round(len(cleaned) * task.training.validation_share))
-    val_idx = set(order[:n_val])
-    train = [e for i, e in enumerate(cleaned) if i not in val_idx]
-    validation = [e for i, e in enumerate(cleaned) if i in val_idx]
-    # Validation weighs sources as training does: early stopping then watches the new
-    # traffic's loss as much as training counts it, not mostly the replayed seed's.
-    weight = task.training.feedback_weight
-    train += [e for e in train if e.source != "seed"] * (weight - 1)
-    validation += [e for e in validation if e.source != "seed"] * (weight - 1)
-    return Splits(
-        train=train,
-        validation=validation,
-        recent_test=recent_test,
-        golden=list(golden),
-        pool_report=pool_report,
-        test_report=test_report,
-        held_out_overlap=len(pool_raw) - len(pool),
-        held=held,
-        source_report=source_report,
-    )
+    champion: VersionInfo  # the one the challenger must beat
+    base: VersionInfo  # the model the challenger's adapter applies to
+    base_dir: Path
+    champion_dir: Path
+    tokenizer: Any
+    snapshot: Snapshot
+    splits: Splits
+    seconds: float
 
 
-def _jsonl(path: Path, items: Sequence[TrainingExample]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as out:
-        for e in items:
-            row = asdict(e)
-            row["at"] = e.at.isoformat() if e.at else None
-            # A chat example's turns are pydantic models: written as the OpenAI messages.
-            row["messages"] = [m.model_dump() for m in e.messages] if e.messages else None
-            out.write(json.dumps(row) + "\n")
+@dataclass(frozen=True)
+class Evaluated:
+    """Step 3: the gate's decision and the figures behind it."""
 
-
-def _frame(items: Sequence[TrainingExample]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "prompt": [e.prompt for e in items],
-            "target": [e.target for e in items],
-            "positive": [e.positive for e in items],
-            "source": [e.source for e in items],
-            "segment": [e.segment or "" for e in items],
-        }
-    )
+    decision: GateDecision
+    figures: dict[str, float]  # every evaluation metric, logged to the run
+    summary: dict[str, float]  # differences and intervals: what model events carry
+    seconds: float
 
 
 def _safe(name: str) -> str:
@@ -198,13 +131,7 @@ class Retrainer:
 
     # -- idempotency ---------------------------------------------------------------------
     def find_run(self, trigger_id: str) -> Any | None:
-        # Looked up by a hash: a trigger id may hold quotes the filter language would misread.
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TRIGGER_KEY_TAG}` = '{_key(trigger_id)}'",
-            max_results=5,
-        )
-        return runs[0] if runs else None
+        return find_run(self.client, [self.experiment_id], trigger_id)
 
     def _registered_for(self, run_id: str) -> VersionInfo | None:
         found = self.client.search_model_versions(f"run_id = '{run_id}'")
@@ -225,7 +152,7 @@ class Retrainer:
         work_dir = self.work_root / _safe(trigger.trigger_id)
         # A resumed run gates against the champion it started with, never the one now
         # serving: after a crash past the alias move, that is this run's own challenger.
-        pinned = existing.data.params.get("champion_version") if existing else None
+        pinned = existing.data.params.get(CHAMPION_PARAM) if existing else None
         if existing is None:
             shutil.rmtree(work_dir, ignore_errors=True)  # leftovers of a run never recorded
             offsets = end_offsets(self.settings)
@@ -233,9 +160,9 @@ class Retrainer:
                 run_name=f"retrain {trigger.trigger_id}",
                 tags={
                     TRIGGER_TAG: trigger.trigger_id,
-                    TRIGGER_KEY_TAG: _key(trigger.trigger_id),
+                    TRIGGER_KEY_TAG: trigger_key(trigger.trigger_id),
                     "refinery.step": "retrain",
-                    "refinery.reason": trigger.reason[:5000],
+                    TRIGGER_REASON_TAG: trigger.reason[:5000],
                     "refinery.requested_by": trigger.requested_by,
                     OFFSETS_TAG: json.dumps(offsets),
                 },
@@ -258,10 +185,22 @@ class Retrainer:
         pinned_champion: str | None = None,
         **training_overrides: Any,
     ) -> Outcome:
-        from transformers import AutoTokenizer
-
-        timings: dict[str, float] = {}
+        resumed = self._resume(trigger, run_id)
+        if resumed is not None:
+            return resumed
+        data = self._collect(offsets, work_dir, pinned_champion, trigger.window_start)
         started = time.monotonic()
+        trained = self._train(data, work_dir, **training_overrides)
+        training_seconds = time.monotonic() - started
+        mlflow.log_metrics(trained.metrics())
+        evaluated = self._evaluate(data, trained.model, work_dir)
+        info = self._register(trigger, run_id, data.base, trained.adapter_dir)
+        timings = Timings(data.seconds, training_seconds, evaluated.seconds)
+        return self._decide(trigger, run_id, info, evaluated, timings)
+
+    # -- the steps -----------------------------------------------------------------------
+    def _resume(self, trigger: TriggerEvent, run_id: str) -> Outcome | None:
+        """A run that got past its decision before a crash: finish what it had started."""
         serving = self.registry.champion()
         if serving is None:
             raise RuntimeError("no champion in the registry: run `refinery bootstrap` first")
@@ -271,6 +210,23 @@ class Retrainer:
         running = self.registry.canary()
         if mine is not None and running is not None and running.version == mine.version:
             return self._canary(trigger, run_id, mine, ["the gate passed before a restart"])
+        return None
+
+    def _collect(
+        self,
+        offsets: dict[int, int],
+        work_dir: Path,
+        pinned_champion: str | None,
+        drift_began: datetime | None,
+    ) -> Collected:
+        """The champion and its base on disk; the snapshot of rated traffic up to
+        ``offsets`` with the base's seed and golden data, split (feedback since
+        ``drift_began`` weighted, :func:`splits.split`), logged to the run."""
+        from transformers import AutoTokenizer
+
+        started = time.monotonic()
+        serving = self.registry.champion()
+        assert serving is not None  # _resume checked
         champion = self.registry.get(pinned_champion) if pinned_champion else serving
         base = self.registry.serving_base(champion)
         models_dir = self.settings.models_dir
@@ -278,20 +234,14 @@ class Retrainer:
         champion_dir = self.registry.local_copy(champion, models_dir)
         seed = self._artifact_jsonl(base.tags.get("seed_train_uri"), work_dir)
         golden = self._artifact_jsonl(base.tags.get("golden_uri"), work_dir)
-
         examples, snapshot = read_examples(self.settings, offsets)
-        snapshot = Snapshot(
-            **{
-                **asdict(snapshot),
-                "seed_uri": base.tags.get("seed_train_uri"),
-                "seed_examples": len(seed),
-            }
+        snapshot = replace(
+            snapshot, seed_uri=base.tags.get("seed_train_uri"), seed_examples=len(seed)
         )
-        splits = split(self.task, examples, seed, golden)
-        timings["data_seconds"] = time.monotonic() - started
+        splits = split(self.task, examples, seed, golden, since=drift_began)
         mlflow.log_params(
             {
-                "champion_version": champion.version,
+                CHAMPION_PARAM: champion.version,
                 "base_version": base.version,
                 "method": self.task.training.method,
                 "examples_in_snapshot": snapshot.examples,
@@ -300,6 +250,7 @@ class Retrainer:
                 "validation_examples": len(splits.validation),
                 "recent_test_examples": len(splits.recent_test),
                 "golden_examples": len(golden),
+                "feedback_weighted_since": drift_began.isoformat() if drift_began else "all",
                 **_flat("training.", self.task.training),
                 "gate.metric": main_metric(self.task),
             }
@@ -313,23 +264,24 @@ class Retrainer:
             }
         )
         self._log_data(snapshot, splits, work_dir)
-
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        t0 = time.monotonic()
-        result = self._train(base_dir, tokenizer, splits, work_dir, **training_overrides)
-        timings["training_seconds"] = time.monotonic() - t0
-        mlflow.log_metrics(result.metrics())
-
-        t0 = time.monotonic()
-        decision, eval_metrics = self._evaluate(
-            base_dir, champion, champion_dir, result.model, tokenizer, splits, work_dir
+        return Collected(
+            champion=champion,
+            base=base,
+            base_dir=base_dir,
+            champion_dir=champion_dir,
+            tokenizer=AutoTokenizer.from_pretrained(base_dir),
+            snapshot=snapshot,
+            splits=splits,
+            seconds=time.monotonic() - started,
         )
-        timings["evaluation_seconds"] = time.monotonic() - t0
-        mlflow.log_metrics(eval_metrics)
 
+    def _register(
+        self, trigger: TriggerEvent, run_id: str, base: VersionInfo, adapter_dir: Path
+    ) -> VersionInfo:
+        """The challenger in the registry (once per run: a resumed run finds its version)."""
         info = self._registered_for(run_id)
         if info is None:
-            mlflow.log_artifacts(str(result.adapter_dir), "adapter")
+            mlflow.log_artifacts(str(adapter_dir), "adapter")
             info = self.registry.register(
                 f"{mlflow.get_artifact_uri('adapter')}",
                 run_id,
@@ -344,26 +296,33 @@ class Retrainer:
                 description=f"LoRA on v{base.version} for trigger {trigger.trigger_id}",
             )
         mark_challenger(self.settings, info)
-        summary = {k: v for k, v in eval_metrics.items() if "_ci_" in k or "difference" in k}
-        t0 = time.monotonic()
+        return info
+
+    def _decide(
+        self,
+        trigger: TriggerEvent,
+        run_id: str,
+        info: VersionInfo,
+        evaluated: Evaluated,
+        timings: Timings,
+    ) -> Outcome:
+        """The gate's decision carried out: a canary, a promotion, or a rejection."""
+        decision = evaluated.decision
         if decision.promote and self.task.canary.share > 0:
-            mlflow.log_metrics(timings)
-            return self._canary(trigger, run_id, info, decision.reasons, summary)
+            mlflow.log_metrics(timings.as_metrics())
+            return self._canary(trigger, run_id, info, decision.reasons, evaluated.summary)
+        started = time.monotonic()
         if decision.promote:
-            promote(self.settings, info.version, metrics=summary, reasons=decision.reasons)
+            promote(
+                self.settings, info.version, metrics=evaluated.summary, reasons=decision.reasons
+            )
             status = "promoted"
         else:
-            reject(self.settings, info, summary, decision.reasons)
+            reject(self.settings, info, evaluated.summary, decision.reasons)
             status = "rejected"
-        timings["switch_seconds"] = time.monotonic() - t0
-        mlflow.log_metrics(timings)
-        mlflow.set_tags(
-            {
-                OUTCOME_TAG: status,
-                "refinery.version": info.version,
-                "refinery.reasons": " | ".join(decision.reasons)[:5000],
-            }
-        )
+        timings = replace(timings, switch_seconds=time.monotonic() - started)
+        mlflow.log_metrics(timings.as_metrics())
+        self._record_outcome(status, info.version, decision.reasons)
         log.info(
             "trigger %s: v%s %s (%s)",
             trigger.trigger_id,
@@ -372,6 +331,16 @@ class Retrainer:
             "; ".join(decision.reasons),
         )
         return Outcome(trigger.trigger_id, run_id, status, info.version, decision.reasons)
+
+    def _record_outcome(self, status: str, version: str, reasons: list[str]) -> None:
+        """The run is finished: its trigger is not run again."""
+        mlflow.set_tags(
+            {
+                OUTCOME_TAG: status,
+                VERSION_TAG: version,
+                REASONS_TAG: " | ".join(reasons)[:5000],
+            }
+        )
 
     def _canary(
         self,
@@ -386,13 +355,7 @@ class Retrainer:
             self.settings, self.task, run_id, info, reasons, metrics or {}, self.stop
         )
         if status != "interrupted":
-            mlflow.set_tags(
-                {
-                    OUTCOME_TAG: status,
-                    "refinery.version": info.version,
-                    "refinery.reasons": " | ".join(why)[:5000],
-                }
-            )
+            self._record_outcome(status, info.version, why)
         log.info("trigger %s: v%s %s (%s)", trigger.trigger_id, info.version, status, why[-1])
         return Outcome(trigger.trigger_id, run_id, status, info.version, why)
 
@@ -400,18 +363,19 @@ class Retrainer:
         """Mark the trigger's run failed (making one if it never started), so ops see why
         and the same trigger is not run again."""
         existing = self.find_run(trigger.trigger_id)
-        tags = {OUTCOME_TAG: "failed", "refinery.error": f"{type(exc).__name__}: {exc}"[:5000]}
+        error = f"{type(exc).__name__}: {exc}"[:5000]
         if existing is not None:
             self.client.set_tag(existing.info.run_id, OUTCOME_TAG, "failed")
-            self.client.set_tag(existing.info.run_id, "refinery.error", tags["refinery.error"])
+            self.client.set_tag(existing.info.run_id, ERROR_TAG, error)
             self.client.set_terminated(existing.info.run_id, status="FAILED")
             return
         mlflow.start_run(
             run_name=f"retrain {trigger.trigger_id}",
             tags={
-                **tags,
+                OUTCOME_TAG: "failed",
+                ERROR_TAG: error,
                 TRIGGER_TAG: trigger.trigger_id,
-                TRIGGER_KEY_TAG: _key(trigger.trigger_id),
+                TRIGGER_KEY_TAG: trigger_key(trigger.trigger_id),
             },
         )
         mlflow.end_run(status="FAILED")
@@ -426,15 +390,10 @@ class Retrainer:
         )
         reasons = ["promoted before the retrainer stopped; outcome recorded on resume"]
         promote(self.settings, info.version, reasons=reasons)
-        mlflow.set_tags(
-            {
-                OUTCOME_TAG: "promoted",
-                "refinery.version": info.version,
-                "refinery.reasons": reasons[0],
-            }
-        )
+        self._record_outcome("promoted", info.version, reasons)
         return Outcome(trigger.trigger_id, run_id, "promoted", info.version, reasons)
 
+    # -- helpers of the steps ------------------------------------------------------------
     def _artifact_jsonl(self, uri: str | None, work_dir: Path) -> list[LabeledText]:
         if not uri:
             return []
@@ -453,33 +412,34 @@ class Retrainer:
                 indent=2,
             )
         )
-        _jsonl(data / "train.jsonl", splits.train)
-        _jsonl(data / "validation.jsonl", splits.validation)
-        _jsonl(data / "recent_test.jsonl", splits.recent_test)
-        _jsonl(data / "held_corrections.jsonl", splits.held)  # for review, never trained on
+        write_jsonl(data / "train.jsonl", splits.train)
+        write_jsonl(data / "validation.jsonl", splits.validation)
+        write_jsonl(data / "recent_test.jsonl", splits.recent_test)
+        write_jsonl(data / "held_corrections.jsonl", splits.held)  # for review, never trained
         mlflow.log_artifacts(str(data), "data")
         for name, items, context in (
             ("train", splits.train, "training"),
             ("recent_test", splits.recent_test, "testing"),
         ):
-            dataset = from_pandas(_frame(items), name=f"{name}@{snapshot.sha256[:12]}")
+            dataset = from_pandas(frame(items), name=f"{name}@{snapshot.sha256[:12]}")
             mlflow.log_input(dataset, context=context)
 
-    def _train(
-        self,
-        base_dir: Path,
-        tokenizer: Any,
-        splits: Splits,
-        work_dir: Path,
-        **overrides: Any,
-    ) -> Any:
+    def _train(self, data: Collected, work_dir: Path, **overrides: Any) -> Any:
+        """Step 2: a LoRA challenger on the base (``training.TrainResult``); with a search
+        configured, one nested run per trial and the best validation loss wins."""
         from services.retrainer.training import train
 
-        spec = self.task.training
+        spec, splits = self.task.training, data.splits
         search = spec.search
         if not search.enabled or overrides:
             return train(
-                base_dir, tokenizer, splits.train, splits.validation, spec, work_dir, **overrides
+                data.base_dir,
+                data.tokenizer,
+                splits.train,
+                splits.validation,
+                spec,
+                work_dir,
+                **overrides,
             )
         best = None
         deadline = time.monotonic() + search.budget_seconds
@@ -494,8 +454,8 @@ class Retrainer:
             ):
                 mlflow.log_params({"learning_rate": lr, "lora_r": rank, "epochs": epochs})
                 result = train(
-                    base_dir,
-                    tokenizer,
+                    data.base_dir,
+                    data.tokenizer,
                     splits.train,
                     splits.validation,
                     trial,
@@ -509,26 +469,20 @@ class Retrainer:
         mlflow.log_param("search_best_trial", best[0])
         return best[1]
 
-    def _evaluate(
-        self,
-        base_dir: Path,
-        champion: VersionInfo,
-        champion_dir: Path,
-        challenger_model: Any,
-        tokenizer: Any,
-        splits: Splits,
-        work_dir: Path,
-    ) -> tuple[GateDecision, dict[str, float]]:
+    def _evaluate(self, data: Collected, challenger_model: Any, work_dir: Path) -> Evaluated:
+        """Step 3: champion and challenger answer the golden and recent test sets; paired
+        comparisons, the gate, and the error analysis report, all logged to the run."""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
         from services.retrainer.base_model import greedy_complete
         from services.retrainer.sequence import prompt_ids
 
-        task = self.task.task
-        champion_model: Any = AutoModelForCausalLM.from_pretrained(base_dir)
-        if champion.kind == "lora":
-            champion_model = PeftModel.from_pretrained(champion_model, champion_dir)
+        started = time.monotonic()
+        task, tokenizer, splits = self.task.task, data.tokenizer, data.splits
+        champion_model: Any = AutoModelForCausalLM.from_pretrained(data.base_dir)
+        if data.champion.kind == "lora":
+            champion_model = PeftModel.from_pretrained(champion_model, data.champion_dir)
         champion_model.eval()
         challenger_model.eval()
         sets = {
@@ -550,21 +504,25 @@ class Retrainer:
             scored[name] = (both[0], both[1])
         gate_spec = self.task.gate
         comparisons: dict[str, PairedComparison] = {}
-        values: dict[str, float] = {}
+        figures: dict[str, float] = {}
+        summary: dict[str, float] = {}
         for name, (champ, chall) in scored.items():
             for who, model_scored in (("champion", champ), ("challenger", chall)):
                 for key, value in metrics(task, model_scored).items():
-                    values[f"{name}_{who}_{key}"] = value
+                    figures[evaluation_metric(name, who, key)] = value
             if champ:
                 c = compare(champ, chall, gate_spec.confidence, gate_spec.bootstrap_samples)
                 comparisons[name] = c
-                values[f"{name}_difference"] = c.difference
-                values[f"{name}_ci_low"] = c.ci_low
-                values[f"{name}_ci_high"] = c.ci_high
-                values[f"{name}_mcnemar_p"] = c.mcnemar_p
+                summary |= {
+                    f"{name}_difference": c.difference,
+                    f"{name}_ci_low": c.ci_low,
+                    f"{name}_ci_high": c.ci_high,
+                }
+                figures |= {f"{name}_mcnemar_p": c.mcnemar_p}
+        figures |= summary
+        mlflow.log_metrics(figures)
         decision = gate(comparisons.get("recent"), comparisons.get("golden"), gate_spec)
         analysis = error_analysis(task, {n: s for n, s in scored.items() if s[0]})
-        report_dir = work_dir / "report"
-        for path in write_report(analysis, comparisons, decision, report_dir):
+        for path in write_report(analysis, comparisons, decision, work_dir / "report"):
             mlflow.log_artifact(str(path), "evaluation")
-        return decision, values
+        return Evaluated(decision, figures, summary, time.monotonic() - started)

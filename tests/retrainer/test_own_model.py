@@ -18,7 +18,8 @@ from services.common.registry import ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.demo.corpus import generate
 from services.retrainer.base_model import train_tokenizer
-from services.retrainer.pipeline import OUTCOME_TAG, Retrainer
+from services.retrainer.pipeline import Retrainer
+from services.retrainer.record import OUTCOME_TAG
 from services.stack.vllm import vllm_process
 from tests.conftest import run_cli
 from tests.ports import OWN_MODEL, ports

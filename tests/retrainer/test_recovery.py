@@ -16,7 +16,8 @@ from services.common.registry import CHAMPION, ModelRegistry
 from services.common.settings import Settings
 from services.retrainer import pipeline
 from services.retrainer.gate import GateDecision
-from services.retrainer.pipeline import OUTCOME_TAG, Retrainer
+from services.retrainer.pipeline import Retrainer
+from services.retrainer.record import OUTCOME_TAG
 from services.stack.retrainer import retrainer_process
 from services.stack.stack import Stack
 from tests.retrainer.test_service import TASK, feedback_events, send_examples

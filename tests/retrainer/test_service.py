@@ -24,7 +24,9 @@ from services.common.settings import Settings
 from services.common.task import SearchSpec, load_task
 from services.common.topics import Stream
 from services.demo.corpus import generate
-from services.retrainer.pipeline import OUTCOME_TAG, Retrainer, _safe, split
+from services.retrainer.pipeline import Retrainer, _safe
+from services.retrainer.record import OUTCOME_TAG
+from services.retrainer.splits import split
 from services.stack.stack import Stack
 from tests.conftest import API_KEYS, TEST_TASK, run_cli
 from tests.inference.helpers import read_events

@@ -11,8 +11,8 @@ from services.common.datasets import LabeledText
 from services.common.events import ChatTurn, ExampleEvent, TriggerEvent
 from services.common.task import GateSpec, TaskFile, TaskObjective
 from services.retrainer.examples import TrainingExample, annotate
-from services.retrainer.pipeline import _jsonl, split
 from services.retrainer.service import pick
+from services.retrainer.splits import split, write_jsonl
 
 TASK = TaskFile(
     task=TaskObjective(
@@ -85,6 +85,29 @@ def trigger(tid: str, by: str = "monitor", version: str | None = "1") -> Trigger
     return TriggerEvent(trigger_id=tid, reason="r", requested_by=by, evidence=evidence)  # type: ignore[arg-type]
 
 
+def test_feedback_since_the_drift_began_is_weighted_older_feedback_and_seed_count_once() -> None:
+    task = TASK.model_copy(
+        update={"training": TASK.training.model_copy(update={"feedback_weight": 3})}
+    )
+    feedback = [example(i) for i in range(40)]  # rated at minute i (+30 s)
+    seed = [
+        LabeledText(prompt=f"Ticket: invoice {_word(i)} twice\nTeam:", completion=" billing")
+        for i in range(20)
+    ]
+    since = T0 + timedelta(minutes=20)
+    splits = split(task, feedback, seed, [], since=since)
+    seen: dict[str, int] = {}
+    for e in splits.train + splits.validation:
+        seen[e.example_id or e.prompt] = seen.get(e.example_id or e.prompt, 0) + 1
+    old = {e.event_id for e in feedback[:20]}
+    new = {e.event_id for e in feedback[20:30]}  # 30-39: the recent test split
+    assert {seen[i] for i in old} == {1}
+    assert {seen[i] for i in new} == {3}
+    assert {seen[s.prompt] for s in seed} == {1}
+    everything = split(task, feedback, seed, [])  # no drift start (a manual trigger): all
+    assert len(everything.train + everything.validation) == 20 + 30 * 3
+
+
 def test_waiting_triggers_coalesce_into_the_newest_and_stale_ones_are_skipped() -> None:
     assert (
         pick([trigger("a"), trigger("b")], "1") == trigger("b")
@@ -98,7 +121,7 @@ def test_waiting_triggers_coalesce_into_the_newest_and_stale_ones_are_skipped() 
 def test_a_chat_example_is_logged_with_its_turns_as_messages(tmp_path: Path) -> None:
     turns = (ChatTurn(role="system", content="Be brief."), ChatTurn(role="user", content="hi"))
     example = TrainingExample(prompt="hi", target="Hello.", positive=True, source="seed")
-    _jsonl(
+    write_jsonl(
         tmp_path / "train.jsonl",
         [example, TrainingExample(**{**example.__dict__, "messages": turns})],
     )
