@@ -268,6 +268,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_canary_stop(args: argparse.Namespace) -> int:
+    """Ops: take the running canary off live traffic (promote its version to keep it)."""
+    from services.common.events import ModelEvent
+
+    event = ModelEvent.model_validate(_admin("canary/stop", {"reason": args.reason}))
+    print(f"canary v{event.version} stopped; v{event.previous_version} answers everyone")
+    return 0
+
+
 # Requests/s when --rate is not given: a free-text reply (~30 tokens) costs vLLM several
 # times the decoding of a label, and on a small host the monitor embeds every window too.
 DEFAULT_RATE = {"classification": 20.0, "generation": 6.0, "chat": 6.0}
@@ -466,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="ops decision", help="kept with the model event")
     p = add("rollback", cmd_rollback, "make the previous champion champion again (admin key)")
     p.add_argument("--reason", default="ops decision", help="kept in the gateway's log")
+    p = add(
+        "canary-stop",
+        cmd_canary_stop,
+        "take the running canary off live traffic, rejected (admin key; `promote` keeps it)",
+    )
+    p.add_argument("--reason", default="ops decision", help="kept with the model event")
 
     def traffic_options(p: argparse.ArgumentParser, max_duration: float) -> None:
         p.add_argument(

@@ -183,6 +183,14 @@ def stop_canary(
     return event
 
 
+def stop_running_canary(settings: Settings, reasons: list[str]) -> ModelEvent:
+    """Ops: stop whichever version is the canary now (the retrainer's watch sees it gone)."""
+    canary = ModelRegistry(settings).canary()
+    if canary is None:
+        raise RegistryError("no canary is running")
+    return stop_canary(settings, canary, {}, reasons)
+
+
 def mark_challenger(settings: Settings, info: VersionInfo) -> None:
     ModelRegistry(settings).set_alias(CHALLENGER, info.version)
 

@@ -1,4 +1,5 @@
-"""Ops commands behind the admin scope: promote a version, roll back, ask for a retrain.
+"""Ops commands behind the admin scope: promote a version, roll back, stop a canary, ask
+for a retrain.
 
 Registry moves go through the retrainer's promotion functions, the path its gate takes, so
 an operator and the gate cannot disagree on what a promotion is. The gateway follows the
@@ -24,6 +25,7 @@ from services.common.settings import Settings
 from services.common.topics import Stream
 from services.inference.exceptions import GatewayError, NotFound, Unavailable
 from services.inference.protocol import (
+    CanaryStopRequest,
     PromoteRequest,
     RetrainRequest,
     RollbackRequest,
@@ -71,6 +73,18 @@ class AdminService:
             version=None,
             resend="do not roll back again (that would undo this one); promoting the new "
             "champion again announces it",
+        )
+
+    async def stop_canary(self, body: CanaryStopRequest) -> ModelEvent:
+        """Take the running canary off live traffic; its retraining run records it rejected
+        (to keep it instead, promote its version)."""
+        log.info("admin: stop the canary (%s)", body.reason)
+        return await self._move(
+            lambda: promotion.stop_running_canary(
+                self.settings, [f"stopped by hand: {body.reason}"]
+            ),
+            version=None,
+            resend="the canary is stopped; nothing to send again",
         )
 
     async def retrain(self, body: RetrainRequest) -> TriggerAccepted:

@@ -201,6 +201,14 @@ class RollbackRequest(BaseModel):
     reason: Reason = "ops decision"
 
 
+class CanaryStopRequest(BaseModel):
+    """``POST /v1/admin/canary/stop``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: Reason = "ops decision"
+
+
 class RetrainRequest(BaseModel):
     """``POST /v1/admin/retrain``."""
 

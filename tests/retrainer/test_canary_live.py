@@ -30,7 +30,7 @@ from services.demo.simulate import Simulation, SimulationConfig, simulate
 from services.inference.router import in_canary
 from services.inference.routes.completions import ARM_HEADER
 from services.retrainer.canary_watch import run_canary
-from tests.conftest import API_KEYS
+from tests.conftest import API_KEYS, run_cli
 from tests.inference.helpers import read_events, register_adapter
 
 SPEC = CanarySpec(share=0.5, min_per_arm=25, max_minutes=4)
@@ -222,3 +222,36 @@ def test_a_shadow_canary_is_never_seen_and_is_judged_by_the_champions_ratings(
     shadows = [e for e in logged if isinstance(e, PredictionEvent)]
     assert shadows and {e.model_version for e in shadows} == {bad.version}
     assert {e.shadow_of for e in shadows} <= shown
+
+
+def test_an_operator_stops_a_canary_and_its_run_records_why(
+    full_stack: Settings, adapters: tuple[VersionInfo, VersionInfo]
+) -> None:
+    """`refinery canary-stop` takes the canary off traffic while its watch waits for
+    thumbs; the watch ends at once and the run records it rejected by an operator."""
+    _, good = adapters
+    patient = SPEC.model_copy(update={"min_per_arm": 100_000})  # thumbs never decide here
+    ended: list[tuple[str, list[str]]] = []
+    watcher = threading.Thread(target=lambda: ended.append(_run_canary(full_stack, good, patient)))
+    watcher.start()
+    registry = ModelRegistry(full_stack)
+    deadline = time.monotonic() + 60
+    while registry.canary() is None:
+        assert time.monotonic() < deadline and watcher.is_alive(), "the canary never started"
+        time.sleep(0.5)
+    admin = {"REFINERY_CLIENT_API_KEY": API_KEYS["admin"]}
+    done = run_cli(full_stack, "canary-stop", "--reason", "ops test", env=admin)
+    assert done.returncode == 0, done.stderr
+    assert f"canary v{good.version} stopped" in done.stdout
+    watcher.join(timeout=60)
+    [(status, why)] = ended
+    assert status == "rejected" and why[-1] == "ended by an operator", why
+    assert registry.canary() is None
+    stopped = [
+        e
+        for e in read_events(full_stack, Stream.MODELS, {"canary_stopped"}, "action")
+        if isinstance(e, ModelEvent) and e.version == good.version
+    ]
+    assert any("stopped by hand: ops test" in e.reasons for e in stopped), stopped
+    refused = run_cli(full_stack, "canary-stop", env=admin)  # nothing runs now
+    assert refused.returncode != 0 and "no canary is running" in refused.stderr

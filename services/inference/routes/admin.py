@@ -1,4 +1,5 @@
-"""``POST /v1/admin/{promote,rollback,retrain}``: the ops commands, admin scope only."""
+"""``POST /v1/admin/{promote,rollback,canary/stop,retrain}``: the ops commands, admin
+scope only."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from services.inference.deps import require
 from services.inference.protocol import (
     AUTHENTICATED,
     WITH_BODY,
+    CanaryStopRequest,
     PromoteRequest,
     RetrainRequest,
     RollbackRequest,
@@ -57,6 +59,13 @@ async def promote(body: PromoteRequest, service: Admin) -> ModelEvent:
 async def rollback(body: RollbackRequest, service: Admin) -> ModelEvent:
     """Make the 'previous' version champion again; the answer is the `rolled_back` event."""
     return await service.rollback(body)
+
+
+@router.post("/canary/stop", responses=error_responses({409: "no canary is running"}))
+async def stop_canary(body: CanaryStopRequest, service: Admin) -> ModelEvent:
+    """Take the canary off live traffic (rejected); the answer is the `canary_stopped`
+    event. To keep it instead, promote its version."""
+    return await service.stop_canary(body)
 
 
 @router.post("/retrain", status_code=202)
