@@ -32,6 +32,12 @@ def main() -> None:
     parser.add_argument("--weight", type=int, help="override training.feedback_weight")
     parser.add_argument("--patience", type=int, help="override training.early_stopping_patience")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--old-ratings",
+        type=int,
+        default=0,
+        help="old-domain ratings before the shift (demo: ~750)",
+    )
     args = parser.parse_args()
 
     task = load_task(args.task)
@@ -53,14 +59,15 @@ def main() -> None:
         f"(pre-shift quality), {args.domain} {before.new:.3f}, golden {before.golden:.3f}; "
         f"training {spec.method}, {spec.epochs} epochs, lr {spec.learning_rate:g}, feedback "
         f"weight {spec.feedback_weight}, patience {spec.early_stopping_patience}, "
-        f"rounds {args.rounds}, seed {args.seed}",
+        f"rounds {args.rounds}, seed {args.seed}, old-domain ratings {args.old_ratings}, "
+        f"test share {task.gate.test_share}",
         flush=True,
     )
     print(f"\n| ratings | {args.domain} | {args.old} | golden | recovered | epochs | seconds |")
     print("|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.ratings.split(",")):
         t = time.monotonic()
-        point = lab.point(n, args.rounds, args.seed)
+        point = lab.point(n, args.rounds, args.seed, args.old_ratings)
         s = point.scores
         print(
             f"| {n} | {s.new:.3f} | {s.old:.3f} | {s.golden:.3f} | "

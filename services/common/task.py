@@ -234,8 +234,15 @@ class TrainingSpec(_Section):
         default=1,
         ge=1,
         le=20,
-        description="times each example from rated traffic is seen per epoch, against once "
-        "for the replayed seed data: how much the new traffic counts",
+        description="times each example rated since the drift began is seen per epoch, "
+        "against once for the replayed seed data and older feedback",
+    )
+    max_feedback_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        description="fewer repeats when the weighted recent feedback would outnumber the "
+        "replayed examples by more than this (a later round costs what the first did); "
+        "none: always feedback_weight",
     )
     epochs: int = Field(default=4, ge=1)
     batch_size: int = Field(default=32, ge=2)

@@ -31,6 +31,7 @@ from services.demo.simulate import (
     simulate,
     until_promoted_then,
 )
+from services.retrainer.record import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,142 +53,241 @@ def _epoch(t: datetime) -> float:
     return t.timestamp()
 
 
+class Retraining:
+    """Whether a retraining is under way: a trigger newer than the last decision (promoted,
+    rejected or rolled back), or a promoted version that has not answered yet. Called as
+    the simulation's ``busy``, so the demo plays on through a refinement round the monitor
+    asks for after the first promotion. A thread follows the topics (a consumer group needs
+    polls that wait to join); ``close`` ends it."""
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+        import uuid
+
+        self.settings = settings
+        self.group = f"demo-{uuid.uuid4()}"
+        self.last_trigger = self.last_decision = 0.0
+        self.promoted: str | None = None  # the served name of the newest promotion
+        self.asked: set[str] = set()  # trigger ids: one asked again is no new retraining
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._follow, name="demo-retraining", daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        streams = [Stream.TRIGGERS, Stream.MODELS]
+        with EventConsumer(self.settings, streams, group_id=self.group) as consumer:
+            while not self.stopped.is_set():
+                for item in consumer.poll(timeout_ms=500):
+                    self._see(item.event)
+
+    def _see(self, event: Event) -> None:
+        at = _epoch(event.occurred_at)
+        if isinstance(event, TriggerEvent) and event.trigger_id not in self.asked:
+            self.asked.add(event.trigger_id)
+            self.last_trigger = max(self.last_trigger, at)
+        elif isinstance(event, ModelEvent) and event.action in (
+            "promoted",
+            "rejected",
+            "rolled_back",
+        ):
+            if at >= self.last_decision and event.action == "promoted":
+                self.promoted = event.served_name
+            self.last_decision = max(self.last_decision, at)
+
+    def __call__(self, answered: set[str]) -> bool:
+        waiting = self.promoted is not None and self.promoted not in answered
+        return self.last_trigger > self.last_decision or waiting
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+
+
+NEW_DOMAIN, OLD_DOMAIN = "smart_home", "retail"
+
+
+@dataclass(frozen=True)
+class Round:
+    """One retraining after the onset: its trigger, its run, what came of it (seconds
+    after the onset; None: did not happen)."""
+
+    trigger: float
+    trigger_id: str
+    refinement: bool  # asked because the previous round's model still lagged
+    run: RunRecord | None
+    run_start: float | None
+    decided: float | None  # the promoted or rejected model event
+    first_served: float | None  # the first answer from its version
+    new_domain_ratings: int  # acknowledged before its snapshot (all it could learn from)
+
+    @property
+    def outcome(self) -> str | None:
+        return self.run.outcome if self.run else None
+
+    @property
+    def version(self) -> str | None:
+        return self.run.version if self.run else None
+
+
 @dataclass(frozen=True)
 class Timeline:
-    """Seconds after drift onset (None: did not happen)."""
+    onset_at: float  # epoch seconds
+    alert: float | None  # seconds after the onset
+    rounds: list[Round]
 
-    onset_at: float
-    alert: float | None
-    trigger: float | None
-    trigger_id: str | None
-    run_id: str | None
-    run_url: str | None
-    run_start: float | None
-    data_s: float | None
-    training_s: float | None
-    evaluation_s: float | None
-    promoted: float | None
-    promoted_version: str | None
-    first_served: float | None
-    golden_before: float | None  # golden set, champion then challenger, in the task metric
-    golden_after: float | None
+    @property
+    def first_promoted(self) -> Round | None:
+        return next((r for r in self.rounds if r.outcome == "promoted"), None)
+
+    @property
+    def last_promoted(self) -> Round | None:
+        return next((r for r in reversed(self.rounds) if r.outcome == "promoted"), None)
 
     def rows(self) -> list[tuple[str, float | None]]:
-        return [
+        rows: list[tuple[str, float | None]] = [
             ("drift onset (new product line)", 0.0),
             ("first drift alert", self.alert),
-            ("retrain trigger", self.trigger),
-            ("retraining run started", self.run_start),
-            ("promoted (model event)", self.promoted),
-            ("first answer from the new version", self.first_served),
         ]
+        if not self.rounds:
+            return [*rows, ("retrain trigger", None)]
+        for i, r in enumerate(self.rounds, start=1):
+            name = f"v{r.version}" if r.version else "the challenger"
+            tag = f"round {i}: " if len(self.rounds) > 1 else ""  # names stay unique
+            rows += [
+                (tag + ("refinement trigger" if r.refinement else "retrain trigger"), r.trigger),
+                (tag + "retraining run started", r.run_start),
+                (f"{tag}{name} {r.outcome or 'decided'} (model event)", r.decided),
+            ]
+            if r.outcome != "rejected":
+                rows.append((f"{tag}first answer from {name}", r.first_served))
+        return rows
 
     def split(self) -> dict[str, float | None]:
         """Onset to served, in the issue's parts: detection (onset to trigger), data (trigger
         to training: pick-up, collection, cleaning), training, evaluation, and switch (gate,
         registration, promotion event, the gateway loading the adapter, first answer)."""
-        if None in (self.trigger, self.run_start, self.first_served, self.training_s):
+        first = self.first_promoted
+        if first is None or first.run is None or None in (first.run_start, first.first_served):
             return {}
-        assert self.trigger is not None and self.run_start is not None
-        assert self.first_served is not None
-        data = (self.run_start - self.trigger) + (self.data_s or 0.0)
-        training, evaluation = self.training_s or 0.0, self.evaluation_s or 0.0
+        assert first.run_start is not None and first.first_served is not None
+        timings = first.run.timings
+        data = (first.run_start - first.trigger) + (timings.data_seconds or 0.0)
+        training, evaluation = timings.training_seconds or 0.0, timings.evaluation_seconds or 0.0
         return {
-            "detection": self.trigger,
+            "detection": first.trigger,
             "data": data,
             "training": training,
             "evaluation": evaluation,
-            "switch": self.first_served - self.trigger - data - training - evaluation,
-            "total": self.first_served,
+            "switch": first.first_served - first.trigger - data - training - evaluation,
+            "total": first.first_served,
         }
 
 
 def build_timeline(settings: Settings, sim: Simulation) -> Timeline:
+    """The rounds as the services recorded them: triggers after the onset, each one's
+    MLflow run, the model event of its decision, the first answer from its version."""
     from mlflow import MlflowClient
+
+    from services.common.task import load_task
+    from services.retrainer.gate import main_metric_key
+    from services.retrainer.record import find_run
 
     onset = sim.onset_at
     after = [e for e in read_stream(settings, Stream.ALERTS) if isinstance(e, AlertEvent)]
     alerts = sorted(_epoch(e.occurred_at) for e in after if _epoch(e.occurred_at) >= onset)
-    triggers = sorted(
+    triggers: dict[str, TriggerEvent] = {}  # the first ask of each trigger id
+    for t in sorted(
         (e for e in read_stream(settings, Stream.TRIGGERS) if isinstance(e, TriggerEvent)),
         key=lambda e: e.occurred_at,
-    )
-    trigger = next((t for t in triggers if _epoch(t.occurred_at) >= onset), None)
+    ):
+        if _epoch(t.occurred_at) >= onset:
+            triggers.setdefault(t.trigger_id, t)
     models = [e for e in read_stream(settings, Stream.MODELS) if isinstance(e, ModelEvent)]
-    promoted = next(
-        (
-            m
-            for m in sorted(models, key=lambda m: m.occurred_at)
-            if m.action == "promoted" and _epoch(m.occurred_at) >= onset
-        ),
-        None,
-    )
-    run_id = run_start = run_url = None
-    metrics: dict[str, float] = {}
-    if trigger is not None:
-        from services.common.task import load_task
-        from services.retrainer.pipeline import Retrainer
-
-        run = Retrainer(settings, load_task(settings.task_file)).find_run(trigger.trigger_id)
-        if run is not None:
-            run_id = run.info.run_id
-            run_start = run.info.start_time / 1000
-            run_url = f"{settings.mlflow_uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-            metrics = MlflowClient(settings.mlflow_uri).get_run(run_id).data.metrics
-    first_served = None
-    if promoted is not None:
-        served = next(
-            (r for r in sim.requests if r.status == "ok" and r.version == promoted.served_name),
-            None,
-        )
-        first_served = sim.started_at + served.t if served else None
+    client = MlflowClient(settings.mlflow_uri)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    gate_key = main_metric_key(load_task(settings.task_file))
 
     def rel(t: float | None) -> float | None:
         return None if t is None else t - onset
 
-    def golden(who: str) -> float | None:
-        value = metrics.get(f"golden_{who}_{sim.metric.golden_key}")
-        return None if value is None else value * sim.metric.golden_scale
-
-    return Timeline(
-        onset_at=onset,
-        alert=rel(alerts[0]) if alerts else None,
-        trigger=rel(_epoch(trigger.occurred_at)) if trigger else None,
-        trigger_id=trigger.trigger_id if trigger else None,
-        run_id=run_id,
-        run_url=run_url,
-        run_start=rel(run_start),
-        data_s=metrics.get("data_seconds"),
-        training_s=metrics.get("training_seconds"),
-        evaluation_s=metrics.get("evaluation_seconds"),
-        promoted=rel(_epoch(promoted.occurred_at)) if promoted else None,
-        promoted_version=promoted.version if promoted else None,
-        first_served=rel(first_served),
-        golden_before=golden("champion"),
-        golden_after=golden("challenger"),
-    )
+    rounds = []
+    for trigger in triggers.values():
+        found = (
+            find_run(client, [experiment.experiment_id], trigger.trigger_id) if experiment else None
+        )
+        run = RunRecord.of(found, settings.mlflow_uri, gate_key) if found else None
+        decided = next(
+            (
+                m
+                for m in sorted(models, key=lambda m: m.occurred_at)
+                if run
+                and m.version == run.version
+                and m.action in ("promoted", "rejected", "rolled_back")
+            ),
+            None,
+        )
+        answers = (
+            [r for r in sim.requests if r.status == "ok" and r.version == decided.served_name]
+            if decided is not None and decided.action == "promoted"
+            else []
+        )
+        # When an answer came: a request sent before the switch may finish after it.
+        served = min((r.t + (r.latency or 0.0) for r in answers), default=None)
+        snapshot_at = run.started_at if run else float("inf")
+        rounds.append(
+            Round(
+                trigger=_epoch(trigger.occurred_at) - onset,
+                trigger_id=trigger.trigger_id,
+                refinement="refinement_round" in trigger.evidence,
+                run=run,
+                run_start=rel(run.started_at) if run else None,
+                decided=rel(_epoch(decided.occurred_at)) if decided else None,
+                first_served=rel(sim.started_at + served) if served is not None else None,
+                new_domain_ratings=sum(
+                    r.domain == NEW_DOMAIN
+                    and r.feedback_t is not None
+                    and sim.started_at + r.feedback_t < snapshot_at
+                    for r in sim.requests
+                ),
+            )
+        )
+    return Timeline(onset_at=onset, alert=rel(alerts[0]) if alerts else None, rounds=rounds)
 
 
 def phase_accuracy(sim: Simulation, timeline: Timeline) -> dict[str, dict[str, float | None]]:
     """The task metric (accuracy, or chrF for free text) by phase and domain, measured from
-    the simulator's ground truth."""
+    the simulator's ground truth: before the drift, after it, and after each promoted
+    version's first answer (answered by that version)."""
     onset = sim.config.shift_at_s
-    served = timeline.first_served + onset if timeline.first_served is not None else float("inf")
-    new = f"-v{timeline.promoted_version}" if timeline.promoted_version else None
+    served = [r for r in timeline.rounds if r.outcome == "promoted" and r.first_served is not None]
+    first = onset + served[0].first_served if served else float("inf")  # type: ignore[operator]
     phases: dict[str, list[Request]] = {
         "before drift": [r for r in sim.requests if r.t < onset],
-        "after drift": [r for r in sim.requests if onset <= r.t < served],
-        "after promotion": [
-            r for r in sim.requests if r.t >= served and new and r.version.endswith(new)
-        ],
+        "after drift": [r for r in sim.requests if onset <= r.t < first],
     }
+    for i, round_ in enumerate(served):
+        start = onset + round_.first_served  # type: ignore[operator]
+        end = onset + served[i + 1].first_served if i + 1 < len(served) else float("inf")  # type: ignore[operator]
+        name = f"-v{round_.version}"
+        phases[f"after v{round_.version}"] = [
+            r for r in sim.requests if start <= r.t < end and r.version.endswith(name)
+        ]
     return {
         phase: {
             domain: sim.metric.of([r for r in requests if r.domain == domain])
-            for domain in ("retail", "smart_home")
+            for domain in (OLD_DOMAIN, NEW_DOMAIN)
         }
         for phase, requests in phases.items()
     }
+
+
+def recovery(quality: dict[str, dict[str, float | None]], phase: str) -> float | None:
+    """The new domain's quality in ``phase`` (after a promotion) as a share of the old
+    domain's before the drift: the issue's recovery figure."""
+    if phase not in quality:
+        return None
+    new, before = quality[phase][NEW_DOMAIN], quality["before drift"][OLD_DOMAIN]
+    return None if new is None or not before else new / before
 
 
 def _bins(sim: Simulation, width: float) -> list[dict[str, Any]]:
@@ -232,7 +332,7 @@ def plot(sim: Simulation, timeline: Timeline, out_dir: Path, width: float = 10.0
     markers = [
         (name, onset + t)
         for name, t in timeline.rows()
-        if t is not None and name != "retraining run started"
+        if t is not None and not name.endswith("retraining run started")
     ]
     series = [
         (f"{metric.name} (all)", "all"),
@@ -278,6 +378,11 @@ def plot(sim: Simulation, timeline: Timeline, out_dir: Path, width: float = 10.0
 
 def report(sim: Simulation, timeline: Timeline) -> dict[str, Any]:
     quality = phase_accuracy(sim, timeline)
+    top = sim.metric.top  # the runs' golden figures are 0-1: shown in the metric's units
+
+    def scaled(v: float | None) -> float | None:
+        return None if v is None else v * top
+
     return {
         "requests": len(sim.requests),
         "answered": sum(r.status == "ok" for r in sim.requests),
@@ -287,9 +392,22 @@ def report(sim: Simulation, timeline: Timeline) -> dict[str, Any]:
         "timeline_s_after_onset": dict(timeline.rows()),
         "split_s": timeline.split(),
         sim.metric.name: quality,  # "accuracy", or "chrF" for free text
-        "golden": {"before": timeline.golden_before, "after": timeline.golden_after},
-        "promoted_version": timeline.promoted_version,
-        "mlflow_run": timeline.run_url,
+        "rounds": [
+            {
+                "trigger_id": r.trigger_id,
+                "refinement": r.refinement,
+                "outcome": r.outcome,
+                "version": r.version,
+                "new_domain_ratings_before_snapshot": r.new_domain_ratings,
+                "recovered": recovery(quality, f"after v{r.version}"),
+                "golden": {
+                    "champion": scaled(r.run.golden_champion) if r.run else None,
+                    "challenger": scaled(r.run.golden_challenger) if r.run else None,
+                },
+                "mlflow_run": r.run.url if r.run else None,
+            }
+            for r in timeline.rounds
+        ],
     }
 
 
@@ -306,25 +424,31 @@ def print_report(
     for name, t in summary["timeline_s_after_onset"].items():
         print(f"  {s(t)}  {name}")
     if summary["split_s"]:
-        print("\nOnset to served, by part")
+        print("\nOnset to served (first round), by part")
         for part, t in summary["split_s"].items():
             print(f"  {part:<11} {s(t)}")
     title = f"{metric.name} (0-{metric.top:g})" if metric.graded else "Accuracy"
-    print(f"\n{title} from the simulator's ground truth (retail / smart_home)")
+    print(f"\n{title} from the simulator's ground truth ({OLD_DOMAIN} / {NEW_DOMAIN})")
     for phase, by_domain in summary[metric.name].items():
-        print(f"  {phase:<16} {pct(by_domain['retail'])} / {pct(by_domain['smart_home'])}")
-    golden = summary["golden"]
-    print(
-        f"  golden set       {pct(golden['before'])} -> {pct(golden['after'])} (MLflow evaluation)"
-    )
+        print(f"  {phase:<16} {pct(by_domain[OLD_DOMAIN])} / {pct(by_domain[NEW_DOMAIN])}")
+    for i, r in enumerate(summary["rounds"], start=1):
+        kind = "refinement" if r["refinement"] else "drift"
+        golden, recovered = r["golden"], r["recovered"]
+        print(
+            f"  round {i} ({kind}): v{r['version'] or '-'} {r['outcome'] or 'undecided'}, "
+            f"{r['new_domain_ratings_before_snapshot']} {NEW_DOMAIN} ratings before its "
+            f"snapshot; golden set {pct(golden['champion'])} -> {pct(golden['challenger'])}"
+            + (f"; {NEW_DOMAIN} at {recovered:.1%} of before the drift" if recovered else "")
+        )
     print(
         f"\n{summary['requests']} requests, {summary['answered']} answered, "
         f"{summary['errors']} errors; {summary['feedback_sent']} ratings sent"
     )
     for f in files:
         print(f"plot: {f}")
-    if summary["mlflow_run"]:
-        print(f"MLflow run: {summary['mlflow_run']}")
+    for r in summary["rounds"]:
+        if r["mlflow_run"]:
+            print(f"MLflow run: {r['mlflow_run']}")
     workspace = settings.var_dir / "monitor" / "workspace"
     print(f"Evidently dashboard: evidently ui --workspace {workspace} --port 8010")
 
@@ -366,16 +490,20 @@ def run_demo(settings: Settings, config: SimulationConfig, api_key: str | None, 
     print(f"stack up in {time.monotonic() - started:.0f} s; simulating traffic...", flush=True)
     key = api_key or settings.admin_key_path.read_text().strip()
     task = load_task(settings.task_file).task
-    sim = asyncio.run(
-        simulate(
-            settings.gateway_url,
-            key,
-            settings.registered_model,
-            task,
-            config,
-            done=until_promoted_then(config.after_promotion_s),
+    retraining = Retraining(settings)
+    try:
+        sim = asyncio.run(
+            simulate(
+                settings.gateway_url,
+                key,
+                settings.registered_model,
+                task,
+                config,
+                done=until_promoted_then(config.after_promotion_s, busy=retraining),
+            )
         )
-    )
+    finally:
+        retraining.close()
     out_dir = settings.var_dir / "demo"
     sim.save(out_dir / "requests.jsonl")
     timeline = build_timeline(settings, sim)
@@ -384,4 +512,5 @@ def run_demo(settings: Settings, config: SimulationConfig, api_key: str | None, 
     files = [*plot(sim, timeline, out_dir), save_summary(summary, out_dir)]
     print_report(summary, files, settings, sim.metric)
     print(f"\nmake demo wall clock: {summary['wall_clock_s']:.0f} s")
-    return 0 if timeline.first_served is not None else 1
+    first = timeline.first_promoted
+    return 0 if first is not None and first.first_served is not None else 1

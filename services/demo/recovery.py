@@ -71,6 +71,7 @@ class RecoveryLab:
         self.old_test = generate(task.task, 300, seed + 2, domain=old)
         self.new_test = generate(task.task, 300, seed + 3, domain=new)
         self.traffic = generate(task.task, 1000, seed + 4, domain=new)
+        self.old_traffic = generate(task.task, 1000, seed + 5, domain=old)
         spec = task.base_model
         self.tokenizer = train_tokenizer([corpus_text(e) for e in self.seed_train], spec.vocab_size)
         self.champion = build_model(spec, self.tokenizer, seed)
@@ -80,6 +81,7 @@ class RecoveryLab:
         self.tokenizer.save_pretrained(self.base_dir)
         self.before = self.scores(self.champion)
         self._champion_answers = self.answers(self.champion, self.traffic)
+        self._old_answers = self.answers(self.champion, self.old_traffic)
 
     def answers(self, model: Any, items: Sequence[LabeledText]) -> list[str]:
         """Greedy answers from the prompt ids vLLM would serve."""
@@ -142,12 +144,15 @@ class RecoveryLab:
             )
         return out
 
-    def challenger(self, events: list[ExampleEvent], tag: str) -> tuple[Any, float]:
-        """A challenger trained as the retrainer trains one; and the epochs it ran."""
-        from services.retrainer.pipeline import split
+    def challenger(
+        self, events: list[ExampleEvent], tag: str, since: datetime | None = None
+    ) -> tuple[Any, float]:
+        """A challenger trained as the retrainer trains one (feedback since ``since``, the
+        drift's start, weighted); and the epochs it ran."""
+        from services.retrainer.splits import split
         from services.retrainer.training import train
 
-        splits = split(self.task, events, self.seed_train, self.golden)
+        splits = split(self.task, events, self.seed_train, self.golden, since=since)
         result = train(
             self.base_dir,
             self.tokenizer,
@@ -159,18 +164,23 @@ class RecoveryLab:
         result.model.eval()
         return result.model, result.epochs
 
-    def point(self, ratings: int, rounds: int = 1, seed: int = 0) -> Point:
-        """Train on ``ratings`` ratings of the new domain (in one or two rounds) and score."""
+    def point(self, ratings: int, rounds: int = 1, seed: int = 0, old_ratings: int = 0) -> Point:
+        """Train on ``ratings`` ratings of the new domain (in one or two rounds) and score;
+        ``old_ratings``: the old domain's ratings before the shift are in the snapshot too
+        (as in the demo, where the first minute's traffic was rated)."""
         rng = random.Random(f"{seed}:{ratings}")
         t0 = datetime(2026, 11, 30, tzinfo=UTC)
         items = self.traffic[:ratings]
+        old = self.old_traffic[:old_ratings]
+        before = t0 - timedelta(seconds=len(old) + 1)
+        history = self.rate(old, self._old_answers[:old_ratings], rng, before) if old else []
         if rounds == 1:
-            events = self.rate(items, self._champion_answers[:ratings], rng, t0)
+            events = history + self.rate(items, self._champion_answers[:ratings], rng, t0)
         else:
             half = ratings // 2
-            events = self.rate(items[:half], self._champion_answers[:half], rng, t0)
-            interim, _ = self.challenger(events, f"{ratings}-round1")
+            events = history + self.rate(items[:half], self._champion_answers[:half], rng, t0)
+            interim, _ = self.challenger(events, f"{ratings}-round1", since=t0)
             later = items[half:]
             events += self.rate(later, self.answers(interim, later), rng, t0 + timedelta(hours=1))
-        model, epochs = self.challenger(events, f"{ratings}-r{rounds}")
+        model, epochs = self.challenger(events, f"{ratings}-r{rounds}", since=t0)
         return Point(ratings, self.scores(model), epochs)

@@ -80,8 +80,6 @@ class TaskMetric:
     graded: bool  # a score per request (free text), or right/wrong (labels)
     top: float  # its best value: the plot's scale
     digits: int  # decimals shown
-    golden_key: str  # the retraining run's golden-set metric (champion/challenger) to show
-    golden_scale: float  # times this is in this metric's units
 
     def of(self, requests: Sequence[Request]) -> float | None:
         """Over the answered requests (None when none was answered)."""
@@ -93,13 +91,9 @@ class TaskMetric:
         return sum(r.score or 0.0 for r in answered) / len(answered)
 
 
-ACCURACY = TaskMetric(
-    "accuracy", graded=False, top=1.0, digits=3, golden_key="accuracy", golden_scale=1.0
-)
+ACCURACY = TaskMetric("accuracy", graded=False, top=1.0, digits=3)
 # The run's mean sentence chrF (0-1, logged when gate.metric is chrf) is the same measure.
-CHRF = TaskMetric(
-    "chrF", graded=True, top=100.0, digits=1, golden_key="sentence_chrf", golden_scale=100.0
-)
+CHRF = TaskMetric("chrF", graded=True, top=100.0, digits=1)
 
 
 def task_metric(kind: TaskKind) -> TaskMetric:
@@ -298,21 +292,26 @@ async def simulate(
     return sim
 
 
-def until_promoted_then(seconds: float) -> Callable[[Simulation], bool]:
-    """Stop ``seconds`` after the first answer from a version other than the first one."""
-    first: dict[str, float] = {}
+def until_promoted_then(
+    seconds: float, busy: Callable[[set[str]], bool] = lambda answered: False
+) -> Callable[[Simulation], bool]:
+    """Stop ``seconds`` after the newest version's first answer, once a version other than
+    the first one has answered and ``busy(versions that answered)`` is false (a retraining
+    under way, or a promoted version that has not answered yet)."""
+    first_answer: dict[str, float] = {}
+    settled = [0]  # requests before this index are answered or failed: read once
 
     def done(sim: Simulation) -> bool:
-        answered = [r for r in sim.requests if r.status == "ok"]
-        if not answered:
+        requests = sim.requests
+        while settled[0] < len(requests) and requests[settled[0]].status != "pending":
+            r = requests[settled[0]]
+            if r.status == "ok":
+                first_answer.setdefault(r.version, r.t)
+            settled[0] += 1
+        if len(first_answer) < 2:
             return False
-        initial = answered[0].version
-        if "at" not in first:
-            switched = next((r for r in answered if r.version != initial), None)
-            if switched is None:
-                return False
-            first["at"] = switched.t
-        return time.time() - sim.started_at >= first["at"] + seconds
+        newest = max(first_answer.values())
+        return time.time() - sim.started_at >= newest + seconds and not busy(set(first_answer))
 
     return done
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from services.common.datasets import LabeledText
 from services.common.events import ExampleEvent
-from services.common.task import TaskFile
+from services.common.task import TaskFile, TrainingSpec
 from services.retrainer.clean import CleanReport, clean, normalize
 from services.retrainer.examples import TrainingExample, annotate, from_seed
 from services.retrainer.sources import SourceReport, cap_share, curate, named_rater
@@ -52,9 +52,10 @@ def split(
     test set is trained on.
 
     Examples rated since the drift began (``since``, the trigger's ``window_start``; None:
-    all feedback) appear ``training.feedback_weight`` times in the training and validation
-    splits; the replayed seed data and older feedback, which the champion already learned
-    from or answered well, once: what changed is what the challenger must learn."""
+    all feedback) appear ``training.feedback_weight`` times (:func:`feedback_repeats`) in
+    the training and validation splits; the replayed seed data and older feedback, which
+    the champion already learned from or answered well, once: what changed is what the
+    challenger must learn."""
     rated = sorted((annotate(e) for e in feedback), key=lambda e: (e.at, e.example_id))
     seed_answers = {normalize(s.prompt): s.completion for s in seed}
     annotated, held, source_report = curate(rated, task.task, task.feedback, seed_answers)
@@ -83,7 +84,7 @@ def split(
     def recent(e: TrainingExample) -> bool:
         return e.source != "seed" and (since is None or e.at is None or e.at >= since)
 
-    weight = task.training.feedback_weight
+    weight = feedback_repeats(task.training, sum(map(recent, cleaned)), len(cleaned))
     train += [e for e in train if recent(e)] * (weight - 1)
     validation += [e for e in validation if recent(e)] * (weight - 1)
     return Splits(
@@ -97,6 +98,17 @@ def split(
         held=held,
         source_report=source_report,
     )
+
+
+def feedback_repeats(spec: TrainingSpec, recent: int, pool: int) -> int:
+    """How many times each recent example is seen: ``feedback_weight``, fewer when that
+    would make the recent examples more than ``max_feedback_ratio`` times the replayed
+    rest (seed data, older feedback). Ratings pile up while a shift goes on, so a later
+    round learns from more of them but costs about what the first did."""
+    replayed = pool - recent
+    if recent == 0 or spec.max_feedback_ratio is None or replayed == 0:
+        return spec.feedback_weight
+    return max(1, min(spec.feedback_weight, round(spec.max_feedback_ratio * replayed / recent)))
 
 
 def write_jsonl(path: Path, items: Sequence[TrainingExample]) -> None:

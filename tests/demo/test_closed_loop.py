@@ -98,19 +98,22 @@ def test_drift_feedback_retraining_and_recovery(
     rated = sum(r.rating is not None for r in sim.requests)
     print(f"timeline {timeline}\n{sim.metric.name} {quality}\nsplit {timeline.split()}")
     print(f"ratings sent {rated}, requests {len(sim.requests)}")
-    assert all(t is not None for _, t in timeline.rows()), timeline
+    first = timeline.first_promoted  # a refinement round may follow: it is not waited for
+    assert first is not None and first.run is not None, timeline
+    assert None not in (timeline.alert, first.run_start, first.decided, first.first_served)
 
     champion_after = registry.champion()
     assert champion_after is not None and champion_after.version != champion_before.version
-    assert timeline.promoted_version == champion_after.version
+    promoted = [r.version for r in timeline.rounds if r.outcome == "promoted"]
+    assert champion_after.version in promoted
     drifted = quality["after drift"]["smart_home"]
-    recovered = quality["after promotion"]["smart_home"]
+    recovered = quality[f"after v{first.version}"]["smart_home"]
     assert drifted is not None and recovered is not None
     assert recovered >= drifted + case.min_gain
-    # The golden set (the old domain) within the gate's tolerance, in the task's metric.
-    assert timeline.golden_before is not None and timeline.golden_after is not None
-    tolerance = task_file.gate.golden_tolerance * sim.metric.golden_scale
-    assert timeline.golden_after >= timeline.golden_before - tolerance - 1e-9
+    # The golden set (the old domain) within the gate's tolerance, in the gate metric (0-1).
+    before, after = first.run.golden_champion, first.run.golden_challenger
+    assert before is not None and after is not None
+    assert after >= before - task_file.gate.golden_tolerance - 1e-9
 
     answered = {r.prediction_id for r in sim.requests if r.status == "ok"}
     assert len(answered) == len(sim.requests), [r.error for r in sim.requests if r.error][:3]

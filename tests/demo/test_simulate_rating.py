@@ -19,7 +19,7 @@ import sacrebleu
 from services.common.settings import Settings
 from services.common.task import TaskKind, TaskObjective
 from services.demo.corpus import generate
-from services.demo.loop import Timeline, phase_accuracy, print_report, report
+from services.demo.loop import Round, Timeline, phase_accuracy, print_report, report
 from services.demo.replies import phrasings, references
 from services.demo.simulate import (
     ACCURACY,
@@ -32,7 +32,9 @@ from services.demo.simulate import (
     correction,
     judge,
     task_metric,
+    until_promoted_then,
 )
+from services.retrainer.record import RunRecord, Timings
 
 TRIAGE = TaskObjective(
     name="support-triage",
@@ -164,32 +166,39 @@ def _simulation(kind: TaskKind) -> Simulation:
     return sim
 
 
-def _timeline() -> Timeline:
-    return Timeline(
-        onset_at=10.0,
-        alert=2.0,
+def _timeline(golden: tuple[float, float] = (0.85, 0.885)) -> Timeline:
+    run = RunRecord(
+        run_id="r",
+        url="http://mlflow/r",
+        started_at=15.0,
+        trigger_id="t",
+        reason="drift",
+        outcome="promoted",
+        version="2",
+        timings=Timings(data_seconds=1.0, training_seconds=5.0, evaluation_seconds=2.0),
+        golden_champion=golden[0],
+        golden_challenger=golden[1],
+    )
+    first = Round(
         trigger=4.0,
         trigger_id="t",
-        run_id=None,
-        run_url=None,
+        refinement=False,
+        run=run,
         run_start=5.0,
-        data_s=1.0,
-        training_s=5.0,
-        evaluation_s=2.0,
-        promoted=18.0,
-        promoted_version="2",
+        decided=18.0,
         first_served=20.0,
-        golden_before=85.0,
-        golden_after=88.5,
+        new_domain_ratings=7,
     )
+    return Timeline(onset_at=10.0, alert=2.0, rounds=[first])
 
 
 def test_free_text_reports_show_chrf(tmp_path: Path) -> None:
     sim = _simulation("generation")
     by_phase = phase_accuracy(sim, _timeline())
     assert by_phase["after drift"] == {"retail": 90.0, "smart_home": 30.0}
-    assert by_phase["after promotion"] == {"retail": 90.0, "smart_home": 90.0}
+    assert by_phase["after v2"] == {"retail": 90.0, "smart_home": 90.0}
     summary = report(sim, _timeline())
+    assert summary["rounds"][0]["recovered"] == pytest.approx(90.0 / 90.0)
     assert summary["chrF"] == by_phase and "accuracy" not in summary
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -211,6 +220,10 @@ def test_label_reports_keep_their_shape(tmp_path: Path) -> None:
     with contextlib.redirect_stdout(out):
         print_report(summary, [], Settings(var_dir=tmp_path))
     assert "Accuracy from the simulator's ground truth (retail / smart_home)" in out.getvalue()
+    assert (
+        "round 1 (drift): v2 promoted, 7 smart_home ratings before its snapshot" in out.getvalue()
+    )
+    assert "0.850 -> 0.885" in out.getvalue()
     sim.save(tmp_path / "requests.jsonl")
     lines = (tmp_path / "requests.jsonl").read_text().splitlines()
     meta, first = json.loads(lines[0]), json.loads(lines[1])
@@ -257,3 +270,22 @@ def test_apps_call_the_endpoint_of_the_task(task: TaskObjective) -> None:
         assert path == "/v1/completions" and text == f" {RETURN}"
         assert body["prompt"] == ex.prompt
     assert sacrebleu.sentence_chrf(text.strip(), [RETURN]).score == pytest.approx(100.0)
+
+
+def test_the_simulation_plays_on_while_a_retraining_is_under_way() -> None:
+    """Done only after a second version answered, ``seconds`` after the newest version's
+    first answer, and while no trigger waits for its decision (a refinement round)."""
+    import time
+
+    sim = _simulation("classification")  # v1 answers until t=30 s, v2 after
+    sim.started_at = time.time() - 45.0  # 45 s in: v2 first answered 15 s ago
+    busy = [True]
+    done = until_promoted_then(10.0, busy=lambda answered: busy[0] or "v3" not in answered)
+    assert not done(sim)  # a refinement round is training
+    busy[0] = False
+    assert not done(sim)  # v3 was promoted and has not answered yet
+    sim.requests.append(Request(t=30.0, domain="retail", truth=" x", status="ok", version="v3"))
+    assert done(sim)
+    assert not until_promoted_then(20.0)(sim)  # not 20 s after v2's first answer yet
+    sim.requests.append(Request(t=44.0, domain="retail", truth=" x", status="ok", version="v4"))
+    assert not until_promoted_then(10.0)(sim)  # v4 answered 1 s ago: it gets its time too

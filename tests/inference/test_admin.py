@@ -1,5 +1,5 @@
-"""The admin API (promote, rollback, retrain): the admin scope only, outcomes as typed bodies,
-and what goes wrong mapped to 404, 409 and 503.
+"""The admin API (promote, rollback, canary stop, retrain): the admin scope only, outcomes
+as typed bodies, and what goes wrong mapped to 404, 409 and 503.
 
 Refusals are checked on the session's gateway (nothing moves there). The commands themselves
 run on a gateway of their own, for a registered model and topics of its own, so no rollback
@@ -31,6 +31,7 @@ from tests.inference.helpers import read_events
 COMMANDS = {
     "promote": {"version": "999", "reason": "test"},
     "rollback": {"reason": "test"},
+    "canary/stop": {"reason": "test"},
     "retrain": {"reason": "test", "trigger_id": "never-sent"},
 }
 

@@ -12,7 +12,7 @@ from services.common.events import ChatTurn, ExampleEvent, TriggerEvent
 from services.common.task import GateSpec, TaskFile, TaskObjective
 from services.retrainer.examples import TrainingExample, annotate
 from services.retrainer.service import pick
-from services.retrainer.splits import split, write_jsonl
+from services.retrainer.splits import feedback_repeats, split, write_jsonl
 
 TASK = TaskFile(
     task=TaskObjective(
@@ -128,3 +128,13 @@ def test_a_chat_example_is_logged_with_its_turns_as_messages(tmp_path: Path) -> 
     rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
     assert rows[0]["messages"] is None
     assert rows[1]["messages"] == [t.model_dump() for t in turns]
+
+
+def test_repeats_shrink_as_ratings_pile_up_so_a_later_round_costs_what_the_first_did() -> None:
+    spec = TASK.training.model_copy(update={"feedback_weight": 8, "max_feedback_ratio": 1.5})
+    assert feedback_repeats(spec, recent=300, pool=2350) == 8  # 1.5 x 2050 / 300 = 10.25
+    assert feedback_repeats(spec, recent=1200, pool=3250) == 3  # 1.5 x 2050 / 1200 = 2.6
+    assert feedback_repeats(spec, recent=5000, pool=5100) == 1  # never fewer than once
+    assert feedback_repeats(spec, recent=0, pool=2000) == 8
+    unbounded = spec.model_copy(update={"max_feedback_ratio": None})
+    assert feedback_repeats(unbounded, recent=1200, pool=3250) == 8
