@@ -139,10 +139,6 @@ class Timeline:
     def first_promoted(self) -> Round | None:
         return next((r for r in self.rounds if r.outcome == "promoted"), None)
 
-    @property
-    def last_promoted(self) -> Round | None:
-        return next((r for r in reversed(self.rounds) if r.outcome == "promoted"), None)
-
     def rows(self) -> list[tuple[str, float | None]]:
         rows: list[tuple[str, float | None]] = [
             ("drift onset (new product line)", 0.0),
