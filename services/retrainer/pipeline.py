@@ -190,7 +190,9 @@ class Retrainer:
             return resumed
         data = self._collect(offsets, work_dir, pinned_champion, trigger.window_start)
         started = time.monotonic()
-        trained = self._train(data, work_dir, **training_overrides)
+        trained = self._train(
+            data.base_dir, data.tokenizer, data.splits, work_dir, **training_overrides
+        )
         training_seconds = time.monotonic() - started
         mlflow.log_metrics(trained.metrics())
         evaluated = self._evaluate(data, trained.model, work_dir)
@@ -424,22 +426,18 @@ class Retrainer:
             dataset = from_pandas(frame(items), name=f"{name}@{snapshot.sha256[:12]}")
             mlflow.log_input(dataset, context=context)
 
-    def _train(self, data: Collected, work_dir: Path, **overrides: Any) -> Any:
+    def _train(
+        self, base_dir: Path, tokenizer: Any, splits: Splits, work_dir: Path, **overrides: Any
+    ) -> Any:
         """Step 2: a LoRA challenger on the base (``training.TrainResult``); with a search
         configured, one nested run per trial and the best validation loss wins."""
         from services.retrainer.training import train
 
-        spec, splits = self.task.training, data.splits
+        spec = self.task.training
         search = spec.search
         if not search.enabled or overrides:
             return train(
-                data.base_dir,
-                data.tokenizer,
-                splits.train,
-                splits.validation,
-                spec,
-                work_dir,
-                **overrides,
+                base_dir, tokenizer, splits.train, splits.validation, spec, work_dir, **overrides
             )
         best = None
         deadline = time.monotonic() + search.budget_seconds
@@ -454,8 +452,8 @@ class Retrainer:
             ):
                 mlflow.log_params({"learning_rate": lr, "lora_r": rank, "epochs": epochs})
                 result = train(
-                    data.base_dir,
-                    data.tokenizer,
+                    base_dir,
+                    tokenizer,
                     splits.train,
                     splits.validation,
                     trial,
