@@ -255,18 +255,21 @@ def phase_accuracy(sim: Simulation, timeline: Timeline) -> dict[str, dict[str, f
     the simulator's ground truth: before the drift, after it, and after each promoted
     version's first answer (answered by that version)."""
     onset = sim.config.shift_at_s
-    served = [r for r in timeline.rounds if r.outcome == "promoted" and r.first_served is not None]
-    first = onset + served[0].first_served if served else float("inf")  # type: ignore[operator]
+    # (version, when it first answered, seconds since the simulation started)
+    served = [
+        (r.version, onset + r.first_served)
+        for r in timeline.rounds
+        if r.outcome == "promoted" and r.first_served is not None
+    ]
+    ends = [start for _, start in served[1:]] + [float("inf")]
+    first = served[0][1] if served else float("inf")
     phases: dict[str, list[Request]] = {
         "before drift": [r for r in sim.requests if r.t < onset],
         "after drift": [r for r in sim.requests if onset <= r.t < first],
     }
-    for i, round_ in enumerate(served):
-        start = onset + round_.first_served  # type: ignore[operator]
-        end = onset + served[i + 1].first_served if i + 1 < len(served) else float("inf")  # type: ignore[operator]
-        name = f"-v{round_.version}"
-        phases[f"after v{round_.version}"] = [
-            r for r in sim.requests if start <= r.t < end and r.version.endswith(name)
+    for (version, start), end in zip(served, ends, strict=True):
+        phases[f"after v{version}"] = [
+            r for r in sim.requests if start <= r.t < end and r.version.endswith(f"-v{version}")
         ]
     return {
         phase: {

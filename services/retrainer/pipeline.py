@@ -185,10 +185,14 @@ class Retrainer:
         pinned_champion: str | None = None,
         **training_overrides: Any,
     ) -> Outcome:
-        resumed = self._resume(trigger, run_id)
+        serving = self.registry.champion()
+        if serving is None:
+            raise RuntimeError("no champion in the registry: run `refinery bootstrap` first")
+        resumed = self._resume(trigger, run_id, serving)
         if resumed is not None:
             return resumed
-        data = self._collect(offsets, work_dir, pinned_champion, trigger.window_start)
+        champion = self.registry.get(pinned_champion) if pinned_champion else serving
+        data = self._collect(champion, offsets, work_dir, trigger.window_start)
         started = time.monotonic()
         trained = self._train(
             data.base_dir, data.tokenizer, data.splits, work_dir, **training_overrides
@@ -201,11 +205,8 @@ class Retrainer:
         return self._decide(trigger, run_id, info, evaluated, timings)
 
     # -- the steps -----------------------------------------------------------------------
-    def _resume(self, trigger: TriggerEvent, run_id: str) -> Outcome | None:
+    def _resume(self, trigger: TriggerEvent, run_id: str, serving: VersionInfo) -> Outcome | None:
         """A run that got past its decision before a crash: finish what it had started."""
-        serving = self.registry.champion()
-        if serving is None:
-            raise RuntimeError("no champion in the registry: run `refinery bootstrap` first")
         mine = self._registered_for(run_id)
         if mine is not None and mine.version == serving.version:
             return self._finish_promotion(trigger, run_id, mine)
@@ -216,20 +217,17 @@ class Retrainer:
 
     def _collect(
         self,
+        champion: VersionInfo,
         offsets: dict[int, int],
         work_dir: Path,
-        pinned_champion: str | None,
         drift_began: datetime | None,
     ) -> Collected:
-        """The champion and its base on disk; the snapshot of rated traffic up to
+        """``champion`` and its base on disk; the snapshot of rated traffic up to
         ``offsets`` with the base's seed and golden data, split (feedback since
         ``drift_began`` weighted, :func:`splits.split`), logged to the run."""
         from transformers import AutoTokenizer
 
         started = time.monotonic()
-        serving = self.registry.champion()
-        assert serving is not None  # _resume checked
-        champion = self.registry.get(pinned_champion) if pinned_champion else serving
         base = self.registry.serving_base(champion)
         models_dir = self.settings.models_dir
         base_dir = self.registry.local_copy(base, models_dir)
