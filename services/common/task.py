@@ -163,6 +163,13 @@ class DriftSpec(_Section):
         description="more rounds when a promoted challenger's thumbs-down rate stays above "
         "the one before the drift (each after min_new_labels of its own ratings)",
     )
+    retries_after_rejection: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="drift rounds again, before the cooldown ends, when the challenger is "
+        "rejected and the drift persists: each once the episode's labels have doubled",
+    )
 
 
 class CleaningSpec(_Section):

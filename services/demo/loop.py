@@ -106,6 +106,20 @@ class Retraining:
 NEW_DOMAIN, OLD_DOMAIN = "smart_home", "retail"
 
 
+TRIGGER_ROWS = {
+    "drift": "retrain trigger",
+    "retry": "retrain trigger (retry after a rejection)",
+    "refinement": "refinement trigger",
+}
+
+
+def trigger_kind(trigger: TriggerEvent) -> str:
+    """Why the monitor asked (services/monitor/triggers.py): a key of :data:`TRIGGER_ROWS`."""
+    if "refinement_round" in trigger.evidence:
+        return "refinement"
+    return "retry" if "retry" in trigger.evidence else "drift"
+
+
 @dataclass(frozen=True)
 class Round:
     """One retraining after the onset: its trigger, its run, what came of it (seconds
@@ -113,7 +127,9 @@ class Round:
 
     trigger: float
     trigger_id: str
-    refinement: bool  # asked because the previous round's model still lagged
+    # "drift"; "retry": the drift goes on after a rejection; "refinement": the previous
+    # round's model still lagged.
+    kind: str
     run: RunRecord | None
     run_start: float | None
     decided: float | None  # the promoted or rejected model event
@@ -150,7 +166,7 @@ class Timeline:
             name = f"v{r.version}" if r.version else "the challenger"
             tag = f"round {i}: " if len(self.rounds) > 1 else ""  # names stay unique
             rows += [
-                (tag + ("refinement trigger" if r.refinement else "retrain trigger"), r.trigger),
+                (tag + TRIGGER_ROWS[r.kind], r.trigger),
                 (tag + "retraining run started", r.run_start),
                 (f"{tag}{name} {r.outcome or 'decided'} (model event)", r.decided),
             ]
@@ -234,7 +250,7 @@ def build_timeline(settings: Settings, sim: Simulation) -> Timeline:
             Round(
                 trigger=_epoch(trigger.occurred_at) - onset,
                 trigger_id=trigger.trigger_id,
-                refinement="refinement_round" in trigger.evidence,
+                kind=trigger_kind(trigger),
                 run=run,
                 run_start=rel(run.started_at) if run else None,
                 decided=rel(_epoch(decided.occurred_at)) if decided else None,
@@ -261,7 +277,7 @@ def phase_accuracy(sim: Simulation, timeline: Timeline) -> dict[str, dict[str, f
         for r in timeline.rounds
         if r.outcome == "promoted" and r.first_served is not None
     ]
-    ends = [start for _, start in served[1:]] + [float("inf")]
+    ends = [start for _, start in served[1:]] + [float("inf")] * bool(served)
     first = served[0][1] if served else float("inf")
     phases: dict[str, list[Request]] = {
         "before drift": [r for r in sim.requests if r.t < onset],
@@ -394,7 +410,7 @@ def report(sim: Simulation, timeline: Timeline) -> dict[str, Any]:
         "rounds": [
             {
                 "trigger_id": r.trigger_id,
-                "refinement": r.refinement,
+                "kind": r.kind,
                 "outcome": r.outcome,
                 "version": r.version,
                 "new_domain_ratings_before_snapshot": r.new_domain_ratings,
@@ -431,7 +447,7 @@ def print_report(
     for phase, by_domain in summary[metric.name].items():
         print(f"  {phase:<16} {pct(by_domain[OLD_DOMAIN])} / {pct(by_domain[NEW_DOMAIN])}")
     for i, r in enumerate(summary["rounds"], start=1):
-        kind = "refinement" if r["refinement"] else "drift"
+        kind = r["kind"]
         golden, recovered = r["golden"], r["recovered"]
         print(
             f"  round {i} ({kind}): v{r['version'] or '-'} {r['outcome'] or 'undecided'}, "

@@ -44,6 +44,7 @@ from services.monitor.windows import (
     Outbox,
     prediction_record,
     rating_record,
+    rejection_record,
     reset_record,
 )
 
@@ -182,7 +183,8 @@ async def join(stream: faust.StreamT) -> None:
 
 @app.agent(models)
 async def follow_models(stream: faust.StreamT) -> None:
-    """A promotion or rollback gives the windows a new reference (bad events are skipped)."""
+    """A promotion or rollback gives the windows a new reference, a rejection may let the
+    drift ask again (bad events are skipped)."""
     async for value in stream:
         try:
             event = ModelEvent.model_validate_json(value)
@@ -192,6 +194,11 @@ async def follow_models(stream: faust.StreamT) -> None:
         if event.switches_champion:
             log.info("models: v%s %s; new drift reference", event.version, event.action)
             await window_topic.send(key=WINDOW_KEY, value=reset_record(event.version, event.action))
+        elif event.action in ("rejected", "canary_stopped"):  # the gate or a canary judged
+            log.info(
+                "models: v%s %s; a drift that goes on may ask again", event.version, event.action
+            )
+            await window_topic.send(key=WINDOW_KEY, value=rejection_record(event.version))
 
 
 @app.agent(window_topic)

@@ -14,6 +14,11 @@ round trains on everything rated since the drift began (``refine-v<N>-...``), at
 ``refinement_rounds`` per episode. The cooldown spaces episodes, not the rounds of one:
 each round waits for its own evidence instead. A model that shows no lag by
 ``REFINE_GIVE_UP`` x ``min_new_labels`` ratings has caught up.
+
+Retries: a challenger rejected while the drift goes on (too little evidence for the gate,
+often) leaves its users on a lagging champion. Rather than wait out the cooldown, the
+episode asks again once its labels have doubled since the rejected trigger
+(``drift-v<N>-<start>-retry<k>``), at most ``retries_after_rejection`` times.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ class TriggerState:
     refining: bool = False
     since: list[int] = field(default_factory=lambda: [0, 0])
     since_keys: dict[str, list[int]] = field(default_factory=dict)
+    # Retries (module docstring): labels counted at the episode's last trigger; the count
+    # at which a rejected episode asks again (None: no retry due); retries still allowed.
+    labels_at_trigger: int = 0
+    retry_at: int | None = None
+    retries_left: int = 0
 
     def to_json(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -81,6 +91,9 @@ class TriggerState:
             "refining": self.refining,
             "since": list(self.since),
             "since_keys": {k: list(v) for k, v in self.since_keys.items()},
+            "labels_at_trigger": self.labels_at_trigger,
+            "retry_at": self.retry_at,
+            "retries_left": self.retries_left,
         }
 
     @classmethod
@@ -109,6 +122,9 @@ class TriggerState:
             refining=raw.get("refining", False),
             since=list(raw.get("since", [0, 0])),
             since_keys={k: list(v) for k, v in raw.get("since_keys", {}).items()},
+            labels_at_trigger=raw.get("labels_at_trigger", 0),
+            retry_at=raw.get("retry_at"),
+            retries_left=raw.get("retries_left", 0),
         )
 
 
@@ -136,6 +152,7 @@ def on_window(
         state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
         state.labels_in_episode, state.labels_by_key = 0, {}
         state.drift_began = None
+        _end_retries(state)
         if current_thumbs is not None:
             _add(state.stable, state.stable_keys, current_thumbs)
         return None
@@ -154,10 +171,20 @@ def on_window(
     )
     if labels < spec.min_new_labels:
         return None
+    retry = state.retry_at is not None and labels >= state.retry_at
     cooldown = timedelta(minutes=spec.cooldown_minutes)
-    if state.last_trigger_at is not None and window_end - state.last_trigger_at < cooldown:
+    if (
+        not retry
+        and state.last_trigger_at is not None
+        and window_end - state.last_trigger_at < cooldown
+    ):
         return None
     state.last_trigger_at = window_end
+    if retry:
+        state.retries_left -= 1
+    elif state.labels_at_trigger == 0:  # the episode's first trigger
+        state.retries_left = spec.retries_after_rejection
+    state.labels_at_trigger, state.retry_at = labels, None
     if state.bar is None and reference_thumbs is not None:  # kept through the episode's rounds
         state.bar, state.bar_keys = (
             list(state.stable),
@@ -176,6 +203,10 @@ def on_window(
         "keys_labeling": len(state.labels_by_key),
     }
     trigger_id = f"drift-v{reference_version}-{state.episode_start:%Y%m%dT%H%M%S}"
+    if retry:
+        attempt = spec.retries_after_rejection - state.retries_left
+        trigger_id += f"-retry{attempt}"
+        evidence["retry"] = attempt
     return TriggerEvent(
         # One event per decision: deciding on the same window again after a crash gives
         # the same event id (a later window of the episode asks again, under a new one).
@@ -246,6 +277,18 @@ def on_refinement_window(
     )
 
 
+def on_rejection(state: TriggerState) -> None:
+    """A challenger was rejected: if the drift episode that asked for it goes on, it may
+    ask again once its labels have doubled (module docstring)."""
+    if state.episode_start is None or state.labels_at_trigger == 0 or state.retries_left <= 0:
+        return  # no drift trigger of a live episode to retry
+    state.retry_at = 2 * state.labels_at_trigger
+
+
+def _end_retries(state: TriggerState) -> None:
+    state.labels_at_trigger, state.retry_at, state.retries_left = 0, None, 0
+
+
 def _end_refinement(state: TriggerState) -> None:
     state.bar, state.bar_keys, state.rounds_left, state.refining = None, {}, 0, False
     state.bar_drift_began = None
@@ -260,6 +303,7 @@ def on_promotion(state: TriggerState, action: str = "promoted") -> None:
     state.examples_since_training = state.labels_in_episode = 0
     state.labels_by_key, state.drift_began = {}, None
     state.stable, state.stable_keys = [0, 0], {}
+    _end_retries(state)
     if action == "promoted" and state.bar is not None and state.rounds_left > 0:
         state.refining, state.since, state.since_keys = True, [0, 0], {}
     else:

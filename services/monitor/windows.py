@@ -45,6 +45,7 @@ from services.monitor.triggers import (
     on_champion_rating,
     on_promotion,
     on_refinement_window,
+    on_rejection,
     on_window,
 )
 
@@ -85,6 +86,11 @@ def reset_record(version: str, action: str = "promoted") -> dict[str, Any]:
     return {"kind": "reset", "model_version": version, "action": action}
 
 
+def rejection_record(version: str) -> dict[str, Any]:
+    """A challenger was rejected: a drift episode that asked for it may ask again."""
+    return {"kind": "rejected", "model_version": version}
+
+
 def _row(raw: dict[str, Any]) -> Row:
     return Row(**{**raw, "prompt_words_list": tuple(raw["prompt_words_list"])})
 
@@ -98,6 +104,7 @@ class Change(Enum):
     REFERENCE_FULL = "reference_full"  # the prediction that completed the reference
     RATED = "rated"
     RESET = "reset"
+    REJECTED = "rejected"
 
 
 @dataclass(frozen=True)
@@ -272,6 +279,9 @@ class DriftWindows:
         elif kind == "reset":
             state.reset(record["model_version"], record.get("action", "promoted"))
             change = Change.RESET
+        elif kind == "rejected":
+            on_rejection(state.trigger)
+            change = Change.REJECTED
         elif kind == "tick":
             change = Change.NONE
         else:

@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -182,7 +183,7 @@ def _timeline(golden: tuple[float, float] = (0.85, 0.885)) -> Timeline:
     first = Round(
         trigger=4.0,
         trigger_id="t",
-        refinement=False,
+        kind="drift",
         run=run,
         run_start=5.0,
         decided=18.0,
@@ -289,3 +290,14 @@ def test_the_simulation_plays_on_while_a_retraining_is_under_way() -> None:
     assert not until_promoted_then(20.0)(sim)  # not 20 s after v2's first answer yet
     sim.requests.append(Request(t=44.0, domain="retail", truth=" x", status="ok", version="v4"))
     assert not until_promoted_then(10.0)(sim)  # v4 answered 1 s ago: it gets its time too
+
+
+def test_a_loop_that_never_promoted_reports_before_and_after_the_drift_only() -> None:
+    sim = _simulation("classification")
+    timeline = _timeline()
+    first = timeline.rounds[0]
+    assert first.run is not None
+    rejected = replace(first, run=replace(first.run, outcome="rejected"))
+    by_phase = phase_accuracy(sim, replace(timeline, rounds=[rejected]))
+    assert list(by_phase) == ["before drift", "after drift"]
+    assert by_phase["after drift"]["smart_home"] == pytest.approx(1 / 3)  # every answer since

@@ -1,4 +1,5 @@
-"""The trigger policy: persistence, enough labels, cooldown, stable ids, refinement rounds."""
+"""The trigger policy: persistence, enough labels, cooldown, stable ids, retries after a
+rejection, refinement rounds."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from services.monitor.triggers import (
     on_champion_rating,
     on_promotion,
     on_refinement_window,
+    on_rejection,
     on_window,
 )
 
@@ -102,6 +104,61 @@ def test_deciding_on_the_same_window_again_gives_the_same_event() -> None:
     first = decide(state, 5)
     assert decide(replayed, 5) == first
     assert decide(state, 40) != first  # a later window of the episode asks anew
+
+
+# -- retries after a rejection ------------------------------------------------------------
+RETRY = SPEC.model_copy(update={"min_new_labels": 100, "retries_after_rejection": 1})
+
+
+def triggered_with(labels: int) -> TriggerState:
+    state = TriggerState(examples_since_training=500)
+    on_window(RETRY, state, "1", at(0), ["segment"])
+    state.labels_in_episode = labels
+    assert on_window(RETRY, state, "1", at(5), ["segment"]) is not None
+    return state
+
+
+def test_a_rejected_challenger_while_the_drift_goes_on_asks_again_once_labels_doubled() -> None:
+    state = triggered_with(150)
+    on_rejection(state)
+    state.labels_in_episode = 299
+    assert on_window(RETRY, state, "1", at(10), ["segment"]) is None  # within the cooldown
+    state.labels_in_episode = 300
+    retry = on_window(RETRY, state, "1", at(15), ["segment"])
+    assert retry is not None
+    assert retry.trigger_id == "drift-v1-20261129T120000-retry1"  # the retrainer trains anew
+    assert retry.evidence["retry"] == 1 and retry.window_start == at(0)
+    on_rejection(state)  # the retry was rejected too: no more retries in this episode
+    state.labels_in_episode = 10_000
+    assert on_window(RETRY, state, "1", at(20), ["segment"]) is None
+
+
+def test_without_a_rejection_more_labels_do_not_skip_the_cooldown() -> None:
+    state = triggered_with(150)
+    state.labels_in_episode = 1_000
+    assert on_window(RETRY, state, "1", at(10), ["segment"]) is None
+
+
+def test_a_rejection_after_the_drift_ended_or_with_no_retries_asks_nothing() -> None:
+    state = triggered_with(150)
+    on_window(RETRY, state, "1", at(10), [])  # the episode is over
+    on_rejection(state)
+    assert state.retry_at is None
+    spec = RETRY.model_copy(update={"retries_after_rejection": 0})
+    state = TriggerState(examples_since_training=500)
+    on_window(spec, state, "1", at(0), ["segment"])
+    state.labels_in_episode = 150
+    assert on_window(spec, state, "1", at(5), ["segment"]) is not None
+    on_rejection(state)
+    state.labels_in_episode = 1_000
+    assert on_window(spec, state, "1", at(10), ["segment"]) is None
+
+
+def test_a_pending_retry_survives_a_restart() -> None:
+    state = triggered_with(150)
+    on_rejection(state)
+    restored = TriggerState.from_json(state.to_json())
+    assert restored == state and restored.retry_at == 300
 
 
 # -- refinement rounds -------------------------------------------------------------------

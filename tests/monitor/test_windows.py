@@ -14,6 +14,7 @@ from services.monitor.windows import (
     Change,
     DriftWindows,
     prediction_record,
+    rejection_record,
     reset_record,
 )
 
@@ -399,3 +400,29 @@ def test_a_lagging_promotion_gets_a_refinement_trigger_through_the_windows() -> 
     refine = window("2", downs=4, drifted=[]).trigger
     assert refine is not None and refine.trigger_id.startswith("refine-v2-")
     assert refine.window_start == drift.window_start
+
+
+def test_a_rejection_lets_the_drift_ask_again_through_the_windows() -> None:
+    """A drift trigger, its challenger rejected (the models topic's event, as a window
+    record), and the retry once the episode's labels have doubled, within the cooldown."""
+    spec = SPEC.model_copy(update={"persist_windows": 2, "min_new_labels": 20})
+    windows = DriftWindows({}, spec)
+    for _ in range(spec.reference_size):
+        windows.apply(predicted(), now=0)
+
+    def window(ups: int) -> Any:
+        for i in range(spec.window_size):
+            windows.apply(predicted(), now=1)
+            feedback = f"{windows.state.index}-{i}"
+            windows.apply(rated(feedback, down=i >= ups), now=1)
+        return windows.close(windows.closing(), ["segment"], None)
+
+    assert window(ups=20).trigger is None  # labels count from the episode's first window on
+    drift = window(ups=20).trigger  # 20 labels in the episode
+    assert drift is not None and drift.trigger_id.startswith("drift-v1-")
+    assert window(ups=19).trigger is None  # 39 labels, and no rejection: the cooldown holds
+    assert windows.apply(rejection_record("2"), now=2, position=10_000) is Change.REJECTED
+    assert windows.apply(rejection_record("2"), now=2, position=10_000) is Change.REPLAYED
+    assert window(ups=0).trigger is None  # 39 < 40
+    retry = window(ups=1).trigger  # 40 labels: doubled since the trigger
+    assert retry is not None and retry.trigger_id == f"{drift.trigger_id}-retry1"
