@@ -9,10 +9,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.exceptions import RefineryError
 from services.common.settings import get_settings
+
+if TYPE_CHECKING:
+    from services.common.events import AlertEvent
 
 log = logging.getLogger("refinery")
 
@@ -361,42 +364,51 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    """Print drift alerts; with --follow, keep printing new ones."""
+    """Print drift alerts and decisions (promotions, rejections, retraining runs,
+    restarts) in the order they came; with --follow, keep printing new ones."""
     import uuid
 
-    from services.common.events import AlertEvent
+    from services.common.decisions import lines
+    from services.common.events import AlertEvent, DecisionEvent
     from services.common.kafka import EventConsumer
     from services.common.topics import Stream
 
     settings = get_settings()
     shown = 0
     with EventConsumer(
-        settings, [Stream.ALERTS], group_id=f"cli-alerts-{uuid.uuid4()}"
+        settings, [Stream.ALERTS, Stream.DECISIONS], group_id=f"cli-alerts-{uuid.uuid4()}"
     ) as consumer:
         idle = 0
         while args.follow or idle < 3:
             batch = consumer.poll(timeout_ms=1000)
             idle = 0 if batch else idle + 1
-            for item in batch:
-                alert = item.event
-                assert isinstance(alert, AlertEvent)
+            for item in sorted(batch, key=lambda r: r.event.occurred_at):
+                event = item.event
+                when = f"{event.occurred_at:%Y-%m-%d %H:%M:%S}"
+                if isinstance(event, DecisionEvent):
+                    out = lines(event)
+                else:
+                    assert isinstance(event, AlertEvent)
+                    out = _alert_lines(event)
+                print(f"{when} {out[0]}", *out[1:], sep="\n", flush=True)
                 shown += 1
-                columns = ", ".join(alert.drifted_columns) or "-"
-                window = f"{alert.window_start:%H:%M:%S}-{alert.window_end:%H:%M:%S}"
-                report = f" report {alert.report_url}" if alert.report_url else ""
-                print(
-                    f"{alert.occurred_at:%Y-%m-%d %H:%M:%S} {alert.severity.upper()} drift in "
-                    f"{columns} (window {window}, {alert.window_size} predictions, "
-                    f"reference v{alert.reference_version}){report}"
-                )
-                for m in alert.metrics:
-                    if m.drifted:
-                        print(
-                            f"    {m.column}: {m.method} {m.score:.4g} (threshold {m.threshold:g})"
-                        )
     if not shown:
-        print("no alerts")
+        print("no alerts or decisions")
     return 0
+
+
+def _alert_lines(alert: AlertEvent) -> list[str]:
+    columns = ", ".join(alert.drifted_columns) or "-"
+    window = f"{alert.window_start:%H:%M:%S}-{alert.window_end:%H:%M:%S}"
+    report = f" report {alert.report_url}" if alert.report_url else ""
+    out = [
+        f"{alert.severity.upper()} drift in {columns} (window {window}, {alert.window_size} "
+        f"predictions, reference v{alert.reference_version}){report}"
+    ]
+    for m in alert.metrics:
+        if m.drifted:
+            out.append(f"    {m.column}: {m.method} {m.score:.4g} (threshold {m.threshold:g})")
+    return out
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -508,8 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("review", cmd_review, "label uncorrected thumbs-down and held corrections")
     p.add_argument("--reviewer", help="your name, kept with each label (default: login name)")
     p.add_argument("--limit", type=int, help="at most this many examples")
-    p = add("alerts", cmd_alerts, "print drift alerts")
-    p.add_argument("--follow", action="store_true", help="keep printing new alerts")
+    p = add("alerts", cmd_alerts, "print drift alerts and decisions (promotions, retraining...)")
+    p.add_argument("--follow", action="store_true", help="keep printing new ones")
     p = add("schemas", cmd_schemas, "check (or --write) schemas/*.json against the event models")
     p.add_argument("--write", action="store_true")
     return parser

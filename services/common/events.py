@@ -219,6 +219,34 @@ class ModelEvent(Event):
         return self.switches_champion or self.action in ("canary_started", "canary_stopped")
 
 
+class DecisionEvent(Event):
+    """Something ops should hear about was decided (topic ``decisions``, key = subject):
+    retraining started or failed, a challenger promoted or rejected, a rollback, a canary
+    started or stopped, a process restarted. The monitor posts each to the webhook;
+    ``refinery alerts`` prints them beside the drift alerts."""
+
+    schema_name = "decision"
+
+    action: Literal[
+        "retraining_started",
+        "retraining_failed",
+        "promoted",
+        "rejected",
+        "rolled_back",
+        "canary_started",
+        "canary_stopped",
+        "process_restarted",
+        "process_restart_failed",
+    ]
+    subject: str = Field(description="the registered model, or the process restarted")
+    summary: str = Field(description="one line for people")
+    severity: Literal["info", "warning", "critical"] = "info"
+    version: str | None = Field(default=None, description="the model version decided on")
+    trigger_id: str | None = None
+    run_url: str | None = Field(default=None, description="the MLflow run behind it")
+    reasons: list[str] = Field(default_factory=list)
+
+
 class PredictionEventV1(Event):
     """One answer the gateway gave (topic ``predictions``, key ``prediction_id``)."""
 
@@ -353,6 +381,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     AlertEvent,
     TriggerEvent,
     ModelEvent,
+    DecisionEvent,
 )
 
 

@@ -16,6 +16,7 @@ import logging
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
+from services.common import decisions
 from services.common.events import ModelEvent
 from services.common.exceptions import RegistryError
 from services.common.kafka import EventProducer
@@ -57,8 +58,27 @@ def _event(
 
 
 def announce(settings: Settings, event: ModelEvent) -> None:
+    """The event on the models topic (servers and the monitor act on it), then the
+    decision told to ops with a link to the run that made the version."""
     with EventProducer(settings) as producer:
         producer.send_and_wait(Stream.MODELS, event, key=event.model)
+    told = decisions.of_model_event(event, _run_url(settings, event))
+    if told is not None:
+        decisions.tell(settings, told)
+
+
+def _run_url(settings: Settings, event: ModelEvent) -> str | None:
+    """The MLflow run behind ``event``'s version (None if the registry cannot say now)."""
+    try:
+        registry = ModelRegistry(settings)
+        run_id = registry.get(event.version).run_id
+        if not run_id:
+            return None
+        experiment = registry.client.get_run(run_id).info.experiment_id
+    except Exception as exc:  # the decision is told without its link rather than not at all
+        log.warning("no run link for v%s: %s", event.version, exc)
+        return None
+    return decisions.run_url(settings.mlflow_uri, experiment, run_id)
 
 
 def promote(

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from services.common.events import (
     AlertEvent,
+    DecisionEvent,
     Event,
     ExampleEvent,
     FeedbackEvent,
@@ -26,6 +27,7 @@ class Stream(StrEnum):
     ALERTS = "alerts"
     TRIGGERS = "triggers"
     MODELS = "models"
+    DECISIONS = "decisions"
 
 
 STREAM_EVENTS: dict[Stream, type[Event]] = {
@@ -35,6 +37,7 @@ STREAM_EVENTS: dict[Stream, type[Event]] = {
     Stream.ALERTS: AlertEvent,
     Stream.TRIGGERS: TriggerEvent,
     Stream.MODELS: ModelEvent,
+    Stream.DECISIONS: DecisionEvent,
 }
 
 DLQ_SUFFIX = ".dlq"

@@ -115,9 +115,17 @@ class AlertPublisher:
 
     def notify(self, alert: AlertEvent) -> None:
         """The Slack-compatible webhook POST, if one is configured."""
-        if not self.webhook_url:
-            return
-        try:
-            httpx.post(self.webhook_url, json=slack_payload(alert), timeout=5).raise_for_status()
-        except httpx.HTTPError as exc:  # ops still get the alert on Kafka and the CLI
-            log.warning("alert webhook %s failed: %s", self.webhook_url, exc)
+        post_webhook(self.webhook_url, slack_payload(alert))
+
+
+def post_webhook(url: str | None, payload: dict[str, Any]) -> bool:
+    """POST a Slack-compatible message to ``url`` (None: no webhook configured); a failure
+    is logged, since ops still get the alert or decision on Kafka and the CLI."""
+    if not url:
+        return False
+    try:
+        httpx.post(url, json=payload, timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        log.warning("webhook %s failed: %s", url, exc)
+        return False
+    return True

@@ -9,7 +9,8 @@ tests on each closed window, and sends alerts and retrain triggers. After a cras
 replay what they did since their last commit: the windows drop what they hold already,
 and a closed window's messages are sent from the outbox recorded with its close.
 ``follow_models`` resets the reference when a version is promoted or rolled back.
-``sweep`` expires join state, one partition per record of the sweep topic.
+``sweep`` expires join state, one partition per record of the sweep topic. ``tell_ops``
+posts each decision (promotions, rejections, retraining runs, restarts) to the webhook.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
-from services.common.events import FeedbackEvent, ModelEvent, PredictionEvent
+from services.common.decisions import webhook_payload
+from services.common.events import DecisionEvent, FeedbackEvent, ModelEvent, PredictionEvent
 from services.common.kafka.consumer import dead_letter_headers, parse_event
 from services.common.settings import get_settings
 from services.common.task import load_task
 from services.common.topics import DLQ_SUFFIX, Stream, Topics
-from services.monitor.alerts import AlertPublisher, Window
+from services.monitor.alerts import AlertPublisher, Window, post_webhook
 from services.monitor.drift import alarm_ratio, describe, detect_drift, warm_up
 from services.monitor.join import (
     JoinState,
@@ -113,6 +115,7 @@ window_table = app.Table("window", default=None, partitions=1)
 models = app.topic(topics.name(Stream.MODELS), key_serializer="raw", value_serializer="raw")
 alerts = app.topic(topics.name(Stream.ALERTS), key_serializer="raw", value_serializer="raw")
 triggers = app.topic(topics.name(Stream.TRIGGERS), key_serializer="raw", value_serializer="raw")
+decisions = app.topic(topics.name(Stream.DECISIONS), key_serializer="raw", value_serializer="raw")
 WINDOW_KEY = b"windows"
 # Time-closed windows need a clock in the stream: every worker ticks; extra ticks are harmless.
 TICK_S = min(5.0, spec.window_minutes * 60 / 4)
@@ -199,6 +202,20 @@ async def follow_models(stream: faust.StreamT) -> None:
                 "models: v%s %s; a drift that goes on may ask again", event.version, event.action
             )
             await window_topic.send(key=WINDOW_KEY, value=rejection_record(event.version))
+
+
+@app.agent(decisions)
+async def tell_ops(stream: faust.StreamT) -> None:
+    """Each decision (services/common/decisions.py) to the webhook (bad events are skipped)."""
+    async for value in stream:
+        try:
+            event = DecisionEvent.model_validate_json(value)
+        except ValidationError as exc:
+            log.warning("decisions: skipping an invalid event: %s", str(exc).splitlines()[0])
+            continue
+        log.info("decisions: %s %s v%s", event.action, event.subject, event.version or "-")
+        payload = webhook_payload(event)
+        await asyncio.to_thread(post_webhook, settings.alert_webhook_url, payload)
 
 
 @app.agent(window_topic)

@@ -27,6 +27,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 
+from services.common import decisions
 from services.common.datasets import LabeledText, read_jsonl
 from services.common.events import TriggerEvent
 from services.common.promotion import mark_challenger, promote, reject
@@ -167,6 +168,7 @@ class Retrainer:
                     OFFSETS_TAG: json.dumps(offsets),
                 },
             )
+            self._tell(trigger, "retraining_started", run.info.run_id, [trigger.reason])
         else:
             offsets = {int(k): v for k, v in json.loads(existing.data.tags[OFFSETS_TAG]).items()}
             run = mlflow.start_run(run_id=existing.info.run_id)
@@ -365,20 +367,39 @@ class Retrainer:
         existing = self.find_run(trigger.trigger_id)
         error = f"{type(exc).__name__}: {exc}"[:5000]
         if existing is not None:
-            self.client.set_tag(existing.info.run_id, OUTCOME_TAG, "failed")
-            self.client.set_tag(existing.info.run_id, ERROR_TAG, error)
-            self.client.set_terminated(existing.info.run_id, status="FAILED")
-            return
-        mlflow.start_run(
-            run_name=f"retrain {trigger.trigger_id}",
-            tags={
-                OUTCOME_TAG: "failed",
-                ERROR_TAG: error,
-                TRIGGER_TAG: trigger.trigger_id,
-                TRIGGER_KEY_TAG: trigger_key(trigger.trigger_id),
-            },
+            run_id = existing.info.run_id
+            self.client.set_tag(run_id, OUTCOME_TAG, "failed")
+            self.client.set_tag(run_id, ERROR_TAG, error)
+            self.client.set_terminated(run_id, status="FAILED")
+        else:
+            run_id = mlflow.start_run(
+                run_name=f"retrain {trigger.trigger_id}",
+                tags={
+                    OUTCOME_TAG: "failed",
+                    ERROR_TAG: error,
+                    TRIGGER_TAG: trigger.trigger_id,
+                    TRIGGER_KEY_TAG: trigger_key(trigger.trigger_id),
+                },
+            ).info.run_id
+            mlflow.end_run(status="FAILED")
+        self._tell(trigger, "retraining_failed", run_id, [error])
+
+    def _tell(self, trigger: TriggerEvent, action: str, run_id: str, reasons: list[str]) -> None:
+        summary = {
+            "retraining_started": "retraining started",
+            "retraining_failed": "retraining failed; the champion keeps serving",
+        }[action]
+        decisions.tell(
+            self.settings,
+            decisions.decision(
+                action,
+                self.registry.name,
+                summary,
+                trigger_id=trigger.trigger_id,
+                run_url=decisions.run_url(self.settings.mlflow_uri, self.experiment_id, run_id),
+                reasons=reasons,
+            ),
         )
-        mlflow.end_run(status="FAILED")
 
     def _finish_promotion(self, trigger: TriggerEvent, run_id: str, info: VersionInfo) -> Outcome:
         """The run crashed after moving the champion alias to its version: the gate had

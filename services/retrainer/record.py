@@ -11,6 +11,8 @@ import hashlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from services.common.decisions import run_url
+
 TRIGGER_TAG = "refinery.trigger_id"
 TRIGGER_KEY_TAG = "refinery.trigger_key"  # a hash of the id: safe in a filter string
 TRIGGER_REASON_TAG = "refinery.reason"  # why the trigger asked
@@ -72,7 +74,7 @@ class RunRecord:
         info = run.info
         return cls(
             run_id=info.run_id,
-            url=f"{tracking_uri}/#/experiments/{info.experiment_id}/runs/{info.run_id}",
+            url=run_url(tracking_uri, info.experiment_id, info.run_id),
             started_at=info.start_time / 1000,
             trigger_id=tags.get(TRIGGER_TAG, ""),
             reason=tags.get(TRIGGER_REASON_TAG, ""),

@@ -4,7 +4,8 @@
 watches the components ``refinery up`` was asked for (``var/run/wanted``; ``refinery down``
 takes components off before stopping them, so a stop on purpose is never undone), and
 starts a dead one again through the same code as ``refinery up``. Each restart is a line
-in ``var/run/restarts.jsonl``, which ``refinery status`` summarises.
+in ``var/run/restarts.jsonl``, which ``refinery status`` summarises, and a decision told to
+ops (services/common/decisions.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.common import decisions
 from services.common.settings import REPO_ROOT, Settings, get_settings
 from services.stack.process import ManagedProcess, logged_since_last_start
 
@@ -121,6 +123,14 @@ class Supervisor:
         restart = Restart(component, datetime.now(UTC).isoformat(), attempt, ok, error)
         with restarts_file(self.settings).open("a") as out:
             out.write(json.dumps(asdict(restart)) + "\n")
+        told = decisions.decision(
+            "process_restarted" if ok else "process_restart_failed",
+            component,
+            f"was down; {'started again' if ok else 'did not start'} (attempt {attempt})",
+            reasons=[error] if error else [],
+        )
+        # Short: with Kafka itself down, the next check must not wait on a send.
+        decisions.tell(self.settings, told, timeout_s=5.0)
         return restart
 
     def run(self, stop: threading.Event) -> None:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from services.common import decisions
 from services.common.events import AlertEvent, DriftMetric, TriggerEvent
 from services.common.kafka import EventProducer, ensure_topics
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import Stream
 from services.stack.stack import Stack
-from tests.conftest import API_KEYS, run_cli
+from tests.conftest import API_KEYS, run_cli, settings_env
 from tests.inference.helpers import read_events
 from tests.ports import CLI, ports
 
@@ -132,6 +136,39 @@ def test_alerts_prints_drift_alerts(kafka_stack: Settings) -> None:
     shown = run_cli(kafka_stack, "alerts")
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "drift in prompt_length" in shown.stdout and "ks 0.0001" in shown.stdout
+
+
+def test_alerts_follow_prints_decisions_as_they_come(kafka_stack: Settings) -> None:
+    settings = kafka_stack.model_copy(update={"topic_prefix": "clifollow"})
+    ensure_topics(settings)
+    with subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "alerts", "--follow"],
+        env=settings_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as follow:
+        guard = threading.Timer(60, follow.terminate)  # a line that never comes fails, not hangs
+        guard.start()
+        try:
+            time.sleep(3)  # it subscribes; what comes later must still show
+            told = decisions.decision(
+                "rejected",
+                "refinery-model",
+                "v7 rejected; champion v6 keeps serving",
+                version="7",
+                run_url="http://mlflow/#/experiments/1/runs/abc",
+                reasons=["golden accuracy 0.80 < 0.95 - 0.02"],
+            )
+            assert decisions.tell(settings, told)
+            assert follow.stdout is not None
+            shown = [follow.stdout.readline() for _ in range(3)]
+        finally:
+            guard.cancel()
+            follow.terminate()
+    assert "WARNING rejected: refinery-model v7 rejected; champion v6 keeps serving" in shown[0]
+    assert shown[1].strip() == "golden accuracy 0.80 < 0.95 - 0.02"
+    assert shown[2].strip() == "run: http://mlflow/#/experiments/1/runs/abc"
 
 
 def _ci_run(test_body: str, tmp_path: Path, slow: bool = False) -> subprocess.CompletedProcess[str]:

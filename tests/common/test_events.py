@@ -16,6 +16,7 @@ from services.common.events import (
     SCHEMA_TYPES,
     AlertEvent,
     ChatTurn,
+    DecisionEvent,
     DriftMetric,
     Event,
     ExampleEvent,
@@ -109,6 +110,15 @@ def sample_events() -> dict[Stream, Event]:
             base_version="1",
             previous_version="1",
             metrics={"accuracy": 0.9},
+        ),
+        Stream.DECISIONS: DecisionEvent(
+            action="rejected",
+            subject="refinery-model",
+            summary="v2 rejected; champion v1 keeps serving",
+            severity="warning",
+            version="2",
+            run_url="http://127.0.0.1:5000/#/experiments/1/runs/abc",
+            reasons=["golden accuracy fell"],
         ),
     }
 

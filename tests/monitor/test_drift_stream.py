@@ -1,4 +1,5 @@
-"""Drift windows, alerts and triggers through a real faust worker on the real broker.
+"""Drift windows, alerts, triggers and the decisions webhook through a real faust worker on
+the real broker.
 
 The worker runs under its own topic prefix and app id, so the other tests' traffic does
 not reach its windows; the phases wait on its log so each window holds what the test
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from services.common.events import (
     AlertEvent,
@@ -24,6 +26,8 @@ from services.common.events import (
     TriggerEvent,
 )
 from services.common.kafka import EventConsumer, EventProducer, ensure_topics
+from services.common.promotion import promote, reject
+from services.common.registry import ModelRegistry
 from services.common.settings import Settings
 from services.common.task import load_task
 from services.common.topics import Stream
@@ -177,3 +181,36 @@ def test_shift_alerts_within_a_window_stable_traffic_does_not_and_drift_triggers
     print(f"v2: stable windows {stable_v2}; thumbs-down window {thumbs}")
     assert stable_v2 == [[], []]
     assert thumbs == [THUMBS_DOWN]
+
+
+def test_decisions_reach_the_webhook_with_links_to_their_runs(
+    drift_worker: tuple[Settings, ManagedProcess], mlflow_stack: Settings
+) -> None:
+    """A promotion and a rejection through the one promotion path: the worker posts both,
+    each with the MLflow run that made the version."""
+    settings, worker = drift_worker
+    settings = settings.model_copy(update={"registered_model": "decisiontest-model"})
+    Webhook.received.clear()
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+    found = client.get_experiment_by_name("decisiontest")
+    experiment = found.experiment_id if found else client.create_experiment("decisiontest")
+    runs = [client.create_run(experiment) for _ in range(2)]
+    registry = ModelRegistry(settings)
+    base, challenger = (
+        registry.register(f"{run.info.artifact_uri}/model", run.info.run_id, tags=tags)
+        for run, tags in zip(
+            runs, [{"kind": "base"}, {"kind": "lora", "base_version": "1"}], strict=True
+        )
+    )
+    promote(settings, base.version)
+    reject(settings, challenger, {"recent_accuracy": 0.4}, ["recent accuracy 0.40 < 0.90"])
+    deadline = time.monotonic() + 60
+    while len(Webhook.received) < 2:
+        assert time.monotonic() < deadline, worker.log_tail(30)
+        time.sleep(0.5)
+    promoted, rejected = (str(message["text"]) for message in Webhook.received)
+    link = f"{settings.mlflow_uri}/#/experiments/{experiment}/runs/"
+    assert f"promoted: decisiontest-model v{base.version} promoted" in promoted
+    assert link + runs[0].info.run_id in promoted
+    assert f"rejected: decisiontest-model v{challenger.version} rejected" in rejected
+    assert "recent accuracy 0.40 < 0.90" in rejected and link + runs[1].info.run_id in rejected

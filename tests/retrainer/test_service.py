@@ -1,6 +1,6 @@
 """The retrainer as a process on the real stack: a trigger becomes a promoted LoRA version
 that the gateway serves; a kill mid-training resumes and promotes once; a repeated trigger
-trains nothing; a worse challenger is rejected."""
+trains nothing; a worse challenger is rejected; ops are told of each decision."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from transformers import AutoTokenizer
 
-from services.common.events import ExampleEvent, ModelEvent, TriggerEvent
+from services.common.events import DecisionEvent, ExampleEvent, ModelEvent, TriggerEvent
 from services.common.kafka import EventProducer, ensure_topics
 from services.common.registry import ModelRegistry
 from services.common.settings import Settings
@@ -236,6 +236,32 @@ def test_a_challenger_trained_on_shuffled_labels_is_rejected(
     assert any("golden" in r or "recent" in r for r in outcome.reasons)
     after = registry.champion()
     assert before is not None and after is not None and after.version == before.version
+    # Ops heard both decisions, each with its run.
+    told = read_events(settings, Stream.DECISIONS, {"retraining_started", "rejected"}, "action")
+    by_action = {d.action: d for d in told if isinstance(d, DecisionEvent)}
+    started, rejected = by_action["retraining_started"], by_action["rejected"]
+    assert started.trigger_id == outcome.trigger_id and started.reasons == ["bad labels"]
+    assert rejected.version == outcome.version and rejected.reasons == outcome.reasons
+    assert rejected.severity == "warning"
+    for told_of in (started, rejected):
+        assert told_of.run_url is not None and told_of.run_url.endswith(f"/runs/{outcome.run_id}")
+
+
+def test_a_failed_run_is_recorded_and_told_to_ops(bootstrapped: Settings, tmp_path: Path) -> None:
+    settings = bootstrapped.model_copy(update={"topic_prefix": "failing", "var_dir": tmp_path})
+    ensure_topics(settings)
+    retrainer = Retrainer(settings, TASK)
+    trigger = TriggerEvent(
+        trigger_id=f"test-failed-{uuid.uuid4().hex[:6]}", reason="r", requested_by="cli"
+    )
+    retrainer.record_failure(trigger, ValueError("the snapshot held no examples"))
+    run = retrainer.find_run(trigger.trigger_id)
+    assert run is not None and run.data.tags[OUTCOME_TAG] == "failed"
+    [failed] = read_events(settings, Stream.DECISIONS, {"retraining_failed"}, "action")
+    assert isinstance(failed, DecisionEvent) and failed.severity == "critical"
+    assert failed.trigger_id == trigger.trigger_id
+    assert failed.reasons == ["ValueError: the snapshot held no examples"]
+    assert failed.run_url is not None and failed.run_url.endswith(f"/runs/{run.info.run_id}")
 
 
 def test_the_search_runs_trials_as_nested_runs_and_keeps_the_best(

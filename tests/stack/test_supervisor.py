@@ -1,14 +1,18 @@
-"""The supervisor starts a killed process again, records it, and leaves a stop alone."""
+"""The supervisor starts a killed process again, records it, tells ops, and leaves a stop
+alone."""
 
 from __future__ import annotations
 
 import time
 
+from services.common.events import DecisionEvent
 from services.common.settings import Settings
+from services.common.topics import Stream
 from services.stack.monitor import monitor_process
 from services.stack.stack import Stack
 from services.stack.supervisor import read_restarts, supervisor_process
 from tests.conftest import run_cli
+from tests.inference.helpers import read_events
 
 
 def _wait(condition, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
@@ -40,6 +44,10 @@ def test_a_killed_monitor_is_restarted_and_a_stopped_one_is_not(
         assert monitor.is_healthy()
         mine = [r for r in read_restarts(kafka_stack) if r.component == "monitor"][before:]
         assert [(r.attempt, r.ok) for r in mine] == [(1, True)]
+        told = read_events(kafka_stack, Stream.DECISIONS, {"monitor"}, "subject", timeout_s=30)
+        assert any(
+            isinstance(d, DecisionEvent) and d.action == "process_restarted" for d in told
+        ), told
         status = run_cli(kafka_stack, "status")
         assert f"restarts monitor: {before + 1}" in status.stdout
         assert "supervisor healthy" in status.stdout
