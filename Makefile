@@ -70,6 +70,8 @@ lint: setup
 	$(PY) -m ruff check services tests bench
 	$(PY) -m ruff format --check services tests bench
 	$(PY) -m mypy services
+	source var/toolchain.env && $$REFINERY_PROMTOOL check config infra/prometheus/prometheus.yml \
+	  && $$REFINERY_PROMTOOL test rules infra/prometheus/rules_test.yml
 
 # Re-lock after changing dependencies in pyproject.toml.
 lock:

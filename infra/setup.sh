@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine: uv, the main venv, the vLLM venv, Kafka jars.
+# Idempotent set-up for a fresh machine: uv, the main venv, the vLLM venv, Kafka jars,
+# promtool, Chromium.
 # Everything heavy is cached outside the clone under $REFINERY_CACHE (default
 # ~/.cache/refinery), keyed by a hash of the file that defines it, so a second run (or a
 # second clone) takes seconds. Writes .venv (a link to the main venv) and var/toolchain.env.
@@ -84,10 +85,33 @@ if [ ! -f "$KAFKA/.complete" ]; then
   exec 9>&-
 fi
 
+# promtool (checks infra/prometheus in `make lint`): from Debian's prometheus package,
+# unpacked into the cache rather than installed (no daemon, no root-owned service).
+PROMTOOL="$CACHE/promtool-debian12/promtool"
+if [ ! -x "$PROMTOOL" ]; then
+  say "fetching promtool (Debian package prometheus)"
+  work="$(mktemp -d)"
+  ( cd "$work" && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; } )
+  dpkg-deb -x "$work"/prometheus_*.deb "$work/x"
+  mkdir -p "$(dirname "$PROMTOOL")"
+  install -m 0755 "$work/x/usr/bin/promtool" "$PROMTOOL"
+  rm -rf "$work"
+fi
+
+# Chromium (Debian's package): the dashboard test renders the Evidently UI headless.
+if ! command -v chromium >/dev/null 2>&1; then
+  say "installing chromium (Debian package) for the browser tests"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq && $SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+fi
+
 cat > "$ROOT/var/toolchain.env" <<ENV
 # written by infra/setup.sh; read by services.common.settings
 REFINERY_VLLM_PYTHON=$VLLM/bin/python
 REFINERY_VLLM_BACKEND=$BACKEND
 REFINERY_KAFKA_LIBS=$KAFKA/libs
+REFINERY_PROMTOOL=$PROMTOOL
 ENV
 say "ready: .venv -> $MAIN, vLLM ($BACKEND) in $VLLM, Kafka jars in $KAFKA/libs"

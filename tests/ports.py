@@ -38,4 +38,7 @@ def ports(block: int) -> dict[str, Any]:
         "mlflow_uri": f"http://127.0.0.1:{mlflow}",
         "vllm_port": base + 30,
         "gateway_port": base + 40,
+        "monitor_metrics_port": base + 50,
+        "retrainer_metrics_port": base + 60,
+        "evidently_ui_port": base + 70,
     }

@@ -61,6 +61,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if canary is not None:
             version, share = canary
             print(f"canary: v{version} answers {share:.0%} of users (sticky per user)")
+        if any(r.healthy for r in rows if r.name.startswith("kafka")):
+            from services.cli.overview import overview  # the loop: models, windows, runs
+
+            for line in overview(stack.settings):
+                print(line)
     if any(r.healthy for r in rows if r.name.startswith("kafka")):
         lag = stack.lag()
         if not lag:

@@ -189,6 +189,16 @@ class TriggerEvent(Event):
     window_end: AwareDatetime | None = None
     evidence: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def kind(self) -> str:
+        """Why it was asked: ``manual`` (the CLI), or the monitor's ``drift``, ``retry``
+        (the drift goes on after a rejection) or ``refinement`` (the promoted model lags)."""
+        if self.requested_by == "cli":
+            return "manual"
+        if "refinement_round" in self.evidence:
+            return "refinement"
+        return "retry" if "retry" in self.evidence else "drift"
+
 
 class ModelEvent(Event):
     """A model version changed state (topic ``models``, key = registered model name)."""

@@ -26,6 +26,8 @@ PREVIOUS = "previous"
 CANARY = "canary"
 CANARY_SHARE_TAG = "canary_share"
 CANARY_MODE_TAG = "canary_mode"  # live or shadow
+# The version's gate-metric score (0-1) on the golden set when it was registered.
+GOLDEN_SCORE_TAG = "golden_score"
 
 
 @dataclass(frozen=True)

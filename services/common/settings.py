@@ -105,6 +105,15 @@ class Settings(BaseSettings):
 
     # Monitor (services/monitor)
     monitor_app_id: str = "refinery-monitor"
+    # Prometheus metrics of the monitor and the retrainer (0: not served); the gateway's
+    # are at its own /metrics.
+    metrics_host: str = "127.0.0.1"
+    monitor_metrics_port: int = 8020
+    retrainer_metrics_port: int = 8030
+    # The Evidently UI over the monitor's workspace (`refinery up` starts it); alerts link
+    # to their window's report there.
+    evidently_ui_host: str = "127.0.0.1"
+    evidently_ui_port: int = 8010
     # A prediction waits this long for feedback (and feedback for its prediction).
     join_ttl_s: float = 24 * 3600
     # Retrainer: torch threads on a CPU host (default: half the cores, at least one).
@@ -173,6 +182,14 @@ class Settings(BaseSettings):
     @property
     def api_keys_path(self) -> Path:
         return self.api_keys_file or self.secrets_dir / "api-keys"
+
+    @property
+    def evidently_ui_url(self) -> str:
+        return f"http://{self.evidently_ui_host}:{self.evidently_ui_port}"
+
+    @property
+    def evidently_workspace(self) -> Path:
+        return self.var_dir / "monitor" / "workspace"
 
     @property
     def gateway_url(self) -> str:

@@ -110,14 +110,8 @@ TRIGGER_ROWS = {
     "drift": "retrain trigger",
     "retry": "retrain trigger (retry after a rejection)",
     "refinement": "refinement trigger",
+    "manual": "manual retrain trigger",
 }
-
-
-def trigger_kind(trigger: TriggerEvent) -> str:
-    """Why the monitor asked (services/monitor/triggers.py): a key of :data:`TRIGGER_ROWS`."""
-    if "refinement_round" in trigger.evidence:
-        return "refinement"
-    return "retry" if "retry" in trigger.evidence else "drift"
 
 
 @dataclass(frozen=True)
@@ -127,9 +121,7 @@ class Round:
 
     trigger: float
     trigger_id: str
-    # "drift"; "retry": the drift goes on after a rejection; "refinement": the previous
-    # round's model still lagged.
-    kind: str
+    kind: str  # TriggerEvent.kind: drift, retry, refinement (or manual)
     run: RunRecord | None
     run_start: float | None
     decided: float | None  # the promoted or rejected model event
@@ -250,7 +242,7 @@ def build_timeline(settings: Settings, sim: Simulation) -> Timeline:
             Round(
                 trigger=_epoch(trigger.occurred_at) - onset,
                 trigger_id=trigger.trigger_id,
-                kind=trigger_kind(trigger),
+                kind=trigger.kind,
                 run=run,
                 run_start=rel(run.started_at) if run else None,
                 decided=rel(_epoch(decided.occurred_at)) if decided else None,
@@ -464,8 +456,8 @@ def print_report(
     for r in summary["rounds"]:
         if r["mlflow_run"]:
             print(f"MLflow run: {r['mlflow_run']}")
-    workspace = settings.var_dir / "monitor" / "workspace"
-    print(f"Evidently dashboard: evidently ui --workspace {workspace} --port 8010")
+    print(f"Evidently dashboard and window reports: {settings.evidently_ui_url}")
+    print("Decisions and alerts: ./refinery alerts (--follow); the loop: ./refinery status")
 
 
 def reset(settings: Settings) -> None:

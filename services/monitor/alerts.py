@@ -1,5 +1,6 @@
-"""Turning a drift result into what ops see: an alert event, a saved HTML report, a run in
-the Evidently workspace (for `evidently ui`), and a Slack-compatible webhook POST."""
+"""Turning a drift result into what ops see: a run in the Evidently workspace (the UI's
+project, whose dashboard is defined here in code), an alert event linking to that run's
+report in the UI, a saved HTML copy of it, and a Slack-compatible webhook POST."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from evidently.core.report import Snapshot
 from evidently.ui.workspace import Workspace
 
 from services.common.events import AlertEvent
-from services.monitor.drift import THUMBS_DOWN, DriftResult, describe
+from services.monitor.drift import THUMBS_DOWN, DriftResult, ThumbsCount, describe
+from services.monitor.report import WindowLabels, dashboard, dashboard_versions, window_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,12 @@ class Window:
     end: datetime
     size: int
     reference_version: str
+    episode: datetime | None = None  # the start of the drift episode it is part of
+    thumbs: ThumbsCount | None = None  # the champion's ratings in it
+
+    @property
+    def labels(self) -> WindowLabels:
+        return WindowLabels(self.reference_version, self.index, self.start, self.end, self.episode)
 
     @property
     def alert_id(self) -> str:
@@ -73,10 +82,25 @@ def set_aside_unreadable_snapshots(workspace_dir: Path) -> list[Path]:
     return moved
 
 
-class AlertPublisher:
-    """Saves the report, records the run in the workspace, and posts the webhook."""
+@dataclass(frozen=True)
+class Recorded:
+    """A window's snapshot as the workspace holds it."""
 
-    def __init__(self, reports_dir: Path, workspace_dir: Path, webhook_url: str | None) -> None:
+    snapshot: Snapshot
+    snapshot_id: str
+
+
+class AlertPublisher:
+    """Records each window, saves and links a drifted one's report, posts the webhook."""
+
+    def __init__(
+        self,
+        reports_dir: Path,
+        workspace_dir: Path,
+        webhook_url: str | None,
+        free_text: bool = False,
+        ui_url: str | None = None,
+    ) -> None:
         reports_dir.mkdir(parents=True, exist_ok=True)
         self.reports_dir = reports_dir
         try:
@@ -85,20 +109,41 @@ class AlertPublisher:
             set_aside_unreadable_snapshots(workspace_dir)
             self.workspace = Workspace.create(str(workspace_dir))
         found = self.workspace.search_project(PROJECT_NAME)
-        self.project = found[0] if found else self.workspace.create_project(PROJECT_NAME)
+        if found:
+            self.project = found[0]
+        else:
+            self.project = self.workspace.create_project(
+                PROJECT_NAME, description="Drift windows of the Refinery monitor"
+            )
+            self.workspace.save_dashboard(self.project.id, dashboard([], free_text))
+        self.free_text = free_text
+        self.versions = dashboard_versions(self.workspace.get_dashboard(self.project.id))
         self.webhook_url = webhook_url
+        self.ui_url = ui_url.rstrip("/") if ui_url else None
 
-    def record(self, result: DriftResult, window: Window) -> None:
-        """Every window goes to the workspace, drifted or not: the dashboard shows the trend."""
-        self.workspace.add_run(self.project.id, result.snapshot, name=f"{window.end:%Y%m%dT%H%M%S}")
+    def record(self, result: DriftResult, window: Window) -> Recorded:
+        """Every window goes to the workspace, drifted or not: the dashboard shows the
+        trend. A model version seen for the first time gets its quality series."""
+        snapshot = window_snapshot(result, window.labels, window.thumbs)
+        name = f"window {window.index} v{window.reference_version} {window.end:%Y-%m-%d %H:%M:%S}"
+        ref = self.workspace.add_run(self.project.id, snapshot, name=name)
+        if window.reference_version not in self.versions:
+            self.versions.add(window.reference_version)
+            self.workspace.save_dashboard(self.project.id, dashboard(self.versions, self.free_text))
+        return Recorded(snapshot, str(ref.id))
 
-    def alert(self, result: DriftResult, window: Window) -> AlertEvent | None:
+    def report_url(self, recorded: Recorded) -> str:
+        """The window's report in the Evidently UI."""
+        return f"{self.ui_url}/projects/{self.project.id}/reports/{recorded.snapshot_id}"
+
+    def alert(self, result: DriftResult, window: Window, recorded: Recorded) -> AlertEvent | None:
         """An alert for a drifted window (None if nothing drifted), its report saved; the
-        worker sends it (and :meth:`notify`) once the window's close is recorded."""
+        worker sends it (and :meth:`notify`) once the window's close is recorded. The link
+        is the report in the UI, or the saved copy when no UI is configured."""
         if not result.drifted_columns:
             return None
         report = self.reports_dir / f"drift-{window.end:%Y%m%dT%H%M%S%f}.html"
-        result.save_html(str(report))
+        recorded.snapshot.save_html(str(report))
         drifted = result.drifted_columns
         critical = THUMBS_DOWN in drifted or len(drifted) * 2 >= len(result.metrics)
         return AlertEvent(
@@ -109,7 +154,7 @@ class AlertPublisher:
             drifted_columns=drifted,
             metrics=result.metrics,
             reference_version=window.reference_version,
-            report_url=report.resolve().as_uri(),
+            report_url=self.report_url(recorded) if self.ui_url else report.resolve().as_uri(),
             severity="critical" if critical else "warning",
         )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -25,7 +26,9 @@ from pydantic import ValidationError
 
 from services.common.decisions import webhook_payload
 from services.common.events import DecisionEvent, FeedbackEvent, ModelEvent, PredictionEvent
+from services.common.kafka.admin import consumer_lag
 from services.common.kafka.consumer import dead_letter_headers, parse_event
+from services.common.metrics import serve_metrics
 from services.common.settings import get_settings
 from services.common.task import load_task
 from services.common.topics import DLQ_SUFFIX, Stream, Topics
@@ -40,6 +43,9 @@ from services.monitor.join import (
     stale_keys,
     sweep_interval,
 )
+from services.monitor.metrics import MonitorMetrics
+from services.monitor.report import WindowLabels, window_snapshot
+from services.monitor.triggers import OPERATIONAL_COLUMNS
 from services.monitor.windows import (
     Change,
     DriftWindows,
@@ -117,6 +123,9 @@ alerts = app.topic(topics.name(Stream.ALERTS), key_serializer="raw", value_seria
 triggers = app.topic(topics.name(Stream.TRIGGERS), key_serializer="raw", value_serializer="raw")
 decisions = app.topic(topics.name(Stream.DECISIONS), key_serializer="raw", value_serializer="raw")
 WINDOW_KEY = b"windows"
+metrics = MonitorMetrics()
+metrics.watch_join_state(lambda: len(join_table))
+LAG_S = 30.0  # how often the worker measures its group's consumer lag
 # Time-closed windows need a clock in the stream: every worker ticks; extra ticks are harmless.
 TICK_S = min(5.0, spec.window_minutes * 60 / 4)
 _publisher: AlertPublisher | None = None
@@ -125,9 +134,12 @@ _publisher: AlertPublisher | None = None
 def publisher() -> AlertPublisher:
     global _publisher
     if _publisher is None:  # on first use: only the worker owning the windows needs one
-        monitor_dir = settings.var_dir / "monitor"
         _publisher = AlertPublisher(
-            monitor_dir / "reports", monitor_dir / "workspace", settings.alert_webhook_url
+            settings.var_dir / "monitor" / "reports",
+            settings.evidently_workspace,
+            settings.alert_webhook_url,
+            free_text=task_file.task.kind != "classification",
+            ui_url=settings.evidently_ui_url,
         )
     return _publisher
 
@@ -150,10 +162,12 @@ async def join(stream: faust.StreamT) -> None:
     async for event in stream.events():
         message = event.message
         stream_kind = topics.stream_of(message.topic)
+        counted = metrics.events.labels(stream=stream_kind.value, outcome="dead_letter")
         try:
             parsed = parse_event(stream_kind, message.value)
         except (ValidationError, ValueError) as exc:
             await dead_letter(message, exc)
+            counted.inc()
             continue
         key = message.key.decode() if message.key else ""
         expected = getattr(parsed, "prediction_id", None)
@@ -161,9 +175,12 @@ async def join(stream: faust.StreamT) -> None:
             await dead_letter(
                 message, ValueError(f"key {key!r} is not its prediction_id {expected!r}")
             )
+            counted.inc()
             continue
         if isinstance(parsed, PredictionEvent) and parsed.shadow_of is not None:
+            metrics.events.labels(stream=stream_kind.value, outcome="shadow").inc()
             continue  # a shadow canary's answer: nobody saw it, so nobody rates it
+        metrics.events.labels(stream=stream_kind.value, outcome="read").inc()
         raw = join_table.get(key)
         now = time.time()
         # Past its TTL but not swept yet: gone all the same, whenever the sweep comes.
@@ -182,6 +199,7 @@ async def join(stream: faust.StreamT) -> None:
         for example in out:
             await examples.send(key=example.feedback_id.encode(), value=example.to_bytes())
             await window_topic.send(key=WINDOW_KEY, value=rating_record(example))
+            metrics.examples.inc()
 
 
 @app.agent(models)
@@ -240,9 +258,32 @@ async def warm_up_drift() -> None:
     scratch = settings.var_dir / "monitor" / "warm-up.html"
     scratch.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    await asyncio.to_thread(warm_up, task_file.task.kind != "classification", str(scratch))
+    result = await asyncio.to_thread(warm_up, task_file.task.kind != "classification")
+    now = datetime.now(UTC)
+    report = await asyncio.to_thread(
+        window_snapshot, result, WindowLabels("0", 0, now, now, None), None
+    )
+    await asyncio.to_thread(report.save_html, str(scratch))
     await asyncio.to_thread(publisher)  # the Evidently workspace, opened once
     log.info("drift tests warmed up in %.1f s", time.monotonic() - started)
+
+
+@app.task
+async def expose_metrics() -> None:
+    serve_metrics(metrics.registry, settings.metrics_host, settings.monitor_metrics_port, "monitor")
+
+
+@app.timer(interval=LAG_S)
+async def measure_lag() -> None:
+    """The worker's consumer group lag, per topic, for the metrics."""
+    try:
+        lag = await asyncio.to_thread(
+            consumer_lag, settings.kafka_bootstrap, [settings.monitor_app_id]
+        )
+    except Exception as exc:  # a broker away: the next measurement tries again
+        log.warning("metrics: consumer lag not measured: %s", exc)
+        return
+    metrics.set_lag(lag.get(settings.monitor_app_id, {}))
 
 
 @app.timer(interval=TICK_S)
@@ -265,9 +306,18 @@ async def close_window(windows: DriftWindows) -> None:
         task_file.task.kind != "classification",  # free text: embeddings, answer kinds
     )
     tested = time.monotonic()
-    window = Window(closed.index, closed.start, closed.end, len(closed.current), closed.version)
-    await asyncio.to_thread(publisher().record, result, window)
-    alert = await asyncio.to_thread(publisher().alert, result, window)
+    episodic = [c for c in result.drifted_columns if c not in OPERATIONAL_COLUMNS]
+    window = Window(
+        closed.index,
+        closed.start,
+        closed.end,
+        len(closed.current),
+        closed.version,
+        episode=(windows.state.trigger.drift_began or closed.start) if episodic else None,
+        thumbs=closed.current_thumbs,
+    )
+    recorded = await asyncio.to_thread(publisher().record, result, window)
+    alert = await asyncio.to_thread(publisher().alert, result, window, recorded)
     lowest = min(result.metrics, key=alarm_ratio)
     log.info(
         "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s "
@@ -282,6 +332,9 @@ async def close_window(windows: DriftWindows) -> None:
         describe(lowest),
         tested - started,
         time.monotonic() - tested,
+    )
+    metrics.window_closed(
+        result.metrics, len(closed.current), closed.end.timestamp(), time.monotonic() - started
     )
     await deliver(windows, windows.close(closed, result.drifted_columns, alert))
 
@@ -303,6 +356,7 @@ async def deliver(windows: DriftWindows, outbox: Outbox) -> None:
                 key=outbox.trigger.trigger_id.encode(), value=outbox.trigger.to_bytes()
             )
         )
+    metrics.sent(outbox.alert, outbox.trigger)
     windows.delivered(outbox)
 
 

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from evidently import DataDefinition, Dataset, Report
-from evidently.core.report import Snapshot
 from evidently.metrics import EmbeddingsDrift, ValueDrift
 from evidently.metrics.embeddings import ModelDriftMethod
 from scipy.stats import chi2_contingency
@@ -228,15 +227,17 @@ def homogeneity_p_value(reference: Sequence[str], current: Sequence[str]) -> flo
 
 @dataclass(frozen=True)
 class DriftResult:
+    """Every test's verdict, and the feature frames they ran on (the window's report,
+    services/monitor/report.py, shows them: embeddings left out)."""
+
     metrics: list[DriftMetric]
-    snapshot: Snapshot
+    reference: pd.DataFrame
+    current: pd.DataFrame
+    definition: DataDefinition
 
     @property
     def drifted_columns(self) -> list[str]:
         return [m.column for m in self.metrics if m.drifted]
-
-    def save_html(self, path: str) -> None:
-        self.snapshot.save_html(path)
 
 
 def detect_drift(
@@ -329,11 +330,14 @@ def detect_drift(
                 drifted=score < threshold,
             )
         )
-    return DriftResult(metrics, snapshot)
+    features = [*NUMERIC, *categorical]
+    shown = DataDefinition(numerical_columns=list(NUMERIC), categorical_columns=list(categorical))
+    return DriftResult(metrics, ref[features], cur[features], shown)
 
 
-def warm_up(free_text: bool, scratch: str) -> None:
-    """Run the tests and write a report once on made-up rows, at worker start.
+def warm_up(free_text: bool) -> DriftResult:
+    """Run the tests once on made-up rows, at worker start (the worker renders their
+    report too).
 
     The first window otherwise pays for the imports, the embedding model's load and the
     report's first render, on a host where vLLM already takes the cores: measured ~100 s for
@@ -355,5 +359,5 @@ def warm_up(free_text: bool, scratch: str) -> None:
         for i in range(96)  # the embedding report's t-SNE needs more rows than its perplexity
     ]
     result = detect_drift(rows[:64], rows[64:], 0.01, free_text=free_text)
-    result.save_html(scratch)
     _EMBEDDED.clear()
+    return result

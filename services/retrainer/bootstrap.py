@@ -22,7 +22,7 @@ import mlflow
 
 from services.common.datasets import LabeledText, read_jsonl, write_jsonl
 from services.common.exceptions import ConfigError
-from services.common.registry import CHAMPION, ModelRegistry, VersionInfo
+from services.common.registry import CHAMPION, GOLDEN_SCORE_TAG, ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.task import TaskFile
 from services.demo.corpus import generate
@@ -191,6 +191,7 @@ def bootstrap(
             "base_model": base or BUILTIN_BASE,
             "golden_uri": f"runs:/{run_id}/data/golden.jsonl",
             "seed_train_uri": f"runs:/{run_id}/data/train.jsonl",
+            GOLDEN_SCORE_TAG: f"{golden_score:.4f}",
         },
         description=f"base model {base or BUILTIN_BASE}, bootstrapped",
     )
@@ -257,6 +258,7 @@ def _fine_tune(
             "golden_uri": base.tags["golden_uri"],
             "seed_train_uri": base.tags["seed_train_uri"],
             "status": "champion",
+            GOLDEN_SCORE_TAG: f"{golden_score:.4f}",
         },
         description=f"LoRA on v{base.version} fine-tuned on the bootstrap training file",
     )

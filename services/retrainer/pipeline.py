@@ -31,7 +31,7 @@ from services.common import decisions
 from services.common.datasets import LabeledText, read_jsonl
 from services.common.events import TriggerEvent
 from services.common.promotion import mark_challenger, promote, reject
-from services.common.registry import ModelRegistry, VersionInfo
+from services.common.registry import GOLDEN_SCORE_TAG, ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.task import TaskFile, TrainingSpec
 from services.retrainer.canary_watch import run_canary
@@ -45,7 +45,7 @@ from services.retrainer.evaluation import (
     score_outputs,
     write_report,
 )
-from services.retrainer.gate import GateDecision, gate, main_metric
+from services.retrainer.gate import GateDecision, gate, main_metric, main_metric_key
 from services.retrainer.record import (
     CHAMPION_PARAM,
     ERROR_TAG,
@@ -73,6 +73,7 @@ class Outcome:
     status: str  # promoted | rejected | already_done | interrupted (a canary left running)
     version: str | None
     reasons: list[str]
+    timings: Timings | None = None  # the steps a run of this process went through
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,10 @@ class Retrainer:
         training_seconds = time.monotonic() - started
         mlflow.log_metrics(trained.metrics())
         evaluated = self._evaluate(data, trained.model, work_dir)
-        info = self._register(trigger, run_id, data.base, trained.adapter_dir)
+        golden = evaluated.figures.get(
+            evaluation_metric("golden", "challenger", main_metric_key(self.task))
+        )
+        info = self._register(trigger, run_id, data.base, trained.adapter_dir, golden)
         timings = Timings(data.seconds, training_seconds, evaluated.seconds)
         return self._decide(trigger, run_id, info, evaluated, timings)
 
@@ -278,7 +282,12 @@ class Retrainer:
         )
 
     def _register(
-        self, trigger: TriggerEvent, run_id: str, base: VersionInfo, adapter_dir: Path
+        self,
+        trigger: TriggerEvent,
+        run_id: str,
+        base: VersionInfo,
+        adapter_dir: Path,
+        golden: float | None,
     ) -> VersionInfo:
         """The challenger in the registry (once per run: a resumed run finds its version)."""
         info = self._registered_for(run_id)
@@ -294,6 +303,7 @@ class Retrainer:
                     "golden_uri": base.tags.get("golden_uri", ""),
                     "seed_train_uri": base.tags.get("seed_train_uri", ""),
                     "status": "challenger",
+                    **({GOLDEN_SCORE_TAG: f"{golden:.4f}"} if golden is not None else {}),
                 },
                 description=f"LoRA on v{base.version} for trigger {trigger.trigger_id}",
             )
@@ -312,7 +322,8 @@ class Retrainer:
         decision = evaluated.decision
         if decision.promote and self.task.canary.share > 0:
             mlflow.log_metrics(timings.as_metrics())
-            return self._canary(trigger, run_id, info, decision.reasons, evaluated.summary)
+            watched = self._canary(trigger, run_id, info, decision.reasons, evaluated.summary)
+            return replace(watched, timings=timings)
         started = time.monotonic()
         if decision.promote:
             promote(
@@ -332,7 +343,7 @@ class Retrainer:
             status,
             "; ".join(decision.reasons),
         )
-        return Outcome(trigger.trigger_id, run_id, status, info.version, decision.reasons)
+        return Outcome(trigger.trigger_id, run_id, status, info.version, decision.reasons, timings)
 
     def _record_outcome(self, status: str, version: str, reasons: list[str]) -> None:
         """The run is finished: its trigger is not run again."""

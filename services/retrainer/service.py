@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import requests
@@ -23,10 +24,12 @@ from mlflow.exceptions import MlflowException
 
 from services.common.events import TriggerEvent
 from services.common.kafka import EventConsumer
+from services.common.metrics import serve_metrics
 from services.common.registry import ModelRegistry
 from services.common.settings import Settings, get_settings
 from services.common.task import TaskFile, load_task
 from services.common.topics import Stream
+from services.retrainer.metrics import RetrainerMetrics
 
 if TYPE_CHECKING:
     from services.retrainer.pipeline import Retrainer
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 GROUP_ID = "refinery-retrainer"
 READY = "retrainer: ready"
+CHAMPION_LOOK_S = 30.0  # how often the champion gauge reads the registry between runs
 # MLflow or the network away: the trigger is not committed, so it runs again once they are
 # back (the run resumes). Anything else is a fault of this trigger: recorded, then skipped.
 TRANSIENT = (
@@ -89,12 +93,17 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         log.info("retrainer: training on the CPU with %d thread(s)", torch.get_num_threads())
 
     task = load_task(settings.task_file)
+    metrics = RetrainerMetrics()
+    serve_metrics(
+        metrics.registry, settings.metrics_host, settings.retrainer_metrics_port, "retrainer"
+    )
     retrainer = _connected(settings, task, stop)
     if retrainer is None:
         return
     registry = ModelRegistry(settings)
     ready = False
     backoff = 5.0
+    looked = 0.0  # when the champion gauge was last read from the registry
     while not stop.is_set():
         try:
             reconcile(settings)
@@ -119,9 +128,14 @@ def serve(settings: Settings, stop: threading.Event) -> None:
                         champion = registry.champion()
                         chosen = pick(triggers, champion.version if champion else None)
                         if chosen is not None:
-                            run_once(retrainer, chosen)
+                            run_once(retrainer, chosen, metrics)
+                            looked = 0.0  # the run may have moved the champion
                     if batch:
                         consumer.commit()
+                    if time.monotonic() - looked > CHAMPION_LOOK_S:  # ops may promote too
+                        champion = registry.champion()
+                        metrics.champion(champion.version if champion else None)
+                        looked = time.monotonic()
             backoff = 5.0
         except TRANSIENT as exc:
             # Kafka, MLflow or the network went away: nothing was committed past the last
@@ -146,16 +160,21 @@ def _connected(settings: Settings, task: TaskFile, stop: threading.Event) -> Ret
     return None
 
 
-def run_once(retrainer: Retrainer, trigger: TriggerEvent) -> None:
+def run_once(retrainer: Retrainer, trigger: TriggerEvent, metrics: RetrainerMetrics) -> None:
     """Run one trigger; a failure that retrying cannot fix is recorded and the trigger is
     let go, so one bad trigger does not stop every later one."""
+    metrics.running.set(1)
     try:
-        retrainer.run(trigger)
+        outcome = retrainer.run(trigger)
+        metrics.run_ended(outcome.status, outcome.timings)
     except TRANSIENT:
         raise
     except Exception as exc:
         log.exception("trigger %s: failed; recorded and skipped", trigger.trigger_id)
         retrainer.record_failure(trigger, exc)
+        metrics.run_ended("failed", None)
+    finally:
+        metrics.running.set(0)
 
 
 def main() -> None:

@@ -43,6 +43,9 @@ def listener_ports(settings: Settings) -> dict[str, int]:
     ports["mlflow"] = settings.mlflow_port
     ports["vllm"] = settings.vllm_port
     ports["gateway"] = settings.gateway_port
+    ports["monitor metrics"] = settings.monitor_metrics_port
+    ports["evidently ui"] = settings.evidently_ui_port
+    ports["retrainer metrics"] = settings.retrainer_metrics_port
     return ports
 
 

@@ -11,6 +11,7 @@ from services.common.kafka.admin import consumer_lag, ensure_topics, wait_for_br
 from services.common.registry import CANARY_SHARE_TAG, ModelRegistry, VersionInfo
 from services.common.settings import Settings
 from services.common.task import load_task
+from services.stack.evidently_ui import evidently_ui_process
 from services.stack.gateway import ensure_local_secrets, gateway_process
 from services.stack.kafka import KafkaCluster
 from services.stack.mlflow import mlflow_process
@@ -28,7 +29,7 @@ from services.stack.vllm import vllm_process
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("kafka", "mlflow", "vllm", "gateway", "monitor", "retrainer")
+COMPONENTS = ("kafka", "mlflow", "vllm", "gateway", "monitor", "evidently", "retrainer")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Stack:
             self._keep(gateway_process(self.settings)).start()
         if "monitor" in only:
             self._keep(monitor_process(self.settings)).start()
+        if "evidently" in only:
+            self._keep(evidently_ui_process(self.settings)).start()
         if "retrainer" in only:
             self._keep(retrainer_process(self.settings)).start()
         wanted = read_wanted(self.settings)
@@ -107,6 +110,7 @@ class Stack:
             "vllm": lambda: [vllm_process(s)],
             "gateway": lambda: [gateway_process(s)],
             "monitor": lambda: [monitor_process(s)],
+            "evidently": lambda: [evidently_ui_process(s)],
             "retrainer": lambda: [retrainer_process(s)],
         }[component]()
 
@@ -168,6 +172,7 @@ class Stack:
         rows.append(self._row(vllm_process(s), s.vllm_url))
         rows.append(self._row(gateway_process(s), s.gateway_url))
         rows.append(self._row(monitor_process(s), f"faust app {s.monitor_app_id}"))
+        rows.append(self._row(evidently_ui_process(s), s.evidently_ui_url))
         rows.append(self._row(retrainer_process(s), "consumer of triggers"))
         rows.append(self._row(supervisor_process(s), "restarts what dies"))
         return rows

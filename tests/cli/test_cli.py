@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -54,9 +55,14 @@ def test_up_status_down_lifecycle(stack_settings: Settings, tmp_path: Path) -> N
 def test_status_reports_the_champion(full_stack: Settings) -> None:
     status = run_cli(full_stack, "status")
     assert status.returncode == 0, status.stdout + status.stderr[-2000:]
-    for name in ("kafka", "mlflow", "vllm", "gateway", "monitor"):
+    for name in ("kafka", "mlflow", "vllm", "gateway", "monitor", "evidently"):
         assert f"{name:<8} healthy" in status.stdout
     assert f"champion: {full_stack.registered_model} v1 (base)" in status.stdout
+    # The loop besides the processes: each part answers, or says it cannot.
+    lines = {line.split(":", 1)[0]: line for line in status.stdout.splitlines() if ": " in line}
+    assert re.match(r"models: champion v1 \(base, golden \d\.\d{3}\)", lines["models"])
+    for part in ("last drift window", "last alert", "last retraining", "last decision"):
+        assert part in lines and "unavailable" not in lines[part], lines.get(part)
 
 
 def test_try_sends_one_request_through_vllm(full_stack: Settings) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -24,6 +25,7 @@ from services.common.topics import Stream
 from services.demo.loop import build_timeline, phase_accuracy, plot
 from services.demo.simulate import SimulationConfig, simulate, until_promoted_then
 from services.stack.stack import Stack
+from tests.browser import render
 from tests.conftest import API_KEYS
 from tests.inference.helpers import read_events
 from tests.ports import LOOP, ports
@@ -122,3 +124,18 @@ def test_drift_feedback_retraining_and_recovery(
 
     files = plot(sim, timeline, tmp_path)
     assert all(f.stat().st_size > 10_000 for f in files)
+
+    # What ops saw of it: the Evidently dashboard of this loop, drawn in a browser.
+    ui = settings.evidently_ui_url
+    [project] = httpx.get(f"{ui}/api/projects").json()
+    windows = httpx.get(f"{ui}/api/projects/{project['id']}/snapshots").json()
+    assert any("drifted" in w["tags"] for w in windows)
+    assert {w["metadata"]["model_version"] for w in windows} >= {champion_before.version}
+    shot = REPO_ROOT / "var" / "screenshots" / f"loop-{task_file.task.kind}-dashboard.png"
+    drawn = render(
+        f"{ui}/projects/{project['id']}",
+        "document.body.innerText.includes('Quality from feedback')"
+        " && document.querySelectorAll('svg circle').length",
+        shot,
+    )
+    assert drawn and drawn >= len(windows), f"no chart points drawn (see {shot})"

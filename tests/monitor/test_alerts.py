@@ -54,10 +54,9 @@ def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
             current_thumbs=ThumbsCount(70, 200),
         )
         stable = detect_drift(reference, rows("retail", 200, seed=4), p_value=0.001)
-        for result in (stable, shifted):
-            publisher.record(result, WINDOW)
-        assert publisher.alert(stable, WINDOW) is None
-        alert = publisher.alert(shifted, WINDOW)
+        recorded = [publisher.record(result, WINDOW) for result in (stable, shifted)]
+        assert publisher.alert(stable, WINDOW, recorded[0]) is None
+        alert = publisher.alert(shifted, WINDOW, recorded[1])
         assert alert is not None and not Webhook.received  # posted once the close is recorded
         publisher.notify(alert)
     finally:
@@ -80,9 +79,23 @@ def test_webhook_failure_still_gives_the_alert(tmp_path: Path) -> None:
     result = detect_drift(
         rows("retail", 400, seed=1), rows("smart_home", 200, seed=3), p_value=0.001
     )
-    alert = publisher.alert(result, WINDOW)
+    alert = publisher.alert(result, WINDOW, publisher.record(result, WINDOW))
     assert alert is not None and alert.severity in ("warning", "critical")
     publisher.notify(alert)  # logged, not raised
+
+
+def test_with_the_ui_an_alert_links_to_its_windows_report_there(tmp_path: Path) -> None:
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None, ui_url="http://ui:8010/")
+    result = detect_drift(
+        rows("retail", 400, seed=1), rows("smart_home", 200, seed=3), p_value=0.001
+    )
+    recorded = publisher.record(result, WINDOW)
+    alert = publisher.alert(result, WINDOW, recorded)
+    assert alert is not None
+    project = publisher.project.id
+    assert alert.report_url == f"http://ui:8010/projects/{project}/reports/{recorded.snapshot_id}"
+    assert [str(r) for r in publisher.workspace.list_runs(project)] == [recorded.snapshot_id]
+    assert len(list((tmp_path / "r").glob("drift-*.html"))) == 1  # a copy on disk too
 
 
 def test_a_snapshot_cut_short_by_a_kill_does_not_stop_the_next_worker(tmp_path: Path) -> None:

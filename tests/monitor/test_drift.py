@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -57,13 +56,11 @@ def test_stable_traffic_raises_no_alarm_over_many_windows() -> None:
     assert false_alarms <= 1  # 10 windows x 9 tests at p < 0.001
 
 
-def test_new_product_line_is_detected_in_one_window(tmp_path: Path) -> None:
+def test_new_product_line_is_detected_in_one_window() -> None:
     reference = rows("retail", 400, seed=1)
     current = rows("retail", 100, seed=2) + rows("smart_home", 100, seed=3)
     result = detect_drift(reference, current, p_value=0.001)
     assert {"prompt_oov_share", "segment"} <= set(result.drifted_columns)
-    result.save_html(str(tmp_path / "report.html"))
-    assert (tmp_path / "report.html").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import HTTPServer
-from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -28,14 +28,17 @@ from services.common.events import (
 from services.common.kafka import EventConsumer, EventProducer, ensure_topics
 from services.common.promotion import promote, reject
 from services.common.registry import ModelRegistry
-from services.common.settings import Settings
+from services.common.settings import REPO_ROOT, Settings
 from services.common.task import load_task
 from services.common.topics import Stream
 from services.demo.traffic_events import synthetic_traffic
 from services.monitor.drift import THUMBS_DOWN
+from services.stack.evidently_ui import evidently_ui_process
 from services.stack.monitor import monitor_process
 from services.stack.process import ManagedProcess
+from tests.browser import render
 from tests.conftest import TEST_TASK
+from tests.metrics import promtool_lint, scrape_until, value
 from tests.monitor.test_alerts import Webhook
 
 WINDOW, REFERENCE = 100, 200
@@ -75,12 +78,18 @@ def drift_worker(
             "topic_prefix": "drifttest",
             "monitor_app_id": "drifttest-monitor",
             "alert_webhook_url": webhook,
+            # Ports of its own: the session's monitor and UI may hold the session's.
+            "monitor_metrics_port": kafka_stack.monitor_metrics_port + 5,
+            "evidently_ui_port": kafka_stack.evidently_ui_port + 5,
         }
     )
     ensure_topics(settings)
     worker = monitor_process(settings, "drift-monitor")
+    ui = evidently_ui_process(settings)  # over the worker's workspace
     worker.start()
+    ui.start()
     yield settings, worker
+    ui.stop()
     worker.stop()
 
 
@@ -150,8 +159,11 @@ def test_shift_alerts_within_a_window_stable_traffic_does_not_and_drift_triggers
     alerts = [a for a in read_all(settings, Stream.ALERTS) if isinstance(a, AlertEvent)]
     assert len(alerts) == 2
     assert all(a.reference_version == "1" and a.window_size == WINDOW for a in alerts)
-    report = Path(alerts[0].report_url.removeprefix("file://"))  # type: ignore[union-attr]
-    assert report.is_file() and report.stat().st_size > 10_000
+    # Each links to its window's report in the Evidently UI, with a copy on disk.
+    project = f"{settings.evidently_ui_url}/projects/"
+    assert all(str(a.report_url).startswith(project) for a in alerts), alerts[0].report_url
+    copies = list((settings.var_dir / "monitor" / "reports").glob("drift-*.html"))
+    assert len(copies) == 2 and all(c.stat().st_size > 10_000 for c in copies)
     assert len(Webhook.received) == 2 and "prompt_oov_share" in str(Webhook.received[0]["text"])
 
     # Two drifted windows in a row with enough ratings since training: one trigger.
@@ -181,6 +193,91 @@ def test_shift_alerts_within_a_window_stable_traffic_does_not_and_drift_triggers
     print(f"v2: stable windows {stable_v2}; thumbs-down window {thumbs}")
     assert stable_v2 == [[], []]
     assert thumbs == [THUMBS_DOWN]
+
+
+def test_the_dashboard_plots_the_windows_and_the_drifted_ones_are_tagged(
+    drift_worker: tuple[Settings, ManagedProcess],
+) -> None:
+    """After the shift test, in the Evidently UI: through its HTTP API, then in Chromium."""
+    settings, _ = drift_worker
+    ui = settings.evidently_ui_url
+    [project] = httpx.get(f"{ui}/api/projects").json()
+    snapshots = httpx.get(f"{ui}/api/projects/{project['id']}/snapshots").json()
+    drifted = [s for s in snapshots if "drifted" in s["tags"]]
+    stable = [s for s in snapshots if "stable" in s["tags"]]
+    assert len(drifted) >= 3 and len(stable) >= 8, [s["tags"] for s in snapshots]
+    for s in drifted:
+        assert any(t.startswith("episode-") for t in s["tags"]) and s["metadata"]["window_end"]
+        assert s["metadata"]["drifted_columns"] != "-"
+    assert {s["metadata"]["model_version"] for s in snapshots} >= {"1", "2"}
+    # An alert's link is a snapshot the UI has, tagged drifted.
+    [alert, *_] = [a for a in read_all(settings, Stream.ALERTS) if isinstance(a, AlertEvent)]
+    linked = str(alert.report_url).rsplit("/", 1)[-1]
+    meta = httpx.get(f"{ui}/api/projects/{project['id']}/{linked}/metadata")
+    assert meta.status_code == 200 and "drifted" in meta.json()["tags"]
+
+    panels = httpx.get(f"{ui}/api/v2/dashboards/{project['id']}").json()["panels"]
+    titles = [p["title"] for p in panels]
+    assert {"Drift share per window", "p-value per feature", "Thumbs-down rate"} <= set(titles)
+    share = next(p for p in panels if p["title"] == "Drift share per window")["values"][0]
+    data = httpx.post(
+        f"{ui}/api/v2/snapshots/{project['id']}/data_series_batch",
+        json={
+            "series_filter": [
+                {k: share[k] for k in ("tags", "metadata", "metric", "metric_labels")}
+            ]
+        },
+    ).json()
+    values = data["series"][0]["values"]
+    assert len(values) == len(snapshots) and max(values) > 0 and min(values) == 0
+
+    shot = REPO_ROOT / "var" / "screenshots" / "evidently-dashboard.png"
+    drawn = render(
+        f"{ui}/projects/{project['id']}",
+        "document.body.innerText.includes('Drift share per window')"
+        " && document.querySelectorAll('svg circle').length",
+        shot,
+    )
+    assert drawn and drawn > len(snapshots), f"no chart points drawn (see {shot})"
+    listed = render(
+        f"{ui}/projects/{project['id']}/reports",
+        "(document.body.innerText.match(/drifted/g) || []).length",
+        REPO_ROOT / "var" / "screenshots" / "evidently-reports.png",
+    )
+    assert listed and listed >= len(drifted)
+
+
+def test_the_worker_exports_what_it_read_tested_and_sent(
+    drift_worker: tuple[Settings, ManagedProcess],
+) -> None:
+    """After the shift test: its events, windows, scores, alerts and trigger as metrics."""
+    settings, _ = drift_worker
+    url = f"http://127.0.0.1:{settings.monitor_metrics_port}/metrics"
+    # The lag is measured every 30 s: the first measurement may not have come yet.
+    text, samples = scrape_until(
+        url, lambda s: any(name == "refinery_monitor_consumer_lag" for name, _ in s)
+    )
+    read = value(samples, "refinery_monitor_events_total", stream="predictions", outcome="read")
+    assert read is not None and read >= REFERENCE + 10 * WINDOW
+    assert (value(samples, "refinery_monitor_examples_total") or 0) > 0
+    drifted = value(samples, "refinery_monitor_windows_total", drifted="true")
+    assert drifted is not None and drifted >= 2
+    assert value(samples, "refinery_monitor_triggers_total", kind="drift") == 1
+    assert (value(samples, "refinery_monitor_alerts_total", severity="warning") or 0) + (
+        value(samples, "refinery_monitor_alerts_total", severity="critical") or 0
+    ) >= 2
+    score = value(
+        samples,
+        "refinery_monitor_drift_score",
+        column="thumbs_down_rate",
+        method="two_proportion_z",
+    )
+    assert score is not None and 0 <= score <= 1
+    assert value(samples, "refinery_monitor_window_predictions") == WINDOW
+    assert (value(samples, "refinery_monitor_join_keys") or 0) > 0
+    lag = [v for (name, _), v in samples.items() if name == "refinery_monitor_consumer_lag"]
+    assert lag and all(v >= 0 for v in lag)
+    assert promtool_lint(text) == ""
 
 
 def test_decisions_reach_the_webhook_with_links_to_their_runs(

@@ -30,6 +30,7 @@ from services.retrainer.splits import split
 from services.stack.stack import Stack
 from tests.conftest import API_KEYS, TEST_TASK, run_cli
 from tests.inference.helpers import read_events
+from tests.metrics import promtool_lint, scrape, scrape_until, value
 
 TASK = load_task(TEST_TASK)
 # Ops commands go through the gateway's admin API with this key.
@@ -164,6 +165,22 @@ def test_killed_mid_training_resumes_promotes_once_and_the_gateway_serves_it(
                 break
             assert time.monotonic() < deadline, r.text
             time.sleep(1)
+
+    # What ops scrape: the run by outcome and step, the champion it made, and the gateway
+    # serving that very version.
+    retrainer_metrics = f"http://127.0.0.1:{settings.retrainer_metrics_port}/metrics"
+    text, samples = scrape_until(
+        retrainer_metrics,
+        lambda s: value(s, "refinery_retrainer_champion_version") == float(version),
+    )
+    assert value(samples, "refinery_retrainer_champion_version") == float(version)
+    assert value(samples, "refinery_retrainer_runs_total", outcome="promoted") == 1
+    assert value(samples, "refinery_retrainer_step_seconds_count", step="training") == 1
+    assert value(samples, "refinery_retrainer_running") == 0
+    assert (value(samples, "refinery_retrainer_last_promotion_timestamp_seconds") or 0) > 0
+    assert promtool_lint(text) == ""
+    _, gateway = scrape(f"{settings.gateway_url}/metrics")
+    assert value(gateway, "refinery_served_model_version") == float(version)
 
 
 def test_ops_rollback_and_promote_take_the_same_path(retrainer_up: Settings) -> None:

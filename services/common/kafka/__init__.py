@@ -1,7 +1,7 @@
 """Kafka I/O with Refinery's guarantees: validated events, acks=all, dead letters with causes."""
 
 from services.common.kafka.admin import ensure_topics, wait_for_any_broker, wait_for_broker
-from services.common.kafka.consumer import DeadLetter, EventConsumer, Received
+from services.common.kafka.consumer import DeadLetter, EventConsumer, Received, newest_event
 from services.common.kafka.producer import EventProducer, RenewingProducer
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Received",
     "RenewingProducer",
     "ensure_topics",
+    "newest_event",
     "wait_for_any_broker",
     "wait_for_broker",
 ]

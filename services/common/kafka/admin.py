@@ -135,12 +135,14 @@ def _end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> d
     return consumer.end_offsets(partitions)  # type: ignore[no-any-return]
 
 
-def consumer_lag(bootstrap: str) -> dict[str, dict[str, int]]:
-    """Per consumer group and topic: records not yet committed (end offset - committed)."""
+def consumer_lag(bootstrap: str, groups: list[str] | None = None) -> dict[str, dict[str, int]]:
+    """Per consumer group (every one, or ``groups``) and topic: records not yet committed
+    (end offset - committed)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
-        groups = [g["group_id"] for g in admin.list_groups()]
+        if groups is None:
+            groups = [g["group_id"] for g in admin.list_groups()]
         committed = admin.list_group_offsets(groups) if groups else {}
         lags: dict[str, dict[str, int]] = {}
         for group_id, offsets in committed.items():

@@ -7,6 +7,7 @@ record of a batch and every invalid one is acknowledged on its ``<topic>.dlq``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -186,3 +187,42 @@ class EventConsumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def newest_event(settings: Settings, stream: Stream, timeout_s: float = 10.0) -> Event | None:
+    """The newest valid event of ``stream`` (the last record of each partition, compared
+    by ``occurred_at``), read without a consumer group; None if the topic is empty."""
+    from kafka import TopicPartition
+
+    topic = Topics.from_settings(settings).name(stream)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        request_timeout_ms=int(timeout_s * 1000) + 1000,
+    )
+    newest: Event | None = None
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return None
+        ends = consumer.end_offsets(partitions)
+        starts = consumer.beginning_offsets(partitions)
+        wanted = [tp for tp in partitions if ends[tp] > starts[tp]]
+        consumer.assign(wanted)
+        for tp in wanted:
+            consumer.seek(tp, ends[tp] - 1)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in wanted):
+            if time.monotonic() > deadline:
+                break
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    try:
+                        event = parse_event(stream, record.value)
+                    except (ValidationError, ValueError):
+                        continue
+                    if newest is None or event.occurred_at > newest.occurred_at:
+                        newest = event
+    finally:
+        consumer.close()
+    return newest
