@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import httpx
 
 from services.common.decisions import lines as decision_lines
+from services.common.decisions import run_url
 from services.common.events import AlertEvent, DecisionEvent
 from services.common.kafka import newest_event
 from services.common.registry import GOLDEN_SCORE_TAG, PREVIOUS, ModelRegistry, VersionInfo
@@ -95,7 +96,7 @@ def _last_decision(settings: Settings) -> str:
 def _last_retraining(settings: Settings) -> str:
     from mlflow import MlflowClient
 
-    from services.retrainer.record import OUTCOME_TAG, TRIGGER_TAG, VERSION_TAG, run_url
+    from services.retrainer.record import OUTCOME_TAG, TRIGGER_TAG, VERSION_TAG
 
     client = MlflowClient(tracking_uri=settings.mlflow_uri)
     experiment = client.get_experiment_by_name(settings.experiment)
