@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -41,7 +43,8 @@ def render(url: str, ready_js: str, screenshot: Path, timeout_s: float = 90) -> 
 
 async def _render(url: str, ready_js: str, screenshot: Path, timeout_s: float) -> Any:
     port = _free_port()
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helpers may still write to the profile as the browser ends.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen(
             [
                 chromium(),
@@ -57,6 +60,7 @@ async def _render(url: str, ready_js: str, screenshot: Path, timeout_s: float) -
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own group: the helpers end with it
         )
         try:
             page = await _page(port, deadline=time.monotonic() + 30)
@@ -82,7 +86,7 @@ async def _render(url: str, ready_js: str, screenshot: Path, timeout_s: float) -
                 screenshot.write_bytes(base64.b64decode(shot["data"]))
                 return value
         finally:
-            browser.terminate()
+            os.killpg(browser.pid, signal.SIGTERM)
             browser.wait(timeout=30)
 
 
