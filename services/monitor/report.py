@@ -27,11 +27,17 @@ from evidently.metrics import ValueDrift
 from evidently.sdk.models import DashboardModel, DashboardTabModel, PanelMetric
 from evidently.sdk.panels import bar_plot_panel, counter_panel, line_plot_panel, text_panel
 
-from services.monitor.drift import EMBEDDINGS, NUMERIC, THUMBS_DOWN, DriftResult, ThumbsCount
+from services.monitor.drift import (
+    CATEGORICAL,
+    EMBEDDINGS,
+    FREE_TEXT_CATEGORICAL,
+    NUMERIC,
+    THUMBS_DOWN,
+    DriftResult,
+    ThumbsCount,
+)
 
 WINDOW, FEEDBACK = "window", "feedback"  # the ``column`` of the values that are no test
-#: The p-value tests per feature (KS on numbers, chi-square on categories), as plotted.
-CATEGORICAL_PLOTTED = ("segment", "label", "answer_kind")
 
 
 class MonitorValue(SingleValueMetric):
@@ -41,6 +47,7 @@ class MonitorValue(SingleValueMetric):
     be a series of its own."""
 
     class Config:
+        # Under Evidently's own namespace: the UI (0.7.23) draws no series of another.
         type_alias = "evidently:metric_v2:MonitorValue"
 
     column: str
@@ -150,7 +157,7 @@ def _series(column: str, method: str, legend: str, series: str | None = None) ->
 
 def dashboard(versions: Iterable[str], free_text: bool) -> DashboardModel:
     """The project's dashboard: drift, quality from feedback per model version, counts."""
-    categorical = [c for c in CATEGORICAL_PLOTTED if (c == "answer_kind") == free_text]
+    categorical = FREE_TEXT_CATEGORICAL if free_text else CATEGORICAL
     p_values = [_series(c, "ks", c) for c in NUMERIC]
     p_values += [_series(c, "chi2_contingency", c) for c in categorical]
     panels = [
