@@ -1,5 +1,6 @@
 """Gateway overhead: /v1/completions through the gateway vs vLLM directly (same prompts,
-interleaved, one run), and feedback requests/s vs a bare FastAPI handler on this machine.
+same served model: the champion, adapter or not; interleaved, one run), and feedback
+requests/s vs a bare FastAPI handler on this machine.
 
 Needs the stack running (`refinery up`); `make bench` starts it.
 """
@@ -41,7 +42,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def latency(n: int, key: str, max_tokens: int) -> dict[str, list[float]]:
+class NotLikeForLike(RuntimeError):
+    """The two paths answered with different models: their times say nothing together."""
+
+
+def served_by_gateway(key: str) -> str:
+    """The name vLLM serves the champion under (the base's, or the adapter's)."""
+    settings = get_settings()
+    r = httpx.post(
+        f"{settings.gateway_url}/v1/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": settings.registered_model, "prompt": "Ticket: hi\nTeam:", "max_tokens": 1},
+        timeout=60,
+    )
+    r.raise_for_status()
+    return str(r.json()["model"])
+
+
+def latency(n: int, key: str, max_tokens: int, served: str) -> dict[str, list[float]]:
+    """Sequential requests, the two paths interleaved in random order, both answered by
+    the same served model (the champion, adapter or not): vLLM is asked for the name the
+    gateway routes to, and every answer's ``model`` is checked."""
     settings = get_settings()
     task = load_task(settings.task_file)
     prompts = [e.prompt for e in generate(task.task, n, seed=99)]
@@ -51,7 +72,7 @@ def latency(n: int, key: str, max_tokens: int) -> dict[str, list[float]]:
             settings.registered_model,
             {"Authorization": f"Bearer {key}"},
         ),
-        "vllm": (f"{settings.vllm_url}/v1/completions", settings.served_model_name, {}),
+        "vllm": (f"{settings.vllm_url}/v1/completions", served, {}),
     }
     times: dict[str, list[float]] = {name: [] for name in targets}
     with httpx.Client(timeout=60) as http:
@@ -86,6 +107,11 @@ def latency(n: int, key: str, max_tokens: int) -> dict[str, list[float]]:
                 )
                 times[name].append((time.perf_counter() - started) * 1000)
                 r.raise_for_status()
+                if r.json()["model"] != served:
+                    raise NotLikeForLike(
+                        f"{name} answered with {r.json()['model']!r}, not {served!r}: "
+                        "the champion changed during the bench"
+                    )
     return times
 
 
@@ -191,11 +217,12 @@ def main() -> int:
 
     # Short answers (the demo's label) make the hop's fixed cost look largest; longer
     # generations show the same cost against more model time.
+    served = served_by_gateway(key)
     for max_tokens, n in ((4, args.requests), (64, args.requests // 2)):
-        times = latency(n, key, max_tokens)
+        times = latency(n, key, max_tokens, served)
         print(
             f"\n/v1/completions, {n} prompts, {max_tokens} tokens each (ignore_eos), "
-            "sequential, gateway and vLLM interleaved"
+            f"sequential, gateway and vLLM interleaved, both served by {served}"
         )
         print(f"{'path':<10}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
         for name, values in times.items():
