@@ -19,13 +19,19 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from pydantic import ValidationError
 
 from services.common.decisions import webhook_payload
-from services.common.events import DecisionEvent, FeedbackEvent, ModelEvent, PredictionEvent
+from services.common.events import (
+    DecisionEvent,
+    Event,
+    FeedbackEvent,
+    ModelEvent,
+    PredictionEvent,
+)
 from services.common.kafka.admin import consumer_lag
 from services.common.kafka.consumer import dead_letter_headers, parse_event
 from services.common.metrics import serve_metrics
@@ -123,6 +129,7 @@ alerts = app.topic(topics.name(Stream.ALERTS), key_serializer="raw", value_seria
 triggers = app.topic(topics.name(Stream.TRIGGERS), key_serializer="raw", value_serializer="raw")
 decisions = app.topic(topics.name(Stream.DECISIONS), key_serializer="raw", value_serializer="raw")
 WINDOW_KEY = b"windows"
+E = TypeVar("E", bound=Event)
 metrics = MonitorMetrics()
 metrics.watch_join_state(lambda: len(join_table))
 LAG_S = 30.0  # how often the worker measures its group's consumer lag
@@ -202,15 +209,21 @@ async def join(stream: faust.StreamT) -> None:
             metrics.examples.inc()
 
 
+def _valid(event_type: type[E], value: bytes, topic: str) -> E | None:
+    """The event in ``value``, or None (logged) when it is not one: skipped, not fatal."""
+    try:
+        return event_type.model_validate_json(value)
+    except ValidationError as exc:
+        log.warning("%s: skipping an invalid event: %s", topic, str(exc).splitlines()[0])
+        return None
+
+
 @app.agent(models)
 async def follow_models(stream: faust.StreamT) -> None:
     """A promotion or rollback gives the windows a new reference, a rejection may let the
     drift ask again (bad events are skipped)."""
     async for value in stream:
-        try:
-            event = ModelEvent.model_validate_json(value)
-        except ValidationError as exc:
-            log.warning("models: skipping an invalid event: %s", str(exc).splitlines()[0])
+        if (event := _valid(ModelEvent, value, "models")) is None:
             continue
         if event.switches_champion:
             log.info("models: v%s %s; new drift reference", event.version, event.action)
@@ -226,10 +239,7 @@ async def follow_models(stream: faust.StreamT) -> None:
 async def tell_ops(stream: faust.StreamT) -> None:
     """Each decision (services/common/decisions.py) to the webhook (bad events are skipped)."""
     async for value in stream:
-        try:
-            event = DecisionEvent.model_validate_json(value)
-        except ValidationError as exc:
-            log.warning("decisions: skipping an invalid event: %s", str(exc).splitlines()[0])
+        if (event := _valid(DecisionEvent, value, "decisions")) is None:
             continue
         log.info("decisions: %s %s v%s", event.action, event.subject, event.version or "-")
         payload = webhook_payload(event)

@@ -38,6 +38,13 @@ from services.monitor.drift import (
 )
 
 WINDOW, FEEDBACK = "window", "feedback"  # the ``column`` of the values that are no test
+#: The dashboard's counters, summed over the windows: (title, column, method, legend).
+COUNTERS = (
+    ("Windows tested", WINDOW, "count", "windows"),
+    ("Predictions tested", WINDOW, "predictions", "predictions"),
+    ("Ratings counted", FEEDBACK, "ratings", "ratings"),
+    ("Drifted windows", WINDOW, "drifted", "drifted windows"),
+)
 
 
 class MonitorValue(SingleValueMetric):
@@ -198,30 +205,14 @@ def dashboard(versions: Iterable[str], free_text: bool) -> DashboardModel:
             ],
             size="half",
         ),
-        counter_panel(
-            title="Windows tested",
-            values=[_series(WINDOW, "count", "windows")],
-            aggregation="sum",
-            size="half",
-        ),
-        counter_panel(
-            title="Predictions tested",
-            values=[_series(WINDOW, "predictions", "predictions")],
-            aggregation="sum",
-            size="half",
-        ),
-        counter_panel(
-            title="Ratings counted",
-            description="Thumbs of the champion's answers, in the windows",
-            values=[_series(FEEDBACK, "ratings", "ratings")],
-            aggregation="sum",
-            size="half",
-        ),
-        counter_panel(
-            title="Drifted windows",
-            values=[_series(WINDOW, "drifted", "drifted windows")],
-            aggregation="sum",
-            size="half",
+        *(
+            counter_panel(
+                title=title,
+                values=[_series(column, method, legend)],
+                aggregation="sum",
+                size="half",
+            )
+            for title, column, method, legend in COUNTERS
         ),
         bar_plot_panel(
             title="Predictions per window: drifted or stable",
