@@ -32,7 +32,7 @@ from services.common.events import (
     ModelEvent,
     PredictionEvent,
 )
-from services.common.kafka.admin import consumer_lag
+from services.common.kafka.admin import committed_offsets, consumer_lag
 from services.common.kafka.consumer import dead_letter_headers, parse_event
 from services.common.metrics import serve_metrics
 from services.common.settings import get_settings
@@ -51,6 +51,7 @@ from services.monitor.join import (
 )
 from services.monitor.metrics import MonitorMetrics
 from services.monitor.report import WindowLabels, window_snapshot
+from services.monitor.rereads import SkippedRecords, commit_past_duplicate_acks
 from services.monitor.triggers import OPERATIONAL_COLUMNS
 from services.monitor.windows import (
     Change,
@@ -90,6 +91,25 @@ app = faust.App(
     broker_session_timeout=20.0,
     broker_heartbeat_interval=3.0,
 )
+# faust's consumer can skip records and stall its commits (services/monitor/rereads.py):
+# the join and the windows tell it what they read, and it seeks back over a gap.
+commit_past_duplicate_acks()
+skipped = SkippedRecords(seek=lambda tp, offset: app.consumer.seek_wait({tp: offset}))
+
+
+@app.on_partitions_revoked.connect
+async def forget_positions(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    skipped.forget_positions()
+
+
+@app.on_partitions_assigned.connect
+async def expect_committed(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    skipped.expect_committed(
+        lambda: asyncio.to_thread(
+            committed_offsets, settings.kafka_bootstrap, settings.monitor_app_id
+        )
+    )
+
 
 traffic = app.topic(
     topics.name(Stream.PREDICTIONS),
@@ -168,6 +188,7 @@ async def dead_letter(message: Any, exc: Exception) -> None:
 async def join(stream: faust.StreamT) -> None:
     async for event in stream.events():
         message = event.message
+        skipped.saw(message.tp, message.offset)
         stream_kind = topics.stream_of(message.topic)
         counted = metrics.events.labels(stream=stream_kind.value, outcome="dead_letter")
         try:
@@ -250,6 +271,7 @@ async def tell_ops(stream: faust.StreamT) -> None:
 async def watch(stream: faust.StreamT) -> None:
     windows = DriftWindows(window_table, spec, task_file.feedback.max_key_share)
     async for event in stream.events():
+        skipped.saw(event.message.tp, event.message.offset)
         if (pending := windows.outbox) is not None:  # a crash came between close and send
             await deliver(windows, pending)
         now = time.time()

@@ -14,6 +14,7 @@ from kafka.partitioner import murmur2
 
 from services.common.events import ExampleEvent, FeedbackEvent, PredictionEvent
 from services.common.kafka import DeadLetter, EventProducer
+from services.common.kafka.admin import consumer_lag
 from services.common.settings import Settings
 from services.common.topics import Stream, Topics
 from services.monitor.join import example_id
@@ -62,6 +63,21 @@ def examples_for(settings: Settings, pids: set[str]) -> dict[str, ExampleEvent]:
     """Examples of these predictions, deduplicated by event_id."""
     found = read_events(settings, Stream.EXAMPLES, pids, "prediction_id", timeout_s=60)
     return {e.event_id: e for e in found if isinstance(e, ExampleEvent)}
+
+
+def assert_committed_to_the_end(settings: Settings, timeout_s: float = 30) -> None:
+    """The monitor's committed offsets of the traffic reach the end: an event is
+    acknowledged, and its offset committed, once its writes are on the broker, so every
+    handled record must end up committed."""
+    names = {Topics.from_settings(settings).name(s) for s in (Stream.PREDICTIONS, Stream.FEEDBACK)}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lag = consumer_lag(settings.kafka_bootstrap, [settings.monitor_app_id])
+        left = {t: n for t, n in lag.get(settings.monitor_app_id, {}).items() if t in names}
+        if left == dict.fromkeys(names, 0):
+            return
+        assert time.monotonic() < deadline, f"records not committed: {left}"
+        time.sleep(1)
 
 
 def test_out_of_order_late_duplicate_and_missing_feedback(monitor: Settings) -> None:
@@ -129,6 +145,7 @@ def test_malformed_events_go_to_dlq_and_the_worker_goes_on(monitor: Settings) ->
         letters += [DeadLetter.from_record(r) for r in consumer]
         consumer.close()
     where = {(d.source_topic, d.source_partition, d.source_offset): d for d in letters}
+    assert_committed_to_the_end(monitor)  # dead letters are acknowledged too
     garbage = where[(topics.name(Stream.FEEDBACK), bad.partition, bad.offset)]
     assert "json" in garbage.error.lower() and garbage.value == b"{not json"
     misfiled = where[(topics.name(Stream.PREDICTIONS), wrong_key.partition, wrong_key.offset)]
@@ -156,6 +173,7 @@ def test_worker_killed_and_restarted_loses_and_duplicates_nothing(
     got = examples_for(monitor, set(pids))
     assert set(got) == {example_id(f) for f in ratings.values()}
     assert {e.prediction_id for e in got.values()} == set(pids)
+    assert_committed_to_the_end(monitor)
 
 
 def assigned(worker: ManagedProcess, topic: str) -> set[int]:

@@ -125,6 +125,16 @@ def ensure_topics(settings: Settings) -> list[str]:
         admin.close()
 
 
+def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """The group's committed offset (the next it reads) per (topic, partition)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        offsets = admin.list_group_offsets([group]).get(group) or {}
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+    finally:
+        admin.close()
+
+
 def _end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> dict[Any, int]:
     """kafka-python's ``end_offsets`` raises KeyError when a partition's answer is missing
     (its leader moving, seen in bench/faults.py): asked again, it answers."""
