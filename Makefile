@@ -16,7 +16,8 @@ help:
 	@echo "              (TASK=tasks/reply.yaml or tasks/reply-chat.yaml: the free-text task)"
 	@echo "make test   - set up, run the test suite (real Kafka, MLflow, vLLM)"
 	@echo "make test-slow - the slow suites: closed loops per task kind, own models, failover"
-	@echo "make bench  - gateway overhead vs vLLM, feedback req/s vs bare FastAPI, monitor events/s, training examples/s"
+	@echo "make bench  - gateway vs vLLM, feedback vs bare FastAPI, monitor vs bare faust, training vs"
+	@echo "              a plain Trainer, side by side; writes docs/BENCHMARKS.md"
 	@echo "make faults - faults on real processes under traffic (docs/RELIABILITY.md; ~25 min)"
 	@echo "make soak   - a rate ladder and a 20-minute soak with one retraining (~30 min)"
 	@echo "make up / down / status / lint / lock / clean"
@@ -51,12 +52,15 @@ test: setup lint
 test-slow: setup
 	$(PYTEST) -m slow -rP $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-# Speed targets live here, measured side by side in one run (never in unit tests).
+# Speed targets live here, measured side by side in one run (never in unit tests); the run
+# writes docs/BENCHMARKS.md (bench/report.py), and fails if a bench left no figures.
 bench: setup
 	$(REFINERY) up
+	$(PY) -m bench.report --clear
 	$(PY) -m bench.gateway
 	$(PY) -m bench.monitor
 	$(PY) -m bench.retrainer
+	$(PY) -m bench.report
 
 # Faults and soak (docs/RELIABILITY.md): each starts a stack of its own on ports 31000+.
 faults: setup

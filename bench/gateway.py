@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import socket
@@ -16,10 +17,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import httpx
 
+from bench.report import Figure, record
 from services.common.settings import REPO_ROOT, get_settings
 from services.common.task import load_task
 from services.demo.corpus import generate
@@ -118,29 +122,78 @@ def latency(n: int, key: str, max_tokens: int, served: str) -> dict[str, list[fl
 async def _hammer(
     url: str,
     headers: dict[str, str],
-    bodies: list[dict[str, str]],
+    bodies: list[dict[str, object]],
     seconds: float,
     concurrency: int,
+    answers: Callable[[int, bytes], bool],
 ) -> tuple[int, int]:
+    """Requests answered (``answers(status, body)``) and refused in ``seconds``, from
+    ``concurrency`` clients each sending its next request once the last is answered.
+
+    aiohttp, not httpx: httpx's async client spent a whole core on about 530 requests/s on
+    this machine, so the bare handler's figure measured the client, not the server.
+    """
     done = errors = 0
     deadline = time.monotonic() + seconds
+    payloads = [json.dumps(b).encode() for b in bodies]
 
-    async def worker(http: httpx.AsyncClient) -> None:
+    async def worker(session: aiohttp.ClientSession, i: int) -> None:
         nonlocal done, errors
-        i = 0
         while time.monotonic() < deadline:
-            r = await http.post(url, headers=headers, json=bodies[i % len(bodies)])
+            async with session.post(url, data=payloads[i % len(payloads)]) as r:
+                body = await r.read()
             i += 1
-            if r.status_code == 202:
+            if answers(r.status, body):
                 done += 1
             else:
                 errors += 1
 
-    async with httpx.AsyncClient(
-        timeout=30, limits=httpx.Limits(max_connections=concurrency)
-    ) as http:
-        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+    async with aiohttp.ClientSession(
+        headers={**headers, "Content-Type": "application/json"},
+        connector=aiohttp.TCPConnector(limit=concurrency),
+        timeout=aiohttp.ClientTimeout(total=60),
+    ) as session:
+        await asyncio.gather(*(worker(session, i) for i in range(concurrency)))
     return done, errors
+
+
+def completions_rps(
+    key: str, served: str, seconds: float, concurrency: int
+) -> dict[str, tuple[float, int]]:
+    """Completions/s at ``concurrency`` clients, 4 tokens each, gateway and vLLM in turns
+    (vLLM, gateway, vLLM, gateway) so a drift in the machine's load hits both alike; every
+    answer must come from ``served``."""
+    settings = get_settings()
+    prompts = [e.prompt for e in generate(load_task(settings.task_file).task, 200, seed=98)]
+    targets = {
+        "vllm": (f"{settings.vllm_url}/v1/completions", served, {}),
+        "gateway": (
+            f"{settings.gateway_url}/v1/completions",
+            settings.registered_model,
+            {"Authorization": f"Bearer {key}"},
+        ),
+    }
+
+    def from_served(status: int, body: bytes) -> bool:
+        if status != 200:
+            return False
+        if json.loads(body)["model"] != served:
+            raise NotLikeForLike(f"an answer came from {json.loads(body)['model']!r}")
+        return True
+
+    totals = {name: [0, 0] for name in targets}
+    for _ in range(2):
+        for name, (url, model, headers) in targets.items():
+            bodies: list[dict[str, object]] = [
+                {"model": model, "prompt": p, "max_tokens": 4, "temperature": 0, "ignore_eos": True}
+                for p in prompts
+            ]
+            done, errors = asyncio.run(
+                _hammer(url, headers, bodies, seconds / 2, concurrency, from_served)
+            )
+            totals[name][0] += done
+            totals[name][1] += errors
+    return {name: (done / seconds, errors) for name, (done, errors) in totals.items()}
 
 
 def _free_port() -> int:
@@ -164,7 +217,7 @@ def feedback_rps(key: str, seconds: float, concurrency: int) -> dict[str, tuple[
             ).json()["id"]
             for _ in range(20)
         ]
-    bodies = [
+    bodies: list[dict[str, object]] = [
         {"prediction_id": pid, "rating": "up", "user": f"bench-{i}"} for i, pid in enumerate(ids)
     ]
     bare_dir = Path(REPO_ROOT / "var" / "bench")
@@ -198,7 +251,9 @@ def feedback_rps(key: str, seconds: float, concurrency: int) -> dict[str, tuple[
             ("bare FastAPI", f"http://127.0.0.1:{port}/v1/feedback", {}),
             ("gateway", f"{settings.gateway_url}/v1/feedback", {"Authorization": f"Bearer {key}"}),
         ):
-            done, errors = asyncio.run(_hammer(url, headers, bodies, seconds, concurrency))
+            done, errors = asyncio.run(
+                _hammer(url, headers, bodies, seconds, concurrency, lambda st, _: st == 202)
+            )
             results[name] = (done / seconds, errors)
         return results
     finally:
@@ -210,7 +265,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32, help="feedback clients")
+    parser.add_argument("--completion-clients", type=int, default=16)
     args = parser.parse_args()
     settings = get_settings()
     key = os.environ.get("REFINERY_CLIENT_API_KEY") or settings.admin_key_path.read_text().strip()
@@ -218,6 +274,7 @@ def main() -> int:
     # Short answers (the demo's label) make the hop's fixed cost look largest; longer
     # generations show the same cost against more model time.
     served = served_by_gateway(key)
+    figures = []
     for max_tokens, n in ((4, args.requests), (64, args.requests // 2)):
         times = latency(n, key, max_tokens, served)
         print(
@@ -230,19 +287,63 @@ def main() -> int:
                 f"{name:<10}{percentile(values, 50):>10.2f}{percentile(values, 99):>10.2f}"
                 f"{statistics.mean(values):>10.2f}"
             )
-        for q, target in ((50, 5.0), (99, 10.0)):
+        for q, target in ((50, 1.05), (99, 1.10)):
             g, v = percentile(times["gateway"], q), percentile(times["vllm"], q)
-            print(
-                f"gateway overhead at p{q}: {g - v:+.2f} ms = {100 * (g / v - 1):+.1f}% "
-                f"(target < {target:.0f}%)"
+            print(f"gateway overhead at p{q}: {g - v:+.2f} ms = {100 * (g / v - 1):+.1f}%")
+            figures.append(
+                Figure(
+                    f"completion p{q}, {max_tokens} tokens, sequential",
+                    g,
+                    "vLLM directly",
+                    v,
+                    "ms",
+                    f"<= {target}" if max_tokens == 4 else "",
+                )
             )
+
+    rates = completions_rps(key, served, args.seconds, args.completion_clients)
+    print(f"\n/v1/completions, 4 tokens, {args.completion_clients} concurrent clients")
+    for name, (value, errors) in rates.items():
+        print(f"{name:<14}{value:>10.1f} req/s   errors {errors}")
+    figures.append(
+        Figure(
+            f"completions/s, {args.completion_clients} concurrent clients, 4 tokens",
+            rates["gateway"][0],
+            "vLLM directly",
+            rates["vllm"][0],
+            "req/s",
+            ">= 0.95",
+        )
+    )
 
     rps = feedback_rps(key, args.seconds, args.concurrency)
     print(f"\nPOST /v1/feedback, {args.concurrency} concurrent clients, {args.seconds:.0f} s each")
     for name, (value, errors) in rps.items():
         print(f"{name:<14}{value:>10.1f} req/s   errors {errors}")
-    ratio = rps["gateway"][0] / rps["bare FastAPI"][0]
-    print(f"gateway / bare FastAPI: {ratio:.2f}x (the gateway waits for acks=all on each)")
+    figures.append(
+        Figure(
+            f"POST /v1/feedback, {args.concurrency} concurrent clients",
+            rps["gateway"][0],
+            "a bare FastAPI handler, same body",
+            rps["bare FastAPI"][0],
+            "req/s",
+            ">= 0.8",
+            note="the gateway answers 202 once Kafka acknowledged each rating (acks=all); the "
+            "bare handler answers at once",
+        )
+    )
+    errors = sum(e for _, e in rps.values()) + sum(e for _, e in rates.values())
+    if errors:
+        print(f"{errors} requests failed: no figures recorded")
+        return 1
+    record(
+        "gateway",
+        figures,
+        f"the stack of `refinery up` serving {served}; latency: {args.requests} prompts "
+        "sequential, gateway and vLLM in random order per prompt (64 tokens: half as many); "
+        f"throughput: {args.seconds:.0f} s per path in two turns each, aiohttp clients; "
+        f"feedback: {args.seconds:.0f} s per path.",
+    )
     return 0
 
 

@@ -1,11 +1,12 @@
 """Monitor throughput and detection delay, one run.
 
 The same pre-written predictions and feedback are read (a) by a plain aiokafka consumer
-that only counts and (b) by a fresh monitor worker (faust: join, examples, windows,
-Evidently on every closed window). Rates are events over the time between the first and
-the last record each produced or counted, so start-up is left out of both. The traffic
-turns to a mix with the new product line after a number of stable windows; the worker's
-window log gives the detection delay in windows.
+that only counts, (b) by a bare faust worker that decodes each record's JSON and counts
+(``bench/faust_count.py``: the baseline for a faust worker, #14) and (c) by a fresh
+monitor worker (faust: join, examples, windows, Evidently on every closed window). Rates
+are events over the time between the first and the last record each produced or counted,
+so start-up is left out of all. The traffic turns to a mix with the new product line after
+a number of stable windows; the worker's window log gives the detection delay in windows.
 
 Needs Kafka (`refinery up`, or `make bench`); uses its own topic prefix and consumer group.
 """
@@ -14,19 +15,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
+import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 from kafka import KafkaConsumer
 
+from bench.report import Figure, record
 from services.common.kafka import EventProducer, ensure_topics
-from services.common.settings import Settings, get_settings
+from services.common.settings import REPO_ROOT, Settings, get_settings
 from services.common.task import load_task
 from services.common.topics import Stream, Topics
 from services.demo.traffic_events import synthetic_traffic
 from services.stack.monitor import monitor_process
+from services.stack.process import ManagedProcess
 
 WINDOW_LINE = re.compile(r"drift window (\d+) v\S+: (\d+) predictions, .* drifted=(\S+),")
 
@@ -71,6 +78,44 @@ async def plain_count(settings: Settings, total: int) -> float:
         return (count - at_first) / (time.perf_counter() - first)
     finally:
         await consumer.stop()
+
+
+def bare_faust_rate(settings: Settings, total: int) -> float:
+    """Events/s of a faust worker that decodes and counts (``bench/faust_count.py``)."""
+    topics = Topics.from_settings(settings)
+    with tempfile.TemporaryDirectory(prefix="refinery-bench-faust-") as tmp:
+        out = Path(tmp) / "rate.json"
+        worker = ManagedProcess(
+            name=f"bench-faust-count-{settings.topic_prefix}",
+            argv=[
+                *(sys.executable, "-m", "faust", "-A", "bench.faust_count", "--datadir", tmp),
+                *("worker", "--without-web", "-l", "warning"),
+            ],
+            run_dir=settings.run_dir,
+            log_dir=settings.log_dir,
+            health=lambda: True,
+            env={
+                **settings.to_env(),
+                "PYTHONPATH": str(REPO_ROOT),
+                "BENCH_COUNT_APP_ID": f"bench-count-{uuid.uuid4().hex[:6]}",
+                "BENCH_COUNT_TOPICS": ",".join(
+                    topics.name(s) for s in (Stream.PREDICTIONS, Stream.FEEDBACK)
+                ),
+                "BENCH_COUNT_TOTAL": str(total),
+                "BENCH_COUNT_OUT": str(out),
+            },
+            cwd=REPO_ROOT,
+        )
+        worker.start()
+        try:
+            deadline = time.monotonic() + 300
+            while not out.exists():
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the bare faust worker counted too slowly; {worker.log_file}")
+                time.sleep(0.2)
+            return float(json.loads(out.read_text())["events_per_s"])
+        finally:
+            worker.stop()
 
 
 def monitor_rate(
@@ -133,16 +178,37 @@ def main() -> None:
         f"{args.share:.0%} new domain after {args.stable_windows} stable windows)"
     )
     counted = asyncio.run(plain_count(settings, total))
+    bare_faust = bare_faust_rate(settings, total)
     expected_windows = (predictions - spec.reference_size) // spec.window_size
     joined, windowed, log = monitor_rate(settings, total, examples, expected_windows)
-    print("| reader | events/s | ratio |\n|---|---|---|")
-    print(f"| plain aiokafka consumer, counting | {counted:,.0f} | 1.00x |")
+    print("| reader | events/s | vs bare faust |\n|---|---|---|")
+    print(f"| plain aiokafka consumer, counting | {counted:,.0f} | {counted / bare_faust:.2f}x |")
+    print(f"| bare faust worker, JSON and count | {bare_faust:,.0f} | 1.00x |")
+    figures = [
+        Figure(
+            "bare faust worker (JSON, count)",
+            bare_faust,
+            "plain aiokafka consumer",
+            counted,
+            "events/s",
+        )
+    ]
     for name, rate in (
         ("join, to the last example", joined),
         ("+ windows and drift tests", windowed),
     ):
-        print(f"| monitor worker: {name} | {rate:,.0f} | {rate / counted:.4f}x |")
-
+        print(f"| monitor worker: {name} | {rate:,.0f} | {rate / bare_faust:.4f}x |")
+        figures.append(
+            Figure(
+                f"monitor worker: {name}",
+                rate,
+                "bare faust worker",
+                bare_faust,
+                "events/s",
+                ">= 0.5",
+                minimum=10_000,
+            )
+        )
     windows = [(int(m[0]), m[2]) for m in WINDOW_LINE.findall(log)]
     onset = args.stable_windows  # the first window made only of traffic after onset
     false_alarms = [i for i, cols in windows if i < onset - 1 and cols != "-"]
@@ -157,6 +223,14 @@ def main() -> None:
         )
     else:
         print("no drift detected after onset")
+    record(
+        "monitor",
+        figures,
+        f"{predictions} predictions and {examples} ratings written to fresh topics first, then "
+        "read by each reader in turn from the start; a rate is records over the time from "
+        "the first record read to the last (the monitor: to its last example written, and "
+        f"to its last window closed; window {spec.window_size}, Evidently on each).",
+    )
 
 
 if __name__ == "__main__":

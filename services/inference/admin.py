@@ -91,12 +91,8 @@ class AdminService:
         trigger_id = body.trigger_id or f"manual-{uuid.uuid4()}"
         event = TriggerEvent(trigger_id=trigger_id, reason=body.reason, requested_by="cli")
         try:
-            meta = await asyncio.to_thread(
-                self.producer.send_and_wait,
-                Stream.TRIGGERS,
-                event,
-                trigger_id,
-                self.ack_timeout_s,
+            meta = await self.producer.send_acknowledged(
+                Stream.TRIGGERS, event, trigger_id, self.ack_timeout_s
             )
         except KafkaError as exc:
             raise Unavailable(

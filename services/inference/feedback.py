@@ -7,7 +7,6 @@ downstream caps can tell one flooding key from many users.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
@@ -80,12 +79,8 @@ class FeedbackService:
             key_id=caller.key_id,
         )
         try:
-            await asyncio.to_thread(
-                self.producer.send_and_wait,
-                Stream.FEEDBACK,
-                event,
-                event.prediction_id,
-                self.ack_timeout_s,
+            await self.producer.send_acknowledged(
+                Stream.FEEDBACK, event, event.prediction_id, self.ack_timeout_s
             )
         except KafkaError as exc:
             raise Unavailable(

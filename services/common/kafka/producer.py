@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -113,16 +114,46 @@ class RenewingProducer:
         except KafkaError as exc:
             log.warning("producer: Kafka not reachable yet (%s); the first send retries", exc)
 
-    def send_and_wait(
+    async def send_acknowledged(
         self, stream: Stream, event: Event, key: str | None = None, timeout_s: float = 30.0
     ) -> RecordMetadata:
-        """Send and block until acks=all, all within ``timeout_s`` (making a producer included)."""
+        """``send_and_wait`` for a request handler: the send (validation, the accumulator's
+        lock, at most a metadata wait) runs in a worker thread, but the wait for acks=all
+        holds no thread; the producer's own callback wakes the event loop. Concurrent
+        requests' records then share the producer's batches, where a thread blocked per
+        record capped them at the pool's few threads."""
         deadline = time.monotonic() + timeout_s
-        producer = self._current(deadline)
+
+        def send() -> tuple[EventProducer, FutureRecordMetadata]:
+            producer = self._current(deadline)
+            try:
+                return producer, producer.send(stream, event, key)
+            except KafkaError as exc:
+                self._discard(producer, exc)
+                raise
+
+        producer, sent = await asyncio.to_thread(send)
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[RecordMetadata] = loop.create_future()
+
+        def settle(outcome: Any) -> None:  # on the loop; a timed-out wait has cancelled it
+            if acked.done():
+                return
+            if isinstance(outcome, BaseException):
+                acked.set_exception(outcome)
+            else:
+                acked.set_result(outcome)
+
+        sent.add_callback(lambda meta: loop.call_soon_threadsafe(settle, meta))
+        sent.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
         try:
-            return producer.send_and_wait(stream, event, key, max(0.0, deadline - time.monotonic()))
+            return await asyncio.wait_for(acked, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            timed_out = KafkaTimeoutError(f"no acknowledgement within {timeout_s:.1f}s")
+            await asyncio.to_thread(self._discard, producer, timed_out)  # closing joins a thread
+            raise timed_out from None
         except KafkaError as exc:
-            self._discard(producer, exc)
+            await asyncio.to_thread(self._discard, producer, exc)
             raise
 
     def _current(self, deadline: float) -> EventProducer:

@@ -23,7 +23,7 @@ from services.inference.protocol import (
 )
 
 
-def _admin(request: Request) -> AdminService:
+async def _admin(request: Request) -> AdminService:
     return request.app.state.admin  # type: ignore[no-any-return]
 
 
