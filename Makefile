@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 
 PY := .venv/bin/python
-export PYTHONPATH := $(CURDIR)
+export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 REFINERY := ./refinery
 
 .PHONY: help setup demo up down status test test-slow lint bench faults soak lock clean
@@ -73,7 +73,7 @@ soak: setup
 lint: setup
 	$(PY) -m ruff check services tests bench
 	$(PY) -m ruff format --check services tests bench
-	$(PY) -m mypy services
+	$(PY) -m mypy
 	source var/toolchain.env && $$REFINERY_PROMTOOL check config infra/prometheus/prometheus.yml \
 	  && $$REFINERY_PROMTOOL test rules infra/prometheus/rules_test.yml
 

@@ -5,7 +5,7 @@ that is no better (A/A), and how many ratings it needs to decide a real differen
     python -m bench.canary --runs 5000 --share 0.2
 
 Each simulated canary draws ratings one at a time, the challenger's with probability
-``--share``, and asks the judge (services/retrainer/canary.py, the task file's defaults)
+``--share``, and asks the judge (services/refinery/retrainer/canary.py, the task file's defaults)
 after every rating, as a judge polling live traffic would at its most eager.
 """
 
@@ -15,8 +15,8 @@ import argparse
 import random
 import statistics
 
-from services.common.task import CanarySpec
-from services.retrainer.canary import ArmCounts, Verdict, decide
+from refinery.common.task import CanarySpec
+from refinery.retrainer.canary import ArmCounts, Verdict, decide
 
 
 def one_canary(

@@ -45,17 +45,17 @@ from bench.harness import (
     running_stack,
     wait_until,
 )
-from services.common.events import Event, ExampleEvent, FeedbackEvent, PredictionEvent
-from services.common.kafka import EventProducer
-from services.common.kafka.admin import consumer_lag
-from services.common.registry import ModelRegistry
-from services.common.settings import Settings
-from services.common.task import load_task
-from services.common.topics import Stream, Topics
-from services.demo.corpus import generate
-from services.demo.simulate import Request, Simulation
-from services.stack.monitor import monitor_process
-from services.stack.stack import Stack
+from refinery.common.events import Event, ExampleEvent, FeedbackEvent, PredictionEvent
+from refinery.common.kafka import EventProducer
+from refinery.common.kafka.admin import consumer_lag
+from refinery.common.registry import ModelRegistry
+from refinery.common.settings import Settings
+from refinery.common.task import load_task
+from refinery.common.topics import Stream, Topics
+from refinery.demo.corpus import generate
+from refinery.demo.simulate import Request, Simulation
+from refinery.stack.monitor import monitor_process
+from refinery.stack.stack import Stack
 
 RECOVERY_TIMEOUT_S = 600.0  # a fault not recovered from by then is reported as such
 SETTLE_S = 20.0  # traffic between a recovery and the next fault

@@ -24,13 +24,13 @@ import aiohttp
 import httpx
 
 from bench.report import Figure, record
-from services.common.settings import REPO_ROOT, get_settings
-from services.common.task import load_task
-from services.demo.corpus import generate
+from refinery.common.settings import IMPORT_ROOT, REPO_ROOT, get_settings
+from refinery.common.task import load_task
+from refinery.demo.corpus import generate
 
 BARE_APP = """
 from fastapi import FastAPI
-from services.inference.protocol import FeedbackAccepted, FeedbackCreate
+from refinery.inference.protocol import FeedbackAccepted, FeedbackCreate
 
 app = FastAPI()
 
@@ -237,7 +237,7 @@ def feedback_rps(key: str, seconds: float, concurrency: int) -> dict[str, tuple[
             "warning",
         ],
         cwd=bare_dir,
-        env={**os.environ, "PYTHONPATH": f"{bare_dir}:{REPO_ROOT}"},
+        env={**os.environ, "PYTHONPATH": f"{bare_dir}:{IMPORT_ROOT}"},
     )
     try:
         for _ in range(100):

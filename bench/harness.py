@@ -20,17 +20,17 @@ import httpx
 from mlflow.tracking import MlflowClient
 from pydantic import SecretStr
 
-from services.common.events import Event
-from services.common.kafka import EventConsumer
-from services.common.kafka.admin import consumer_lag
-from services.common.settings import REPO_ROOT, Settings
-from services.common.task import load_task
-from services.common.topics import Stream, Topics
-from services.demo.simulate import Request, Simulation, SimulationConfig, simulate
-from services.retrainer.record import OUTCOME_TAG, TRIGGER_TAG
-from services.stack.process import ManagedProcess, _group_members
-from services.stack.stack import COMPONENTS, Stack
-from services.stack.supervisor import supervisor_process
+from refinery.common.events import Event
+from refinery.common.kafka import EventConsumer
+from refinery.common.kafka.admin import consumer_lag
+from refinery.common.settings import REPO_ROOT, Settings
+from refinery.common.task import load_task
+from refinery.common.topics import Stream, Topics
+from refinery.demo.simulate import Request, Simulation, SimulationConfig, simulate
+from refinery.retrainer.record import OUTCOME_TAG, TRIGGER_TAG
+from refinery.stack.process import ManagedProcess, _group_members
+from refinery.stack.stack import COMPONENTS, Stack
+from refinery.stack.supervisor import supervisor_process
 
 # The classification task at test size, with drift triggers off: retraining happens when a
 # bench asks for it, so each fault meets a retraining at the moment it wants.
@@ -129,7 +129,7 @@ def wait_until(what: Callable[[], bool], timeout_s: float, every_s: float = 0.5)
 
 
 class Traffic:
-    """The demo's simulated apps and users (``services/demo/simulate.py``) on a thread:
+    """The demo's simulated apps and users (``services/refinery/demo/simulate.py``) on a thread:
     every request and rating is recorded with its time, status and acknowledged id."""
 
     def __init__(self, settings: Settings, rate: float, shift_share: float = 0.5) -> None:

@@ -22,17 +22,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from services.common.datasets import read_jsonl
-from services.common.events import ChatTurn
-from services.common.registry import ModelRegistry
-from services.common.settings import get_settings
-from services.common.task import TaskFile, load_task
-from services.retrainer.base_model import greedy_complete
-from services.retrainer.evaluation import score_outputs
-from services.retrainer.examples import TrainingExample
-from services.retrainer.gate import main_metric
-from services.retrainer.sequence import prompt_ids
-from services.retrainer.training import train
+from refinery.common.datasets import read_jsonl
+from refinery.common.events import ChatTurn
+from refinery.common.registry import ModelRegistry
+from refinery.common.settings import get_settings
+from refinery.common.task import TaskFile, load_task
+from refinery.retrainer.base_model import greedy_complete
+from refinery.retrainer.evaluation import score_outputs
+from refinery.retrainer.examples import TrainingExample
+from refinery.retrainer.gate import main_metric
+from refinery.retrainer.sequence import prompt_ids
+from refinery.retrainer.training import train
 
 
 def _examples(path: Path) -> list[TrainingExample]:

@@ -27,13 +27,13 @@ from aiokafka import AIOKafkaConsumer
 from kafka import KafkaConsumer
 
 from bench.report import Figure, record
-from services.common.kafka import EventProducer, ensure_topics
-from services.common.settings import REPO_ROOT, Settings, get_settings
-from services.common.task import load_task
-from services.common.topics import Stream, Topics
-from services.demo.traffic_events import synthetic_traffic
-from services.stack.monitor import monitor_process
-from services.stack.process import ManagedProcess
+from refinery.common.kafka import EventProducer, ensure_topics
+from refinery.common.settings import IMPORT_ROOT, REPO_ROOT, Settings, get_settings
+from refinery.common.task import load_task
+from refinery.common.topics import Stream, Topics
+from refinery.demo.traffic_events import synthetic_traffic
+from refinery.stack.monitor import monitor_process
+from refinery.stack.process import ManagedProcess
 
 WINDOW_LINE = re.compile(r"drift window (\d+) v\S+: (\d+) predictions, .* drifted=(\S+),")
 
@@ -95,8 +95,8 @@ def bare_faust_rate(settings: Settings, total: int) -> float:
             log_dir=settings.log_dir,
             health=lambda: True,
             env={
-                **settings.to_env(),
-                "PYTHONPATH": str(REPO_ROOT),
+                **settings.process_env(),
+                "PYTHONPATH": f"{IMPORT_ROOT}:{REPO_ROOT}",  # bench/ is at the root
                 "BENCH_COUNT_APP_ID": f"bench-count-{uuid.uuid4().hex[:6]}",
                 "BENCH_COUNT_TOPICS": ",".join(
                     topics.name(s) for s in (Stream.PREDICTIONS, Stream.FEEDBACK)

@@ -1,4 +1,4 @@
-"""Recovery after a shift against ratings used (services/demo/recovery.py): the new
+"""Recovery after a shift against ratings used (services/refinery/demo/recovery.py): the new
 domain's quality after one retraining on N ratings of its traffic, next to the champion's
 quality before the shift, with the training levers as flags.
 
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.common.settings import REPO_ROOT
-from services.common.task import load_task
-from services.demo.recovery import RecoveryLab
+from refinery.common.settings import REPO_ROOT
+from refinery.common.task import load_task
+from refinery.demo.recovery import RecoveryLab
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.common.settings import REPO_ROOT, get_settings
+from refinery.common.settings import REPO_ROOT, get_settings
 
 BENCHES = ("gateway", "monitor", "retrainer")  # in the order `make bench` runs them
 REPORT = REPO_ROOT / "docs" / "BENCHMARKS.md"

@@ -20,13 +20,13 @@ from peft import get_peft_model
 from transformers import Trainer, TrainingArguments
 
 from bench.report import Figure, record
-from services.common.settings import REPO_ROOT
-from services.common.task import load_task
-from services.demo.corpus import generate
-from services.retrainer.base_model import build_model, train_tokenizer
-from services.retrainer.examples import TrainingExample, from_seed
-from services.retrainer.sequence import PadCollator, build_dataset
-from services.retrainer.training import lora_config, train_sft
+from refinery.common.settings import REPO_ROOT
+from refinery.common.task import load_task
+from refinery.demo.corpus import generate
+from refinery.retrainer.base_model import build_model, train_tokenizer
+from refinery.retrainer.examples import TrainingExample, from_seed
+from refinery.retrainer.sequence import PadCollator, build_dataset
+from refinery.retrainer.training import lora_config, train_sft
 
 
 def examples(n: int) -> list[TrainingExample]:

@@ -3,7 +3,7 @@
     python -m bench.soak                         # ladder 5..40 req/s, then 20 min at 20 req/s
     python -m bench.soak --minutes 5 --ladder ""  # a short soak alone
 
-Ladder: simulated apps and users (services/demo/simulate.py, open loop: a request is sent
+Ladder: simulated apps and users (services/refinery/demo/simulate.py, open loop: a request is sent
 when it is due, and its latency counts from then) at each rate for --step seconds; the
 highest rate that kept completions' p99 under --p99-ms, answered everything and kept up
 with the schedule is the sustained rate. Soak: --minutes at --rate with one retraining
@@ -30,8 +30,8 @@ from bench.harness import (
     running_stack,
     wait_until,
 )
-from services.demo.simulate import Request
-from services.stack.stack import Stack
+from refinery.demo.simulate import Request
+from refinery.stack.stack import Stack
 
 SAMPLE_EVERY_S = 30.0
 

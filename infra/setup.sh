@@ -108,10 +108,11 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 
 cat > "$ROOT/var/toolchain.env" <<ENV
-# written by infra/setup.sh; read by services.common.settings
+# written by infra/setup.sh; read by refinery.common.settings
 REFINERY_VLLM_PYTHON=$VLLM/bin/python
 REFINERY_VLLM_BACKEND=$BACKEND
 REFINERY_KAFKA_LIBS=$KAFKA/libs
 REFINERY_PROMTOOL=$PROMTOOL
+REFINERY_UV=$UV
 ENV
 say "ready: .venv -> $MAIN, vLLM ($BACKEND) in $VLLM, Kafka jars in $KAFKA/libs"

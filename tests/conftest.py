@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from services.common.settings import REPO_ROOT, Settings
-from services.stack.stack import Stack
+from refinery.common.settings import REPO_ROOT, Settings
+from refinery.stack.stack import Stack
 from tests.ports import SESSION, ports
 
 TEST_TASK = REPO_ROOT / "tests" / "data" / "task-small.yaml"
@@ -44,14 +44,14 @@ def _test_settings(var_dir: Path) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a subprocess (the CLI) see the same settings."""
-    return {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
+    return {**os.environ, **settings.process_env()}
 
 
 def run_cli(
     settings: Settings, *args: str, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "refinery.cli", *args],
         env={**settings_env(settings), **(env or {})},
         capture_output=True,
         text=True,

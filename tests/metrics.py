@@ -8,7 +8,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common.settings import REPO_ROOT
+from tests.toolchain import tool
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -40,13 +40,8 @@ def scrape_until(url: str, ready: object, timeout_s: float = 60) -> tuple[str, S
 
 def promtool_lint(text: str) -> str:
     """``promtool check metrics`` of an exposition: its complaints ("" if none)."""
-    env = dict(
-        line.split("=", 1)
-        for line in (REPO_ROOT / "var" / "toolchain.env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
     checked = subprocess.run(
-        [env["REFINERY_PROMTOOL"], "check", "metrics"],
+        [tool("PROMTOOL"), "check", "metrics"],
         input=text,
         capture_output=True,
         text=True,

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from services.common import decisions
-from services.common.events import AlertEvent, DriftMetric, TriggerEvent
-from services.common.kafka import EventProducer, ensure_topics
-from services.common.settings import REPO_ROOT, Settings
-from services.common.topics import Stream
-from services.stack.stack import Stack
+from refinery.common import decisions
+from refinery.common.events import AlertEvent, DriftMetric, TriggerEvent
+from refinery.common.kafka import EventProducer, ensure_topics
+from refinery.common.settings import REPO_ROOT, Settings
+from refinery.common.topics import Stream
+from refinery.stack.stack import Stack
 from tests.conftest import API_KEYS, run_cli, settings_env
 from tests.inference.helpers import read_events
 from tests.ports import CLI, ports
@@ -148,7 +148,7 @@ def test_alerts_follow_prints_decisions_as_they_come(kafka_stack: Settings) -> N
     settings = kafka_stack.model_copy(update={"topic_prefix": "clifollow"})
     ensure_topics(settings)
     with subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "alerts", "--follow"],
+        [sys.executable, "-m", "refinery.cli", "alerts", "--follow"],
         env=settings_env(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.cli.review import held_corrections, parse_answer, queue, review
-from services.common.events import ExampleEvent, FeedbackEvent
-from services.common.kafka import EventProducer, ensure_topics
-from services.common.settings import Settings
-from services.common.task import load_task
-from services.common.topics import Stream
+from refinery.cli.review import held_corrections, parse_answer, queue, review
+from refinery.common.events import ExampleEvent, FeedbackEvent
+from refinery.common.kafka import EventProducer, ensure_topics
+from refinery.common.settings import Settings
+from refinery.common.task import load_task
+from refinery.common.topics import Stream
 from tests.conftest import TEST_TASK
 from tests.inference.helpers import read_events
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.datasets import LabeledText, read_jsonl, write_jsonl
-from services.common.events import ChatTurn
-from services.common.exceptions import ConfigError
+from refinery.common.datasets import LabeledText, read_jsonl, write_jsonl
+from refinery.common.events import ChatTurn
+from refinery.common.exceptions import ConfigError
 
 CHAT = {
     "messages": [

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.common.decisions import decision, lines, of_model_event, webhook_payload
-from services.common.events import ModelEvent
+from refinery.common.decisions import decision, lines, of_model_event, webhook_payload
+from refinery.common.events import ModelEvent
 
 
 def model_event(action: str, **fields: object) -> ModelEvent:

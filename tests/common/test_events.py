@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from services.common.events import (
+from refinery.common.events import (
     SCHEMA_TYPES,
     AlertEvent,
     ChatTurn,
@@ -29,16 +29,16 @@ from services.common.events import (
     schema_file_name,
     schema_of,
 )
-from services.common.exceptions import EventValidationError
-from services.common.kafka import (
+from refinery.common.exceptions import EventValidationError
+from refinery.common.kafka import (
     DeadLetter,
     EventConsumer,
     EventProducer,
     Received,
     ensure_topics,
 )
-from services.common.settings import REPO_ROOT, Settings
-from services.common.topics import STREAM_EVENTS, Stream, Topics
+from refinery.common.settings import REPO_ROOT, Settings
+from refinery.common.topics import STREAM_EVENTS, Stream, Topics
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

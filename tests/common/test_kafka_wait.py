@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from services.common.kafka import wait_for_broker
+from refinery.common.kafka import wait_for_broker
 
 
 def test_waiting_for_a_down_cluster_times_out_and_leaks_no_thread() -> None:

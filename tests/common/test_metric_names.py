@@ -8,10 +8,10 @@ import re
 
 from prometheus_client import CollectorRegistry
 
-from services.common.settings import REPO_ROOT
-from services.inference.metrics import GatewayMetrics
-from services.monitor.metrics import MonitorMetrics
-from services.retrainer.metrics import RetrainerMetrics
+from refinery.common.settings import REPO_ROOT
+from refinery.inference.metrics import GatewayMetrics
+from refinery.monitor.metrics import MonitorMetrics
+from refinery.retrainer.metrics import RetrainerMetrics
 
 SUFFIXES = {
     "counter": ("_total", "_created"),

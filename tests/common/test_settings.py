@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.settings import Settings
+from refinery.common.settings import Settings
 
 
 def test_clients_bootstrap_from_every_local_node_unless_told_otherwise() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.exceptions import ConfigError
-from services.common.settings import REPO_ROOT
-from services.common.task import TaskObjective, load_task
+from refinery.common.exceptions import ConfigError
+from refinery.common.settings import REPO_ROOT
+from refinery.common.task import TaskObjective, load_task
 
 
 def test_repo_task_file_loads() -> None:

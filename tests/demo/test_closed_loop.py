@@ -17,14 +17,14 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from services.common.events import PredictionEvent
-from services.common.registry import ModelRegistry
-from services.common.settings import REPO_ROOT, Settings
-from services.common.task import TaskFile, load_task
-from services.common.topics import Stream
-from services.demo.loop import build_timeline, phase_accuracy, plot
-from services.demo.simulate import SimulationConfig, simulate, until_promoted_then
-from services.stack.stack import Stack
+from refinery.common.events import PredictionEvent
+from refinery.common.registry import ModelRegistry
+from refinery.common.settings import REPO_ROOT, Settings
+from refinery.common.task import TaskFile, load_task
+from refinery.common.topics import Stream
+from refinery.demo.loop import build_timeline, phase_accuracy, plot
+from refinery.demo.simulate import SimulationConfig, simulate, until_promoted_then
+from refinery.stack.stack import Stack
 from tests.browser import render
 from tests.conftest import API_KEYS
 from tests.inference.helpers import read_events

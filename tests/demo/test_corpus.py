@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.common.datasets import LabeledText
-from services.common.task import TaskObjective
-from services.demo.corpus import DOMAINS, SYSTEM_PROMPT, generate
-from services.demo.replies import phrasings, references
+from refinery.common.datasets import LabeledText
+from refinery.common.task import TaskObjective
+from refinery.demo.corpus import DOMAINS, SYSTEM_PROMPT, generate
+from refinery.demo.replies import phrasings, references
 
 LABELS = ["billing", "shipping", "account", "technical", "returns"]
 TRIAGE = TaskObjective(

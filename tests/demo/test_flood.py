@@ -18,16 +18,16 @@ import pytest
 from mlflow import MlflowClient
 from pydantic import SecretStr
 
-from services.common.events import ModelEvent, TriggerEvent
-from services.common.registry import ModelRegistry
-from services.common.settings import REPO_ROOT, Settings
-from services.common.task import TaskObjective, load_task
-from services.common.topics import Stream
-from services.demo.corpus import generate
-from services.demo.loop import read_stream
-from services.demo.simulate import Simulation, SimulationConfig, accuracy, simulate
-from services.retrainer.pipeline import Retrainer
-from services.stack.stack import Stack
+from refinery.common.events import ModelEvent, TriggerEvent
+from refinery.common.registry import ModelRegistry
+from refinery.common.settings import REPO_ROOT, Settings
+from refinery.common.task import TaskObjective, load_task
+from refinery.common.topics import Stream
+from refinery.demo.corpus import generate
+from refinery.demo.loop import read_stream
+from refinery.demo.simulate import Simulation, SimulationConfig, accuracy, simulate
+from refinery.retrainer.pipeline import Retrainer
+from refinery.stack.stack import Stack
 from tests.conftest import API_KEYS
 from tests.ports import FLOOD, ports
 

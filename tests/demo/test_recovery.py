@@ -1,7 +1,7 @@
 """One retraining on 500 ratings of a shift the demo never plays brings the new domain to
 95% of the champion's pre-shift quality, and the golden set drops at most a point.
 
-Offline: the champion is built and trained here (services/demo/recovery.py), with the
+Offline: the champion is built and trained here (services/refinery/demo/recovery.py), with the
 demo's task file and training settings on the ``fitness`` domain's tickets.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.common.settings import REPO_ROOT
-from services.common.task import load_task
-from services.demo.recovery import RecoveryLab
+from refinery.common.settings import REPO_ROOT
+from refinery.common.task import load_task
+from refinery.demo.recovery import RecoveryLab
 
 
 def test_500_ratings_of_an_unseen_shift_recover_95_percent_of_pre_shift_quality(

@@ -17,12 +17,12 @@ import openai
 import pytest
 import sacrebleu
 
-from services.common.settings import Settings
-from services.common.task import TaskKind, TaskObjective
-from services.demo.corpus import generate
-from services.demo.loop import Round, Timeline, phase_accuracy, print_report, report
-from services.demo.replies import phrasings, references
-from services.demo.simulate import (
+from refinery.common.settings import Settings
+from refinery.common.task import TaskKind, TaskObjective
+from refinery.demo.corpus import generate
+from refinery.demo.loop import Round, Timeline, phase_accuracy, print_report, report
+from refinery.demo.replies import phrasings, references
+from refinery.demo.simulate import (
     ACCURACY,
     CHRF,
     Request,
@@ -35,7 +35,7 @@ from services.demo.simulate import (
     task_metric,
     until_promoted_then,
 )
-from services.retrainer.record import RunRecord, Timings
+from refinery.retrainer.record import RunRecord, Timings
 
 TRIAGE = TaskObjective(
     name="support-triage",

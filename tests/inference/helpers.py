@@ -11,11 +11,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from services.common.events import Event
-from services.common.kafka import EventConsumer
-from services.common.registry import ModelRegistry, VersionInfo
-from services.common.settings import Settings
-from services.common.topics import Stream
+from refinery.common.events import Event
+from refinery.common.kafka import EventConsumer
+from refinery.common.registry import ModelRegistry, VersionInfo
+from refinery.common.settings import Settings
+from refinery.common.topics import Stream
 
 
 def register_adapter(

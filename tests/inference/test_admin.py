@@ -16,15 +16,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from services.common.events import ModelEvent, TriggerEvent
-from services.common.kafka import EventProducer, RenewingProducer, ensure_topics
-from services.common.registry import CHAMPION, ModelRegistry
-from services.common.settings import Settings
-from services.common.topics import Stream, Topics
-from services.inference.admin import AdminService
-from services.inference.exceptions import Unavailable
-from services.inference.protocol import RollbackRequest, TriggerAccepted
-from services.stack.stack import Stack
+from refinery.common.events import ModelEvent, TriggerEvent
+from refinery.common.kafka import EventProducer, RenewingProducer, ensure_topics
+from refinery.common.registry import CHAMPION, ModelRegistry
+from refinery.common.settings import Settings
+from refinery.common.topics import Stream, Topics
+from refinery.inference.admin import AdminService
+from refinery.inference.exceptions import Unavailable
+from refinery.inference.protocol import RollbackRequest, TriggerAccepted
+from refinery.stack.stack import Stack
 from tests.conftest import API_KEYS
 from tests.inference.helpers import read_events
 

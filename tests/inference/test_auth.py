@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from services.common.exceptions import ConfigError
-from services.common.settings import Settings
-from services.inference.auth import ApiKey, KeyRing, Scope, load_keys
-from services.inference.exceptions import Forbidden, TooManyRequests, Unauthorized
-from services.inference.ids import PredictionIds
-from services.inference.ratelimit import RateLimiter
+from refinery.common.exceptions import ConfigError
+from refinery.common.settings import Settings
+from refinery.inference.auth import ApiKey, KeyRing, Scope, load_keys
+from refinery.inference.exceptions import Forbidden, TooManyRequests, Unauthorized
+from refinery.inference.ids import PredictionIds
+from refinery.inference.ratelimit import RateLimiter
 
 RING = KeyRing([ApiKey("s3cret", frozenset({Scope.FEEDBACK}))])
 

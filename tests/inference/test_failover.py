@@ -12,14 +12,14 @@ import httpx
 import pytest
 from kafka import KafkaAdminClient
 
-from services.common.events import FeedbackEvent, PredictionEvent
-from services.common.kafka import ensure_topics, wait_for_broker
-from services.common.settings import Settings
-from services.common.topics import Stream, Topics
-from services.stack.gateway import ensure_local_secrets, gateway_process
-from services.stack.kafka import KafkaCluster
-from services.stack.process import ManagedProcess
-from services.stack.stack import Stack
+from refinery.common.events import FeedbackEvent, PredictionEvent
+from refinery.common.kafka import ensure_topics, wait_for_broker
+from refinery.common.settings import Settings
+from refinery.common.topics import Stream, Topics
+from refinery.stack.gateway import ensure_local_secrets, gateway_process
+from refinery.stack.kafka import KafkaCluster
+from refinery.stack.process import ManagedProcess
+from refinery.stack.stack import Stack
 from tests.conftest import API_KEYS
 from tests.inference.helpers import read_events
 from tests.ports import FAILOVER, ports

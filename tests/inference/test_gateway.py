@@ -11,11 +11,11 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from services.common.events import ChatTurn, FeedbackEvent, PredictionEvent
-from services.common.registry import ModelRegistry
-from services.common.settings import Settings
-from services.common.topics import Stream
-from services.retrainer.sequence import prompt_ids
+from refinery.common.events import ChatTurn, FeedbackEvent, PredictionEvent
+from refinery.common.registry import ModelRegistry
+from refinery.common.settings import Settings
+from refinery.common.topics import Stream
+from refinery.retrainer.sequence import prompt_ids
 from tests.conftest import API_KEYS, OTHER_TENANT_KEY
 from tests.inference.helpers import read_events
 

@@ -19,8 +19,8 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 from schemathesis.schemas import BaseSchema
 
-from services.common.settings import Settings
-from services.inference.app import create_app
+from refinery.common.settings import Settings
+from refinery.inference.app import create_app
 from tests.conftest import API_KEYS
 
 # Fixed, so a failure in CI reproduces; change it to explore other inputs.

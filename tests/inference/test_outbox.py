@@ -7,8 +7,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from services.common.kafka import EventProducer
-from services.inference.outbox import Outbox, OutboxSender
+from refinery.common.kafka import EventProducer
+from refinery.inference.outbox import Outbox, OutboxSender
 
 
 class FailingDisk(Outbox):

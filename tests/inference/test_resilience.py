@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.common.events import ModelEvent, PredictionEvent
-from services.common.kafka import EventProducer
-from services.common.registry import CHAMPION, ModelRegistry, VersionInfo
-from services.common.settings import Settings
-from services.common.topics import Stream
-from services.stack.stack import Stack
+from refinery.common.events import ModelEvent, PredictionEvent
+from refinery.common.kafka import EventProducer
+from refinery.common.registry import CHAMPION, ModelRegistry, VersionInfo
+from refinery.common.settings import Settings
+from refinery.common.topics import Stream
+from refinery.stack.stack import Stack
 from tests.conftest import API_KEYS
 from tests.inference.helpers import read_events, register_adapter
 

@@ -10,8 +10,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from services.inference.exceptions import Unavailable
-from services.inference.serving import post_once_more_on_a_stale_connection
+from refinery.inference.exceptions import Unavailable
+from refinery.inference.serving import post_once_more_on_a_stale_connection
 
 _OK = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 from evidently.ui.workspace import Workspace
 
-from services.monitor.alerts import PROJECT_NAME, AlertPublisher, Window
-from services.monitor.drift import ThumbsCount, detect_drift
+from refinery.monitor.alerts import PROJECT_NAME, AlertPublisher, Window
+from refinery.monitor.drift import ThumbsCount, detect_drift
 from tests.monitor.test_drift import rows
 
 END = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from services.common.events import PredictionEvent
-from services.common.settings import REPO_ROOT
-from services.common.task import load_task
-from services.demo.corpus import generate
-from services.monitor.drift import (
+from refinery.common.events import PredictionEvent
+from refinery.common.settings import REPO_ROOT
+from refinery.common.task import load_task
+from refinery.demo.corpus import generate
+from refinery.monitor.drift import (
     THUMBS_DOWN,
     Row,
     ThumbsCount,

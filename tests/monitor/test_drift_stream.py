@@ -20,22 +20,22 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from services.common.events import (
+from refinery.common.events import (
     AlertEvent,
     ModelEvent,
     TriggerEvent,
 )
-from services.common.kafka import EventConsumer, EventProducer, ensure_topics
-from services.common.promotion import promote, reject
-from services.common.registry import ModelRegistry
-from services.common.settings import REPO_ROOT, Settings
-from services.common.task import load_task
-from services.common.topics import Stream
-from services.demo.traffic_events import synthetic_traffic
-from services.monitor.drift import THUMBS_DOWN
-from services.stack.evidently_ui import evidently_ui_process
-from services.stack.monitor import monitor_process
-from services.stack.process import ManagedProcess
+from refinery.common.kafka import EventConsumer, EventProducer, ensure_topics
+from refinery.common.promotion import promote, reject
+from refinery.common.registry import ModelRegistry
+from refinery.common.settings import REPO_ROOT, Settings
+from refinery.common.task import load_task
+from refinery.common.topics import Stream
+from refinery.demo.traffic_events import synthetic_traffic
+from refinery.monitor.drift import THUMBS_DOWN
+from refinery.stack.evidently_ui import evidently_ui_process
+from refinery.stack.monitor import monitor_process
+from refinery.stack.process import ManagedProcess
 from tests.browser import render
 from tests.conftest import TEST_TASK
 from tests.metrics import promtool_lint, scrape_until, value

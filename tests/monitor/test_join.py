@@ -12,15 +12,15 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.partitioner import murmur2
 
-from services.common.events import ExampleEvent, FeedbackEvent, PredictionEvent
-from services.common.kafka import DeadLetter, EventProducer
-from services.common.kafka.admin import consumer_lag
-from services.common.settings import Settings
-from services.common.topics import Stream, Topics
-from services.monitor.join import example_id
-from services.stack.monitor import monitor_process
-from services.stack.process import ManagedProcess
-from services.stack.stack import Stack
+from refinery.common.events import ExampleEvent, FeedbackEvent, PredictionEvent
+from refinery.common.kafka import DeadLetter, EventProducer
+from refinery.common.kafka.admin import consumer_lag
+from refinery.common.settings import Settings
+from refinery.common.topics import Stream, Topics
+from refinery.monitor.join import example_id
+from refinery.stack.monitor import monitor_process
+from refinery.stack.process import ManagedProcess
+from refinery.stack.stack import Stack
 from tests.inference.helpers import read_events
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

@@ -16,13 +16,13 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.partitioner import murmur2
 
-from services.common.events import ExampleEvent
-from services.common.kafka import EventConsumer, EventProducer, ensure_topics
-from services.common.settings import Settings
-from services.common.topics import Stream
-from services.monitor.join import JoinState, stale_keys, sweep_interval
-from services.stack.monitor import monitor_process
-from services.stack.process import ManagedProcess
+from refinery.common.events import ExampleEvent
+from refinery.common.kafka import EventConsumer, EventProducer, ensure_topics
+from refinery.common.settings import Settings
+from refinery.common.topics import Stream
+from refinery.monitor.join import JoinState, stale_keys, sweep_interval
+from refinery.stack.monitor import monitor_process
+from refinery.stack.process import ManagedProcess
 from tests.monitor.test_join import feedback, prediction
 
 TTL_S = 4.0

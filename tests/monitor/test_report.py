@@ -9,8 +9,8 @@ from pathlib import Path
 
 from evidently.ui.workspace import Workspace
 
-from services.monitor.drift import ThumbsCount, detect_drift
-from services.monitor.report import (
+from refinery.monitor.drift import ThumbsCount, detect_drift
+from refinery.monitor.report import (
     WindowLabels,
     dashboard,
     dashboard_versions,

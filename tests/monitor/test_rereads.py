@@ -7,8 +7,8 @@ from unittest.mock import patch
 
 from faust.types import TP
 
-from services.monitor import rereads
-from services.monitor.rereads import Committed, SkippedRecords
+from refinery.monitor import rereads
+from refinery.monitor.rereads import Committed, SkippedRecords
 
 P0, P1 = TP("refinery.feedback", 0), TP("refinery.feedback", 1)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from services.common.task import DriftSpec
-from services.monitor.drift import ThumbsCount
-from services.monitor.triggers import (
+from refinery.common.task import DriftSpec
+from refinery.monitor.drift import ThumbsCount
+from refinery.monitor.triggers import (
     TriggerState,
     on_champion_rating,
     on_promotion,

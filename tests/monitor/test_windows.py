@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from services.common.events import AlertEvent, PredictionEvent
-from services.common.task import DriftSpec, TaskObjective
-from services.monitor.windows import (
+from refinery.common.events import AlertEvent, PredictionEvent
+from refinery.common.task import DriftSpec, TaskObjective
+from refinery.monitor.windows import (
     Change,
     DriftWindows,
     prediction_record,

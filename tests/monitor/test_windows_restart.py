@@ -20,14 +20,14 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, TopicPartition
 
-from services.common.events import AlertEvent, FeedbackEvent, ModelEvent, PredictionEvent
-from services.common.kafka import EventConsumer, EventProducer, ensure_topics
-from services.common.settings import Settings
-from services.common.task import load_task
-from services.common.topics import Stream
-from services.demo.traffic_events import synthetic_traffic
-from services.stack.monitor import monitor_process
-from services.stack.process import ManagedProcess
+from refinery.common.events import AlertEvent, FeedbackEvent, ModelEvent, PredictionEvent
+from refinery.common.kafka import EventConsumer, EventProducer, ensure_topics
+from refinery.common.settings import Settings
+from refinery.common.task import load_task
+from refinery.common.topics import Stream
+from refinery.demo.traffic_events import synthetic_traffic
+from refinery.stack.monitor import monitor_process
+from refinery.stack.process import ManagedProcess
 from tests.conftest import TEST_TASK
 
 REFERENCE, WINDOW = 80, 40

@@ -8,9 +8,9 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from services.common.datasets import LabeledText, read_jsonl, write_jsonl
-from services.common.registry import ModelRegistry
-from services.common.settings import Settings
+from refinery.common.datasets import LabeledText, read_jsonl, write_jsonl
+from refinery.common.registry import ModelRegistry
+from refinery.common.settings import Settings
 from tests.conftest import run_cli
 
 

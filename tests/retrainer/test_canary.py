@@ -6,11 +6,11 @@ import math
 import random
 from datetime import UTC, datetime
 
-from services.common.events import ExampleEvent, PredictionEvent
-from services.common.settings import REPO_ROOT
-from services.common.task import CanarySpec, load_task
-from services.retrainer.canary import ArmCounts, Verdict, decide, interval
-from services.retrainer.canary_watch import Evidence, ShadowJudge, Tally
+from refinery.common.events import ExampleEvent, PredictionEvent
+from refinery.common.settings import REPO_ROOT
+from refinery.common.task import CanarySpec, load_task
+from refinery.retrainer.canary import ArmCounts, Verdict, decide, interval
+from refinery.retrainer.canary_watch import Evidence, ShadowJudge, Tally
 
 POLICY = CanarySpec(alpha=0.05, margin=0.0, min_per_arm=30, max_per_arm=400)
 

@@ -20,16 +20,16 @@ import httpx
 import mlflow
 import pytest
 
-from services.common.events import ModelEvent, PredictionEvent
-from services.common.promotion import promote
-from services.common.registry import ModelRegistry, VersionInfo
-from services.common.settings import Settings
-from services.common.task import CanarySpec, load_task
-from services.common.topics import Stream
-from services.demo.simulate import Simulation, SimulationConfig, simulate
-from services.inference.router import in_canary
-from services.inference.routes.completions import ARM_HEADER
-from services.retrainer.canary_watch import run_canary
+from refinery.common.events import ModelEvent, PredictionEvent
+from refinery.common.promotion import promote
+from refinery.common.registry import ModelRegistry, VersionInfo
+from refinery.common.settings import Settings
+from refinery.common.task import CanarySpec, load_task
+from refinery.common.topics import Stream
+from refinery.demo.simulate import Simulation, SimulationConfig, simulate
+from refinery.inference.router import in_canary
+from refinery.inference.routes.completions import ARM_HEADER
+from refinery.retrainer.canary_watch import run_canary
 from tests.conftest import API_KEYS, run_cli
 from tests.inference.helpers import read_events, register_adapter
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.common.task import CleaningSpec, TaskObjective
-from services.retrainer.clean import PII_KINDS, STEPS, CleanReport, clean, normalize, scrub_pii
-from services.retrainer.examples import Source, TrainingExample
+from refinery.common.task import CleaningSpec, TaskObjective
+from refinery.retrainer.clean import PII_KINDS, STEPS, CleanReport, clean, normalize, scrub_pii
+from refinery.retrainer.examples import Source, TrainingExample
 
 TASK = TaskObjective(
     name="t",

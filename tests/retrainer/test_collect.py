@@ -10,11 +10,11 @@ import pytest
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from services.common.events import ExampleEvent
-from services.common.kafka import EventProducer, ensure_topics
-from services.common.settings import Settings
-from services.common.topics import Stream, Topics
-from services.retrainer.collect import ExamplesGone, end_offsets, read_examples
+from refinery.common.events import ExampleEvent
+from refinery.common.kafka import EventProducer, ensure_topics
+from refinery.common.settings import Settings
+from refinery.common.topics import Stream, Topics
+from refinery.retrainer.collect import ExamplesGone, end_offsets, read_examples
 
 
 def _example(n: int) -> ExampleEvent:

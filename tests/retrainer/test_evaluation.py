@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sklearn.metrics import f1_score
 
-from services.common.similarity import cosine, embed
-from services.common.task import GateMetric, GateSpec, TaskFile, TaskObjective
-from services.retrainer.evaluation import (
+from refinery.common.similarity import cosine, embed
+from refinery.common.task import GateMetric, GateSpec, TaskFile, TaskObjective
+from refinery.retrainer.evaluation import (
     PairedComparison,
     Scored,
     compare,
@@ -26,7 +26,7 @@ from services.retrainer.evaluation import (
     score_outputs,
     write_report,
 )
-from services.retrainer.gate import gate, main_metric
+from refinery.retrainer.gate import gate, main_metric
 
 LABELS = ["billing", "shipping", "account", "technical", "returns"]
 TASK = TaskObjective(

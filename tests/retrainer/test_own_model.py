@@ -11,16 +11,16 @@ import httpx
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from services.common.datasets import write_jsonl
-from services.common.events import TriggerEvent
-from services.common.kafka import ensure_topics
-from services.common.registry import ModelRegistry, VersionInfo
-from services.common.settings import Settings
-from services.demo.corpus import generate
-from services.retrainer.base_model import train_tokenizer
-from services.retrainer.pipeline import Retrainer
-from services.retrainer.record import OUTCOME_TAG
-from services.stack.vllm import vllm_process
+from refinery.common.datasets import write_jsonl
+from refinery.common.events import TriggerEvent
+from refinery.common.kafka import ensure_topics
+from refinery.common.registry import ModelRegistry, VersionInfo
+from refinery.common.settings import Settings
+from refinery.demo.corpus import generate
+from refinery.retrainer.base_model import train_tokenizer
+from refinery.retrainer.pipeline import Retrainer
+from refinery.retrainer.record import OUTCOME_TAG
+from refinery.stack.vllm import vllm_process
 from tests.conftest import run_cli
 from tests.ports import OWN_MODEL, ports
 from tests.retrainer.test_service import TASK, feedback_events, send_examples

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from services.common import promotion
-from services.common.events import TriggerEvent
-from services.common.kafka import ensure_topics
-from services.common.registry import CHAMPION, ModelRegistry
-from services.common.settings import Settings
-from services.retrainer import pipeline
-from services.retrainer.gate import GateDecision
-from services.retrainer.pipeline import Retrainer
-from services.retrainer.record import OUTCOME_TAG
-from services.stack.retrainer import retrainer_process
-from services.stack.stack import Stack
+from refinery.common import promotion
+from refinery.common.events import TriggerEvent
+from refinery.common.kafka import ensure_topics
+from refinery.common.registry import CHAMPION, ModelRegistry
+from refinery.common.settings import Settings
+from refinery.retrainer import pipeline
+from refinery.retrainer.gate import GateDecision
+from refinery.retrainer.pipeline import Retrainer
+from refinery.retrainer.record import OUTCOME_TAG
+from refinery.stack.retrainer import retrainer_process
+from refinery.stack.stack import Stack
 from tests.retrainer.test_service import TASK, feedback_events, send_examples
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from services.common.datasets import LabeledText
-from services.common.events import ChatTurn
-from services.retrainer.base_model import served_text, train_tokenizer
-from services.retrainer.sequence import IGNORE, PadCollator, encode, pack, prompt_ids
+from refinery.common.datasets import LabeledText
+from refinery.common.events import ChatTurn
+from refinery.retrainer.base_model import served_text, train_tokenizer
+from refinery.retrainer.sequence import IGNORE, PadCollator, encode, pack, prompt_ids
 
 PROMPT = "Ticket: my thermostat keeps going offline since the update\nTeam:"
 

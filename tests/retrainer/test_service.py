@@ -17,17 +17,17 @@ import pytest
 from mlflow import MlflowClient
 from transformers import AutoTokenizer
 
-from services.common.events import DecisionEvent, ExampleEvent, ModelEvent, TriggerEvent
-from services.common.kafka import EventProducer, ensure_topics
-from services.common.registry import ModelRegistry
-from services.common.settings import Settings
-from services.common.task import SearchSpec, load_task
-from services.common.topics import Stream
-from services.demo.corpus import generate
-from services.retrainer.pipeline import Retrainer, _safe
-from services.retrainer.record import OUTCOME_TAG
-from services.retrainer.splits import split
-from services.stack.stack import Stack
+from refinery.common.events import DecisionEvent, ExampleEvent, ModelEvent, TriggerEvent
+from refinery.common.kafka import EventProducer, ensure_topics
+from refinery.common.registry import ModelRegistry
+from refinery.common.settings import Settings
+from refinery.common.task import SearchSpec, load_task
+from refinery.common.topics import Stream
+from refinery.demo.corpus import generate
+from refinery.retrainer.pipeline import Retrainer, _safe
+from refinery.retrainer.record import OUTCOME_TAG
+from refinery.retrainer.splits import split
+from refinery.stack.stack import Stack
 from tests.conftest import API_KEYS, TEST_TASK, run_cli
 from tests.inference.helpers import read_events
 from tests.metrics import promtool_lint, scrape, scrape_until, value

@@ -1,14 +1,14 @@
 """The poisoning defence on feedback as plain logic: one rating per answer, contradicted
-corrections held, no key or user over its share (services/retrainer/sources.py)."""
+corrections held, no key or user over its share (services/refinery/retrainer/sources.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from services.common.shares import share_cap
-from services.common.task import FeedbackSpec, TaskObjective
-from services.retrainer.examples import Source, TrainingExample
-from services.retrainer.sources import cap_share, contradicted, curate
+from refinery.common.shares import share_cap
+from refinery.common.task import FeedbackSpec, TaskObjective
+from refinery.retrainer.examples import Source, TrainingExample
+from refinery.retrainer.sources import cap_share, contradicted, curate
 
 TASK = TaskObjective(
     name="t", kind="classification", prompt_template="{text}", labels=["billing", "shipping"]

@@ -7,12 +7,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from services.common.datasets import LabeledText
-from services.common.events import ChatTurn, ExampleEvent, TriggerEvent
-from services.common.task import GateSpec, TaskFile, TaskObjective
-from services.retrainer.examples import TrainingExample, annotate
-from services.retrainer.service import pick
-from services.retrainer.splits import feedback_repeats, split, write_jsonl
+from refinery.common.datasets import LabeledText
+from refinery.common.events import ChatTurn, ExampleEvent, TriggerEvent
+from refinery.common.task import GateSpec, TaskFile, TaskObjective
+from refinery.retrainer.examples import TrainingExample, annotate
+from refinery.retrainer.service import pick
+from refinery.retrainer.splits import feedback_repeats, split, write_jsonl
 
 TASK = TaskFile(
     task=TaskObjective(

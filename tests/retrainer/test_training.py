@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from services.common.task import BaseModelSpec, TrainingSpec
-from services.retrainer.base_model import build_model, train_tokenizer
-from services.retrainer.examples import TrainingExample
-from services.retrainer.training import train_kto, train_sft
+from refinery.common.task import BaseModelSpec, TrainingSpec
+from refinery.retrainer.base_model import build_model, train_tokenizer
+from refinery.retrainer.examples import TrainingExample
+from refinery.retrainer.training import train_kto, train_sft
 
 SPEC = BaseModelSpec(
     vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=1, num_heads=2
@@ -63,7 +63,7 @@ def test_kto_trains_on_desirable_and_undesirable_examples(
 
 
 def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path: Path) -> None:
-    from services.retrainer.training import _last_checkpoint
+    from refinery.retrainer.training import _last_checkpoint
 
     assert _last_checkpoint(tmp_path) is None
     for step, complete in ((5, True), (9, False)):

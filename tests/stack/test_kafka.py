@@ -11,12 +11,12 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError
 
-from services.common.events import FeedbackEvent
-from services.common.kafka import EventProducer, ensure_topics, wait_for_broker
-from services.common.kafka.consumer import parse_event
-from services.common.settings import Settings
-from services.common.topics import Stream, Topics
-from services.stack.kafka import KafkaCluster
+from refinery.common.events import FeedbackEvent
+from refinery.common.kafka import EventProducer, ensure_topics, wait_for_broker
+from refinery.common.kafka.consumer import parse_event
+from refinery.common.settings import Settings
+from refinery.common.topics import Stream, Topics
+from refinery.stack.kafka import KafkaCluster
 from tests.ports import KAFKA_RESTART, KAFKA_THREE, ports
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from services.common.exceptions import ProcessError
-from services.common.settings import Settings
-from services.stack.ports import ensure_free, ephemeral_range, listener_ports
-from services.stack.process import ManagedProcess
+from refinery.common.exceptions import ProcessError
+from refinery.common.settings import Settings
+from refinery.stack.ports import ensure_free, ephemeral_range, listener_ports
+from refinery.stack.process import ManagedProcess
 from tests.ports import ALL_BLOCKS, ports
 
 

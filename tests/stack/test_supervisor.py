@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 
-from services.common.events import DecisionEvent
-from services.common.settings import Settings
-from services.common.topics import Stream
-from services.stack.monitor import monitor_process
-from services.stack.stack import Stack
-from services.stack.supervisor import read_restarts, supervisor_process
+from refinery.common.events import DecisionEvent
+from refinery.common.settings import Settings
+from refinery.common.topics import Stream
+from refinery.stack.monitor import monitor_process
+from refinery.stack.stack import Stack
+from refinery.stack.supervisor import read_restarts, supervisor_process
 from tests.conftest import run_cli
 from tests.inference.helpers import read_events
 

@@ -11,12 +11,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.common.datasets import read_jsonl
-from services.common.registry import ModelRegistry
-from services.common.settings import Settings
-from services.common.task import load_task
-from services.retrainer.base_model import greedy_complete
-from services.retrainer.sequence import prompt_ids
+from refinery.common.datasets import read_jsonl
+from refinery.common.registry import ModelRegistry
+from refinery.common.settings import Settings
+from refinery.common.task import load_task
+from refinery.retrainer.base_model import greedy_complete
+from refinery.retrainer.sequence import prompt_ids
 
 
 def _complete(settings: Settings, model: str, prompts: list[str], max_tokens: int) -> list[str]:

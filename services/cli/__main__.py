@@ -1,4 +1,0 @@
-from services.cli.main import main
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""Kafka I/O with Refinery's guarantees: validated events, acks=all, dead letters with causes."""
+
+from refinery.common.kafka.admin import ensure_topics, wait_for_any_broker, wait_for_broker
+from refinery.common.kafka.consumer import DeadLetter, EventConsumer, Received, newest_event
+from refinery.common.kafka.producer import EventProducer, RenewingProducer
+
+__all__ = [
+    "DeadLetter",
+    "EventConsumer",
+    "EventProducer",
+    "Received",
+    "RenewingProducer",
+    "ensure_topics",
+    "newest_event",
+    "wait_for_any_broker",
+    "wait_for_broker",
+]

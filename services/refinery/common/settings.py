@@ -1,0 +1,242 @@
+"""The one reader of the environment: addresses, paths and secrets (prefix ``REFINERY_``)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from refinery.common.exceptions import ConfigError
+from refinery.common.resources import packaged
+
+# The package's folder; its parent is what a child process puts on PYTHONPATH (``services/``
+# in a checkout, site-packages when installed).
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+IMPORT_ROOT = PACKAGE_DIR.parent
+# The checkout the code runs from: the Makefile, infra/, bench/ and tests/ live there. An
+# installed package has none, so what the code writes goes to a per-user folder instead.
+REPO_ROOT = IMPORT_ROOT.parent
+IN_CHECKOUT = IMPORT_ROOT.name == "services" and (REPO_ROOT / "pyproject.toml").is_file()
+
+
+def _default_var_dir() -> Path:
+    """``var/`` in a checkout (git-ignored); ``$XDG_DATA_HOME/refinery`` when installed."""
+    if IN_CHECKOUT:
+        return REPO_ROOT / "var"
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "refinery"
+
+
+def _env_files() -> tuple[Path, ...]:
+    if IN_CHECKOUT:
+        return (REPO_ROOT / ".env", REPO_ROOT / "var" / "toolchain.env")
+    return (Path(".env"),)
+
+
+class Settings(BaseSettings):
+    """Where things run and live. Defaults run offline on one laptop.
+
+    ``var/toolchain.env`` is written by ``infra/setup.sh`` (paths of the cached
+    vLLM venv and Kafka jars), so a bare ``refinery up`` finds what ``make`` built.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="REFINERY_",
+        env_file=_env_files(),
+        extra="ignore",
+    )
+
+    # Where state, logs, models and secrets go (git-ignored in a checkout).
+    var_dir: Path = Field(default_factory=_default_var_dir)
+    # The task file: task kind, template, labels, training and gating thresholds (the
+    # support-triage example that ships with the package unless set).
+    task_file: Path = Field(default_factory=lambda: packaged("refinery.yaml"))
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Folder of broker jars resolved from Maven Central by infra/kafka/fetch.sh.
+    kafka_libs: Path | None = None
+    kafka_java: str = "java"
+    # 1 for development; 3 (replication 3, min ISR 2) for the fault tests.
+    kafka_nodes: int = 1
+    # Broker port of the first node; node i listens on kafka_port + i - 1.
+    kafka_port: int = 9092
+    # KRaft controller port of the first node (node i: + i - 1). Keep every listener port
+    # below the kernel's ephemeral range (32768+ on Linux), where outgoing connections
+    # take their local ports at random.
+    kafka_controller_port: int = 19092
+    topic_prefix: str = "refinery"
+    topic_partitions: int = 3
+    # None: 1 on a single node, 3 on the three-node cluster.
+    topic_replication: int | None = None
+    # Raw traffic (predictions, feedback) is kept this long: the monitor and the join read it
+    # within minutes, so a week leaves room for outages and replays.
+    traffic_retention_hours: int = 7 * 24
+    # Alerts, triggers, model events and dead letters: the record ops and audits read.
+    ops_retention_hours: int = 90 * 24
+    # The examples topic is the training corpus: compacted by feedback id and never deleted.
+
+    # MLflow
+    mlflow_uri: str = "http://127.0.0.1:5000"
+    mlflow_host: str = "127.0.0.1"
+    mlflow_port: int = 5000
+    registered_model: str = "refinery-model"
+    experiment: str = "refinery"
+
+    # vLLM
+    vllm_python: Path | None = Field(
+        default=None, description="python of the vLLM venv (infra/setup.sh writes it)"
+    )
+    vllm_backend: Literal["cpu", "gpu"] = "cpu"
+    vllm_host: str = "127.0.0.1"
+    vllm_port: int = 8100
+    vllm_max_model_len: int = 512
+    vllm_max_loras: int = 4
+    vllm_max_lora_rank: int = 16
+    vllm_kvcache_gib: int = 1
+    # The name vLLM serves the base model under; adapters get <model>-v<version>.
+    served_model_name: str = "refinery-base"
+
+    # Gateway (refinery/inference)
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    # API keys as "KEY:scope+scope,KEY2:admin"; scopes are inference, feedback, admin.
+    api_keys: SecretStr | None = None
+    # A file of "KEY scope+scope" lines; default var/secrets/api-keys.
+    api_keys_file: Path | None = None
+    # Only for local experiments: every request is admin.
+    auth_disabled: bool = False
+    # HMAC key that signs prediction ids; `refinery up` writes var/secrets/signing-key.
+    signing_secret: SecretStr | None = None
+    max_body_bytes: int = 256 * 1024
+    # Predictions waiting on disk for Kafka; past this, completions answer 503.
+    outbox_max_events: int = 200_000
+    # How often the gateway checks its route against the registry's champion alias (and
+    # that vLLM still has the champion's adapter); model events switch at once.
+    route_reconcile_s: float = 10.0
+    # How long feedback waits for acks=all before answering 503.
+    feedback_ack_timeout_s: float = 5.0
+    # An answer can be rated this long after it was given; older ids answer 404.
+    feedback_max_age_s: float = 7 * 24 * 3600
+    # Requests per second per API key (a token bucket of `rate_limit_burst`), over 429 with
+    # Retry-After; 0 turns it off. Admin keys (the operator's own) are not limited.
+    rate_limit_rps: float = 50.0
+    rate_limit_burst: int = Field(default=100, ge=1)
+
+    # Monitor (refinery/monitor)
+    monitor_app_id: str = "refinery-monitor"
+    # Prometheus metrics of the monitor and the retrainer (0: not served); the gateway's
+    # are at its own /metrics.
+    metrics_host: str = "127.0.0.1"
+    monitor_metrics_port: int = 8020
+    retrainer_metrics_port: int = 8030
+    # The Evidently UI over the monitor's workspace (`refinery up` starts it); alerts link
+    # to their window's report there.
+    evidently_ui_host: str = "127.0.0.1"
+    evidently_ui_port: int = 8010
+    # A prediction waits this long for feedback (and feedback for its prediction).
+    join_ttl_s: float = 24 * 3600
+    # Retrainer: torch threads on a CPU host (default: half the cores, at least one).
+    retrainer_threads: int | None = None
+    # Where drift alerts are POSTed as Slack-compatible JSON ({"text": ...}); none: no POST.
+    alert_webhook_url: str | None = None
+
+    @model_validator(mode="after")
+    def _every_node_bootstraps(self) -> Settings:
+        """Unless given, clients bootstrap from every local node: with the first alone, a
+        new client (a renewed producer, /readyz, a restarted consumer) cannot start while
+        that one node is down, though the cluster serves."""
+        if "kafka_bootstrap" not in self.model_fields_set:
+            self.kafka_bootstrap = ",".join(
+                f"127.0.0.1:{self.kafka_port + i}" for i in range(self.kafka_nodes)
+            )
+        return self
+
+    @field_validator("kafka_nodes")
+    @classmethod
+    def _one_or_three(cls, value: int) -> int:
+        if value not in (1, 3):
+            raise ValueError("REFINERY_KAFKA_NODES must be 1 or 3")
+        return value
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as REFINERY_* variables, for the processes the stack starts."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                env[f"REFINERY_{name.upper()}"] = str(value)
+        return env
+
+    def process_env(self) -> dict[str, str]:
+        """The environment of a process the stack starts: these settings, and the folder
+        that holds this package on its import path (so a checkout needs no install)."""
+        return {**self.to_env(), "PYTHONPATH": str(IMPORT_ROOT)}
+
+    @property
+    def vllm_url(self) -> str:
+        return f"http://{self.vllm_host}:{self.vllm_port}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.var_dir / "models"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.var_dir / "secrets"
+
+    @property
+    def signing_key_path(self) -> Path:
+        """Where `refinery up` keeps the prediction-id signing key when none is set."""
+        return self.secrets_dir / "signing-key"
+
+    @property
+    def admin_key_path(self) -> Path:
+        """The local admin API key `refinery up` creates when no keys are configured."""
+        return self.secrets_dir / "api-key"
+
+    @property
+    def api_keys_path(self) -> Path:
+        return self.api_keys_file or self.secrets_dir / "api-keys"
+
+    @property
+    def evidently_ui_url(self) -> str:
+        return f"http://{self.evidently_ui_host}:{self.evidently_ui_port}"
+
+    @property
+    def evidently_workspace(self) -> Path:
+        return self.var_dir / "monitor" / "workspace"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def replication(self) -> int:
+        return self.topic_replication or (3 if self.kafka_nodes == 3 else 1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once; a bad value fails naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"REFINERY_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

@@ -1,0 +1,248 @@
+"""Which served model answers now, and the switch to a new one without failing a request.
+
+A route is one registry version under its immutable vLLM name. New requests take the
+current route; a switch loads the new adapter first, then flips the route, then unloads
+the old adapter once its in-flight requests have finished.
+
+The registry's ``champion`` alias is the only truth: model events make the router look
+(fast), a periodic ``reconcile`` makes it right. Reconciling also puts the adapter back
+into a vLLM that restarted without it, so a vLLM restart heals without a gateway restart.
+
+A ``canary`` alias adds a second route: the users whose id hashes under the canary's
+share get it, the same users on every gateway and every request (sticky), so one user
+sees one model; requests without a user id are drawn at random. A canary in ``shadow``
+mode is never returned: those users get the champion, and the canary answers the same
+request on the side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import aiohttp
+
+from refinery.common.registry import (
+    CANARY_MODE_TAG,
+    CANARY_SHARE_TAG,
+    ModelRegistry,
+    VersionInfo,
+)
+from refinery.common.settings import Settings
+from refinery.inference.exceptions import Unavailable, UpstreamError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A registry version and the name vLLM serves it under."""
+
+    model: str
+    version: str
+    kind: str
+    served_name: str
+    arm: Literal["champion", "canary"] = "champion"
+
+
+def in_canary(user: str | None, canary_version: str, share: float) -> bool:
+    """Is this user's traffic the canary's? A stable hash of (version, user): the same on
+    every gateway and restart, and a new draw of users for each canary."""
+    if user is None:
+        return random.random() < share
+    digest = hashlib.blake2b(f"{canary_version}:{user}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+class ModelRouter:
+    """Holds the current route; counts in-flight requests per served name."""
+
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, vllm: aiohttp.ClientSession
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.vllm = vllm
+        self.current: Route | None = None
+        self._inflight: Counter[str] = Counter()
+        self._idle = asyncio.Condition()
+        self._switch_lock = asyncio.Lock()
+        # The base version vLLM was started with: adapters must apply to it.
+        self.base_version: str | None = None
+        #: the champion version the last reconcile read from the registry (None: never read)
+        self.champion_version: str | None = None
+        self.canary: Route | None = None
+        self.canary_share = 0.0
+        self.canary_shadow = False  # answers on the side, never returned
+        #: the canary version the last reconcile read ("" none; None: never read)
+        self.canary_version: str | None = None
+
+    def route_for(self, info: VersionInfo) -> Route:
+        served = self.settings.served_model_name if info.kind == "base" else info.served_name
+        return Route(info.name, info.version, info.kind, served)
+
+    def _canary_for(self, user: str | None, shadow: bool) -> Route | None:
+        """The canary's route when one runs in this mode and ``user`` is in its share."""
+        canary = self.canary
+        if canary is None or self.canary_shadow != shadow:
+            return None
+        return canary if in_canary(user, canary.version, self.canary_share) else None
+
+    def pick(self, user: str | None) -> Route | None:
+        """The champion's route, or a live canary's for a user in its share."""
+        return self._canary_for(user, shadow=False) or self.current
+
+    def shadow(self, user: str | None) -> Route | None:
+        """A shadow canary's route for a user in its share: it answers too, unseen."""
+        return self._canary_for(user, shadow=True)
+
+    @asynccontextmanager
+    async def hold(self, route: Route) -> AsyncIterator[Route]:
+        """Hold ``route`` for one request, as ``use`` does for the route it picks."""
+        self._inflight[route.served_name] += 1
+        try:
+            yield route
+        finally:
+            async with self._idle:
+                self._inflight[route.served_name] -= 1
+                self._idle.notify_all()
+
+    @asynccontextmanager
+    async def use(self, user: str | None = None) -> AsyncIterator[Route]:
+        """The route for one request, held until the request (stream included) is done."""
+        route = self.pick(user)
+        if route is None:
+            raise Unavailable("no model is being served yet; retry shortly", retry_after_s=2)
+        async with self.hold(route):
+            yield route
+
+    async def reconcile(self) -> Route | None:
+        """Serve what the registry's champion and canary aliases name, with their adapters
+        loaded in vLLM."""
+        champion = await asyncio.to_thread(self.registry.champion)
+        if champion is None:
+            return self.current
+        canary = await asyncio.to_thread(self.registry.canary)
+        self.champion_version = champion.version
+        route = await self.switch_to(champion)
+        if canary is None or canary.version == champion.version:
+            await self.set_canary(None)
+        else:
+            await self.set_canary(canary)
+        self.canary_version = canary.version if canary else ""
+        return route
+
+    async def set_canary(self, info: VersionInfo | None) -> None:
+        """Serve ``info`` to its share of users beside the champion; None ends the canary."""
+        async with self._switch_lock:
+            old = self.canary
+            if info is None:
+                self.canary, self.canary_share = None, 0.0
+            else:
+                share = float(info.tags.get(CANARY_SHARE_TAG, "0"))
+                shadow = info.tags.get(CANARY_MODE_TAG) == "shadow"
+                new = Route(info.name, info.version, info.kind, info.served_name, "canary")
+                if new.kind == "lora" and (
+                    new != old or new.served_name not in await self.served_names()
+                ):
+                    await self._load_adapter(info, new.served_name)
+                if new != old:
+                    log.info("router: canary %s for %.0f%% of users", new.served_name, share * 100)
+                self.canary, self.canary_share, self.canary_shadow = new, share, shadow
+            if old is not None and old != self.canary:
+                log.info("router: canary %s ended", old.served_name)
+                asyncio.get_running_loop().create_task(self._retire(old))
+
+    async def served_names(self) -> set[str]:
+        """The model names vLLM serves right now (base and loaded adapters)."""
+        async with self.vllm.get("/v1/models", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            if resp.status != 200:
+                raise UpstreamError(f"vLLM /v1/models answered {resp.status}")
+            body = await resp.json()
+        return {card["id"] for card in body.get("data", [])}
+
+    async def heal(self, broken: Route) -> None:
+        """vLLM does not know ``broken`` (it restarted and lost its runtime adapters):
+        load it again unless someone already did."""
+        async with self._switch_lock:
+            if broken not in (self.current, self.canary) or broken.kind != "lora":
+                return
+            if broken.served_name in await self.served_names():
+                return
+            info = await asyncio.to_thread(self.registry.get, broken.version)
+            log.warning("router: vLLM lost %s; loading it again", broken.served_name)
+            await self._load_adapter(info, broken.served_name)
+
+    def converged(self) -> bool:
+        """Do the routes serve the champion (and canary) the registry named at the last
+        reconcile?"""
+        canary = self.canary.version if self.canary else ""
+        return (
+            self.current is not None
+            and self.current.version == self.champion_version
+            and canary == (self.canary_version or "")
+        )
+
+    async def switch_to(self, info: VersionInfo) -> Route:
+        """Serve ``info`` from now on (its adapter loaded if vLLM lacks it); idempotent."""
+        async with self._switch_lock:
+            new = self.route_for(info)
+            old = self.current
+            if old == new:
+                if new.kind == "lora" and new.served_name not in await self.served_names():
+                    log.warning("router: vLLM lost %s; loading it again", new.served_name)
+                    await self._load_adapter(info, new.served_name)
+                return new
+            base = await asyncio.to_thread(self.registry.serving_base, info)
+            if self.base_version is None:
+                self.base_version = base.version
+            elif base.version != self.base_version:
+                raise UpstreamError(
+                    f"v{info.version} needs base v{base.version}, but vLLM serves base "
+                    f"v{self.base_version}; restart vLLM (`refinery down vllm gateway` then "
+                    "`refinery up`) to change the base model"
+                )
+            if new.kind == "lora":
+                await self._load_adapter(info, new.served_name)
+            self.current = new
+            log.info("router: now serving %s v%s as %s", new.model, new.version, new.served_name)
+            if old is not None and old.served_name != new.served_name:
+                asyncio.get_running_loop().create_task(self._retire(old))
+            return new
+
+    async def _load_adapter(self, info: VersionInfo, served_name: str) -> None:
+        local: Path = await asyncio.to_thread(
+            self.registry.local_copy, info, self.settings.models_dir
+        )
+        async with self.vllm.post(
+            "/v1/load_lora_adapter", json={"lora_name": served_name, "lora_path": str(local)}
+        ) as resp:
+            text = await resp.text()
+        # 400 "already loaded" is fine: names are immutable, so it is this very adapter.
+        if resp.status != 200 and "already" not in text:
+            raise UpstreamError(f"vLLM refused adapter {served_name}: {text[:300]}")
+
+    async def _retire(self, old: Route) -> None:
+        """Unload ``old``'s adapter once its in-flight requests are done, unless a route
+        serves it again by then."""
+        if old.kind != "lora":
+            return
+        async with self._idle:
+            await self._idle.wait_for(lambda: self._inflight[old.served_name] == 0)
+        async with self._switch_lock:
+            serving = {r.served_name for r in (self.current, self.canary) if r is not None}
+            if old.served_name in serving:
+                return  # rolled back to it (or it was promoted) while we waited
+            async with self.vllm.post(
+                "/v1/unload_lora_adapter", json={"lora_name": old.served_name}
+            ) as resp:
+                status = resp.status
+        log.info("router: unloaded %s (%d)", old.served_name, status)

@@ -1,0 +1,292 @@
+"""Completions through vLLM: route to the champion, sign the id, log the prediction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import aiohttp
+
+from refinery.common.events import PredictionEvent, last_user_text
+from refinery.inference.exceptions import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    Unavailable,
+    UpstreamError,
+)
+from refinery.inference.ids import PredictionIds
+from refinery.inference.metrics import GatewayMetrics
+from refinery.inference.outbox import Outbox
+from refinery.inference.protocol import ChatCompletionRequest, CompletionRequest
+from refinery.inference.router import ModelRouter, Route
+
+log = logging.getLogger(__name__)
+
+Endpoint = Literal["completions", "chat.completions"]
+_PATHS = {"completions": "/v1/completions", "chat.completions": "/v1/chat/completions"}
+_ID_KINDS = {"completions": "cmpl", "chat.completions": "chatcmpl"}
+
+
+def _answer_text(body: dict[str, Any], endpoint: Endpoint) -> str:
+    """The first choice's text of a (non-streamed) vLLM answer."""
+    choice = body["choices"][0]
+    return choice["text"] if endpoint == "completions" else choice["message"]["content"] or ""
+
+
+def _upstream_error(status: int, text: str) -> GatewayError:
+    try:
+        message = json.loads(text)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = text[:500]
+    if status == 400:
+        return BadRequest(f"vLLM rejected the request: {message}")
+    return UpstreamError(f"vLLM answered {status}: {message}")
+
+
+async def post_once_more_on_a_stale_connection(
+    session: aiohttp.ClientSession, path: str, body: dict[str, Any]
+) -> aiohttp.ClientResponse:
+    """POST, and once more on a fresh connection when a pooled one turns out closed.
+
+    A keep-alive connection vLLM closed between two requests fails on write ("Can not
+    write request body") or before any answer (server disconnected); nothing reached the
+    model, so sending again is safe. A refused connect is vLLM down: no second try."""
+    try:
+        return await session.post(path, json=body)
+    except aiohttp.ClientConnectorError as exc:
+        raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
+    except aiohttp.ClientConnectionError as exc:
+        log.info("vLLM connection dropped before an answer (%s): sending once more", exc)
+    try:
+        return await session.post(path, json=body)
+    except aiohttp.ClientConnectionError as exc:
+        raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
+
+
+class CompletionService:
+    """One request in, one logged prediction out."""
+
+    def __init__(
+        self,
+        model_name: str,
+        router: ModelRouter,
+        vllm: aiohttp.ClientSession,
+        outbox: Outbox,
+        ids: PredictionIds,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.model_name = model_name
+        self.router = router
+        self.vllm = vllm
+        self.outbox = outbox
+        self.ids = ids
+        self.metrics = metrics
+        self._shadows: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
+
+    def check_model(self, requested: str) -> None:
+        route = self.router.current
+        allowed = {self.model_name} | ({route.served_name} if route else set())
+        if requested not in allowed:
+            raise NotFound(
+                f"model {requested!r} is not served here; use {self.model_name!r} "
+                "(the champion) — GET /v1/models lists it"
+            )
+
+    async def complete(
+        self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint, tenant: str
+    ) -> tuple[dict[str, Any], Route]:
+        """vLLM's answer with the prediction's id and the served name, and the route that
+        answered (the champion's or a canary's)."""
+        self.check_model(request.model)
+        route, resp, use, started = await self._start(request, endpoint)
+        try:
+            body = await resp.json()
+        finally:
+            resp.release()
+            await use.__aexit__(None, None, None)
+        latency_ms = (time.perf_counter() - started) * 1000
+        text = _answer_text(body, endpoint)
+        usage = body.get("usage") or {}
+        prediction_id = self.ids.new(_ID_KINDS[endpoint], tenant)
+        self._log(request, endpoint, route, text, usage, latency_ms, prediction_id)
+        self._shadow_if_any(request, endpoint, prediction_id)
+        body["id"] = prediction_id
+        body["model"] = route.served_name
+        return body, route
+
+    async def open_stream(
+        self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint, tenant: str
+    ) -> tuple[AsyncIterator[bytes], Route]:
+        """Start the upstream stream (errors surface before any byte is sent), then relay it."""
+        self.check_model(request.model)
+        route, resp, use, started = await self._start(request, endpoint)
+        prediction_id = self.ids.new(_ID_KINDS[endpoint], tenant)
+        return self._relay(request, endpoint, route, resp, use, started, prediction_id), route
+
+    async def _start(
+        self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
+    ) -> tuple[Route, aiohttp.ClientResponse, Any, float]:
+        """Send the request to vLLM on the current route and return its 200 response, with
+        the route held (the caller releases both). A vLLM that restarted has lost its
+        runtime adapters and answers 404 for the route: the router loads it again and the
+        request is sent once more, so a vLLM restart fails no request that reaches it."""
+        for attempt in (1, 2):
+            use = self.router.use(request.user)
+            route = await use.__aenter__()
+            try:
+                started = time.perf_counter()
+                resp = await post_once_more_on_a_stale_connection(
+                    self.vllm, _PATHS[endpoint], request.upstream_body(route.served_name)
+                )
+                if resp.status == 200:
+                    return route, resp, use, started
+                text = await resp.text()
+                resp.release()
+                if resp.status != 404 or route.kind != "lora" or attempt == 2:
+                    raise _upstream_error(resp.status, text)
+            except BaseException:
+                await use.__aexit__(None, None, None)
+                raise
+            await use.__aexit__(None, None, None)
+            try:
+                await self.router.heal(route)
+            except GatewayError:
+                raise
+            except Exception as exc:  # the registry or vLLM failed us: say so, as a 502
+                raise UpstreamError(f"cannot restore {route.served_name} in vLLM: {exc}") from exc
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _relay(
+        self,
+        request: CompletionRequest | ChatCompletionRequest,
+        endpoint: Endpoint,
+        route: Route,
+        resp: aiohttp.ClientResponse,
+        use: Any,
+        started: float,
+        prediction_id: str,
+    ) -> AsyncIterator[bytes]:
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        try:
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\r\n")
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    latency_ms = (time.perf_counter() - started) * 1000
+                    self._log(
+                        request, endpoint, route, "".join(parts), usage, latency_ms, prediction_id
+                    )
+                    self._shadow_if_any(request, endpoint, prediction_id)
+                    yield b"data: [DONE]\n\n"
+                    return
+                chunk = json.loads(data)
+                chunk["id"] = prediction_id
+                chunk["model"] = route.served_name
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = (
+                        choice.get("text")
+                        if endpoint == "completions"
+                        else ((choice.get("delta") or {}).get("content"))
+                    )
+                    parts.append(delta or "")
+                if not chunk.get("choices") and not request.client_wants_usage_chunk:
+                    continue  # the usage-only chunk we asked for on our own account
+                if not request.client_wants_usage_chunk:
+                    chunk.pop("usage", None)
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+        finally:
+            resp.release()
+            await use.__aexit__(None, None, None)
+
+    def _shadow_if_any(
+        self,
+        request: CompletionRequest | ChatCompletionRequest,
+        endpoint: Endpoint,
+        shown_id: str,
+    ) -> None:
+        """A shadow canary covering this user answers the same request, after the user has
+        the champion's answer: on the side, logged, never returned."""
+        route = self.router.shadow(request.user)
+        if route is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._shadow(request, endpoint, route, shown_id)
+        )
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(
+        self,
+        request: CompletionRequest | ChatCompletionRequest,
+        endpoint: Endpoint,
+        route: Route,
+        shown_id: str,
+    ) -> None:
+        quiet = request.model_copy(update={"stream": False, "stream_options": None})
+        try:
+            async with self.router.hold(route):
+                started = time.perf_counter()
+                async with self.vllm.post(
+                    _PATHS[endpoint], json=quiet.upstream_body(route.served_name)
+                ) as resp:
+                    if resp.status != 200:
+                        log.info(
+                            "shadow %s answered %d; not logged", route.served_name, resp.status
+                        )
+                        return
+                    body = await resp.json()
+            latency_ms = (time.perf_counter() - started) * 1000
+            text = _answer_text(body, endpoint)
+            usage = body.get("usage") or {}
+            self._log(
+                quiet, endpoint, route, text, usage, latency_ms, f"{shown_id}.shadow", shown_id
+            )
+        except Exception as exc:  # the user has their answer; a shadow never fails them
+            log.warning("shadow %s: %s: %s", route.served_name, type(exc).__name__, exc)
+
+    def _log(
+        self,
+        request: CompletionRequest | ChatCompletionRequest,
+        endpoint: Endpoint,
+        route: Route,
+        text: str,
+        usage: dict[str, Any],
+        latency_ms: float,
+        prediction_id: str,
+        shadow_of: str | None = None,
+    ) -> None:
+        if isinstance(request, CompletionRequest):
+            prompt, messages = request.prompt, None
+        else:
+            messages = request.turns()
+            prompt = last_user_text(messages)
+        event = PredictionEvent(
+            prediction_id=prediction_id,
+            endpoint=endpoint,
+            prompt=prompt,
+            messages=messages,
+            completion=text,
+            model=route.model,
+            model_version=route.version,
+            served_name=route.served_name,
+            params=request.sampling_params(),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            latency_ms=latency_ms,
+            segment=request.segment,
+            user=request.user,
+            shadow_of=shadow_of,
+        )
+        self.outbox.append(event)  # the sender picks it up on its next tick
+        self.metrics.tokens.labels("prompt").inc(event.prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(event.completion_tokens)

@@ -1,0 +1,176 @@
+"""Turning a drift result into what ops see: a run in the Evidently workspace (the UI's
+project, whose dashboard is defined here in code), an alert event linking to that run's
+report in the UI, a saved HTML copy of it, and a Slack-compatible webhook POST."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from evidently.core.report import Snapshot
+from evidently.ui.workspace import Workspace
+
+from refinery.common.events import AlertEvent
+from refinery.monitor.drift import THUMBS_DOWN, DriftResult, ThumbsCount, describe
+from refinery.monitor.report import WindowLabels, dashboard, dashboard_versions, window_snapshot
+
+log = logging.getLogger(__name__)
+
+PROJECT_NAME = "refinery drift"
+_ALERT_NS = uuid.UUID("0b6f3c1e-7d2a-4c8e-b5f4-3e9a1d6c2f70")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The current window a drift result was computed on."""
+
+    index: int
+    start: datetime
+    end: datetime
+    size: int
+    reference_version: str
+    episode: datetime | None = None  # the start of the drift episode it is part of
+    thumbs: ThumbsCount | None = None  # the champion's ratings in it
+
+    @property
+    def labels(self) -> WindowLabels:
+        return WindowLabels(self.reference_version, self.index, self.start, self.end, self.episode)
+
+    @property
+    def alert_id(self) -> str:
+        """The event id of this window's alert: a replay that closes the same window again
+        after a crash alerts under the same id (consumers dedup by event id)."""
+        name = f"v{self.reference_version}/{self.index}/{self.start.isoformat()}"
+        return str(uuid.uuid5(_ALERT_NS, name))
+
+
+def slack_payload(alert: AlertEvent) -> dict[str, Any]:
+    lines = [
+        f":warning: *{alert.severity}* drift in {', '.join(alert.drifted_columns)} "
+        f"(window {alert.window_start:%Y-%m-%d %H:%M:%S} to {alert.window_end:%H:%M:%S} UTC, "
+        f"{alert.window_size} predictions, reference v{alert.reference_version})"
+    ]
+    lines += [f"• {m.column}: {m.method} {describe(m)}" for m in alert.metrics if m.drifted]
+    if alert.report_url:
+        lines.append(f"report: {alert.report_url}")
+    return {"text": "\n".join(lines)}
+
+
+def set_aside_unreadable_snapshots(workspace_dir: Path) -> list[Path]:
+    """Move snapshot files that are not whole JSON out of the workspace; returns where to.
+
+    Evidently writes a snapshot in place and refuses to open a workspace holding a broken
+    one, so a worker killed mid-write (bench/faults.py did) would crash on every restart.
+    """
+    moved = []
+    for snapshot in sorted(workspace_dir.glob("*/snapshots/*.json")):
+        try:
+            with snapshot.open() as f:
+                json.load(f)
+        except (OSError, ValueError) as exc:
+            dest = workspace_dir.parent / "unreadable-snapshots" / snapshot.parent.parent.name
+            dest.mkdir(parents=True, exist_ok=True)
+            snapshot.rename(dest / snapshot.name)
+            moved.append(dest / snapshot.name)
+            log.warning("evidently: %s is unreadable (%s); moved to %s", snapshot, exc, dest)
+    return moved
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A window's snapshot as the workspace holds it."""
+
+    snapshot: Snapshot
+    snapshot_id: str
+
+
+class AlertPublisher:
+    """Records each window, saves and links a drifted one's report, posts the webhook."""
+
+    def __init__(
+        self,
+        reports_dir: Path,
+        workspace_dir: Path,
+        webhook_url: str | None,
+        free_text: bool = False,
+        ui_url: str | None = None,
+    ) -> None:
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        self.reports_dir = reports_dir
+        try:
+            self.workspace = Workspace.create(str(workspace_dir))
+        except ValueError:  # a snapshot is not whole JSON: only then is each one read
+            set_aside_unreadable_snapshots(workspace_dir)
+            self.workspace = Workspace.create(str(workspace_dir))
+        found = self.workspace.search_project(PROJECT_NAME)
+        if found:
+            self.project = found[0]
+        else:
+            self.project = self.workspace.create_project(
+                PROJECT_NAME, description="Drift windows of the Refinery monitor"
+            )
+            self.workspace.save_dashboard(self.project.id, dashboard([], free_text))
+        self.free_text = free_text
+        self.versions = dashboard_versions(self.workspace.get_dashboard(self.project.id))
+        self.webhook_url = webhook_url
+        self.ui_url = ui_url.rstrip("/") if ui_url else None
+
+    def record(self, result: DriftResult, window: Window) -> Recorded:
+        """Every window goes to the workspace, drifted or not: the dashboard shows the
+        trend. A model version seen for the first time gets its quality series."""
+        snapshot = window_snapshot(result, window.labels, window.thumbs)
+        name = f"window {window.index} v{window.reference_version} {window.end:%Y-%m-%d %H:%M:%S}"
+        ref = self.workspace.add_run(self.project.id, snapshot, name=name)
+        if window.reference_version not in self.versions:
+            self.versions.add(window.reference_version)
+            self.workspace.save_dashboard(self.project.id, dashboard(self.versions, self.free_text))
+        return Recorded(snapshot, str(ref.id))
+
+    def report_url(self, recorded: Recorded) -> str:
+        """The window's report in the Evidently UI."""
+        return f"{self.ui_url}/projects/{self.project.id}/reports/{recorded.snapshot_id}"
+
+    def alert(self, result: DriftResult, window: Window, recorded: Recorded) -> AlertEvent | None:
+        """An alert for a drifted window (None if nothing drifted), its report saved; the
+        worker sends it (and :meth:`notify`) once the window's close is recorded. The link
+        is the report in the UI, or the saved copy when no UI is configured."""
+        if not result.drifted_columns:
+            return None
+        report = self.reports_dir / f"drift-{window.end:%Y%m%dT%H%M%S%f}.html"
+        recorded.snapshot.save_html(str(report))
+        drifted = result.drifted_columns
+        critical = THUMBS_DOWN in drifted or len(drifted) * 2 >= len(result.metrics)
+        return AlertEvent(
+            event_id=window.alert_id,
+            window_start=window.start,
+            window_end=window.end,
+            window_size=window.size,
+            drifted_columns=drifted,
+            metrics=result.metrics,
+            reference_version=window.reference_version,
+            report_url=self.report_url(recorded) if self.ui_url else report.resolve().as_uri(),
+            severity="critical" if critical else "warning",
+        )
+
+    def notify(self, alert: AlertEvent) -> None:
+        """The Slack-compatible webhook POST, if one is configured."""
+        post_webhook(self.webhook_url, slack_payload(alert))
+
+
+def post_webhook(url: str | None, payload: dict[str, Any]) -> bool:
+    """POST a Slack-compatible message to ``url`` (None: no webhook configured); a failure
+    is logged, since ops still get the alert or decision on Kafka and the CLI."""
+    if not url:
+        return False
+    try:
+        httpx.post(url, json=payload, timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        log.warning("webhook %s failed: %s", url, exc)
+        return False
+    return True

@@ -1,0 +1,425 @@
+"""The faust app: ``faust -A refinery.monitor.app worker`` (``refinery up`` starts it).
+
+``join`` reads predictions and feedback (co-partitioned by prediction id, so both halves
+of a pair reach the same worker), keeps the join state in a changelog-backed table, and
+writes labeled examples; invalid records go to ``<topic>.dlq``. It also forwards a small
+record per new prediction and rating to the single-partition window topic, where
+``watch`` (on whichever worker owns that partition) keeps the drift windows, runs the
+tests on each closed window, and sends alerts and retrain triggers. After a crash both
+replay what they did since their last commit: the windows drop what they hold already,
+and a closed window's messages are sent from the outbox recorded with its close.
+``follow_models`` resets the reference when a version is promoted or rolled back.
+``sweep`` expires join state, one partition per record of the sweep topic. ``tell_ops``
+posts each decision (promotions, rejections, retraining runs, restarts) to the webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import faust
+from pydantic import ValidationError
+
+from refinery.common.decisions import webhook_payload
+from refinery.common.events import (
+    DecisionEvent,
+    Event,
+    FeedbackEvent,
+    ModelEvent,
+    PredictionEvent,
+)
+from refinery.common.kafka.admin import committed_offsets, consumer_lag
+from refinery.common.kafka.consumer import dead_letter_headers, parse_event
+from refinery.common.metrics import serve_metrics
+from refinery.common.settings import get_settings
+from refinery.common.task import load_task
+from refinery.common.topics import DLQ_SUFFIX, Stream, Topics
+from refinery.monitor.alerts import AlertPublisher, Window, post_webhook
+from refinery.monitor.drift import alarm_ratio, describe, detect_drift, warm_up
+from refinery.monitor.join import (
+    JoinState,
+    expired,
+    forwards,
+    on_feedback,
+    on_prediction,
+    stale_keys,
+    sweep_interval,
+)
+from refinery.monitor.metrics import MonitorMetrics
+from refinery.monitor.report import WindowLabels, window_snapshot
+from refinery.monitor.rereads import SkippedRecords, commit_past_duplicate_acks
+from refinery.monitor.triggers import OPERATIONAL_COLUMNS
+from refinery.monitor.windows import (
+    Change,
+    DriftWindows,
+    Outbox,
+    prediction_record,
+    rating_record,
+    rejection_record,
+    reset_record,
+)
+
+log = logging.getLogger(__name__)
+
+settings = get_settings()
+topics = Topics.from_settings(settings)
+task_file = load_task(settings.task_file)
+spec = task_file.drift
+if task_file.task.kind != "classification":
+    import torch
+
+    # Free text embeds every window (drift.py). One thread: on a host shared with vLLM, two
+    # torch threads that keep losing their core wait on each other (as in the retrainer).
+    torch.set_num_threads(1)
+
+app = faust.App(
+    settings.monitor_app_id,
+    broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=settings.replication,
+    store="memory://",  # state lives in the changelog topic and is replayed on start
+    web_enabled=False,
+    consumer_auto_offset_reset="earliest",
+    # A restarted worker rejoins its group only once the coordinator drops the killed one:
+    # faust's 60 s default kept a SIGKILLed monitor from its partitions 73 s in
+    # bench/faults.py. Heartbeats run on the event loop, which drift tests leave free (they
+    # run in threads), so 20 s still spares a busy worker.
+    broker_session_timeout=20.0,
+    broker_heartbeat_interval=3.0,
+)
+# faust's consumer can skip records and stall its commits (refinery/monitor/rereads.py):
+# the join and the windows tell it what they read, and it seeks back over a gap.
+commit_past_duplicate_acks()
+skipped = SkippedRecords(seek=lambda tp, offset: app.consumer.seek_wait({tp: offset}))
+
+
+@app.on_partitions_revoked.connect
+async def forget_positions(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    skipped.forget_positions()
+
+
+@app.on_partitions_assigned.connect
+async def expect_committed(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    skipped.expect_committed(
+        lambda: asyncio.to_thread(
+            committed_offsets, settings.kafka_bootstrap, settings.monitor_app_id
+        )
+    )
+
+
+traffic = app.topic(
+    topics.name(Stream.PREDICTIONS),
+    topics.name(Stream.FEEDBACK),
+    key_serializer="raw",
+    value_serializer="raw",
+)
+examples = app.topic(topics.name(Stream.EXAMPLES), key_serializer="raw", value_serializer="raw")
+join_table = app.Table("join", default=None, partitions=settings.topic_partitions)
+# faust deletes a table key only inside stream iteration, into the changelog partition of
+# the event being processed. Topics with equal partition counts are co-partitioned, so
+# partition P of this topic lives on the worker owning P of the traffic and of the table:
+# a sweep record of partition P is where the keys of P can be expired.
+sweep_topic = app.topic(
+    f"{settings.monitor_app_id}-join-sweep",
+    partitions=settings.topic_partitions,
+    replicas=settings.replication,
+    internal=True,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+SWEEP_S = sweep_interval(settings.join_ttl_s)
+_last_sweep: dict[int, float] = {}
+
+# One partition: the windows need the whole stream, in one order, on one worker.
+window_topic = app.topic(
+    f"{settings.monitor_app_id}-window",
+    partitions=1,
+    replicas=settings.replication,
+    internal=True,
+    key_serializer="raw",
+    value_serializer="json",
+)
+window_table = app.Table("window", default=None, partitions=1)
+models = app.topic(topics.name(Stream.MODELS), key_serializer="raw", value_serializer="raw")
+alerts = app.topic(topics.name(Stream.ALERTS), key_serializer="raw", value_serializer="raw")
+triggers = app.topic(topics.name(Stream.TRIGGERS), key_serializer="raw", value_serializer="raw")
+decisions = app.topic(topics.name(Stream.DECISIONS), key_serializer="raw", value_serializer="raw")
+WINDOW_KEY = b"windows"
+E = TypeVar("E", bound=Event)
+metrics = MonitorMetrics()
+metrics.watch_join_state(lambda: len(join_table))
+LAG_S = 30.0  # how often the worker measures its group's consumer lag
+# Time-closed windows need a clock in the stream: every worker ticks; extra ticks are harmless.
+TICK_S = min(5.0, spec.window_minutes * 60 / 4)
+_publisher: AlertPublisher | None = None
+
+
+def publisher() -> AlertPublisher:
+    global _publisher
+    if _publisher is None:  # on first use: only the worker owning the windows needs one
+        _publisher = AlertPublisher(
+            settings.var_dir / "monitor" / "reports",
+            settings.evidently_workspace,
+            settings.alert_webhook_url,
+            free_text=task_file.task.kind != "classification",
+            ui_url=settings.evidently_ui_url,
+        )
+    return _publisher
+
+
+async def dead_letter(message: Any, exc: Exception) -> None:
+    headers = dead_letter_headers(message.topic, message.partition, message.offset, exc)
+    dlq = app.topic(message.topic + DLQ_SUFFIX, key_serializer="raw", value_serializer="raw")
+    await dlq.send(key=message.key, value=message.value or b"", headers=headers)
+    log.warning(
+        "dead-lettered %s[%d]@%d: %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        str(exc).splitlines()[0],
+    )
+
+
+@app.agent(traffic)
+async def join(stream: faust.StreamT) -> None:
+    async for event in stream.events():
+        message = event.message
+        skipped.saw(message.tp, message.offset)
+        stream_kind = topics.stream_of(message.topic)
+        counted = metrics.events.labels(stream=stream_kind.value, outcome="dead_letter")
+        try:
+            parsed = parse_event(stream_kind, message.value)
+        except (ValidationError, ValueError) as exc:
+            await dead_letter(message, exc)
+            counted.inc()
+            continue
+        key = message.key.decode() if message.key else ""
+        expected = getattr(parsed, "prediction_id", None)
+        if key != expected:
+            await dead_letter(
+                message, ValueError(f"key {key!r} is not its prediction_id {expected!r}")
+            )
+            counted.inc()
+            continue
+        if isinstance(parsed, PredictionEvent) and parsed.shadow_of is not None:
+            metrics.events.labels(stream=stream_kind.value, outcome="shadow").inc()
+            continue  # a shadow canary's answer: nobody saw it, so nobody rates it
+        metrics.events.labels(stream=stream_kind.value, outcome="read").inc()
+        raw = join_table.get(key)
+        now = time.time()
+        # Past its TTL but not swept yet: gone all the same, whenever the sweep comes.
+        state = JoinState() if expired(raw, now, settings.join_ttl_s) else JoinState.from_json(raw)
+        if isinstance(parsed, PredictionEvent):
+            forward = forwards(state, parsed)
+            out = on_prediction(state, parsed, now)
+            if forward:
+                record = prediction_record(parsed, task_file.task)
+                await window_topic.send(key=WINDOW_KEY, value=record)
+        else:
+            assert isinstance(parsed, FeedbackEvent)
+            out = on_feedback(state, parsed, now)
+        state.partition = message.partition  # the sweep of this partition expires it
+        join_table[key] = state.to_json()
+        for example in out:
+            await examples.send(key=example.feedback_id.encode(), value=example.to_bytes())
+            await window_topic.send(key=WINDOW_KEY, value=rating_record(example))
+            metrics.examples.inc()
+
+
+def _valid(event_type: type[E], value: bytes, topic: str) -> E | None:
+    """The event in ``value``, or None (logged) when it is not one: skipped, not fatal."""
+    try:
+        return event_type.model_validate_json(value)
+    except ValidationError as exc:
+        log.warning("%s: skipping an invalid event: %s", topic, str(exc).splitlines()[0])
+        return None
+
+
+@app.agent(models)
+async def follow_models(stream: faust.StreamT) -> None:
+    """A promotion or rollback gives the windows a new reference, a rejection may let the
+    drift ask again (bad events are skipped)."""
+    async for value in stream:
+        if (event := _valid(ModelEvent, value, "models")) is None:
+            continue
+        if event.switches_champion:
+            log.info("models: v%s %s; new drift reference", event.version, event.action)
+            await window_topic.send(key=WINDOW_KEY, value=reset_record(event.version, event.action))
+        elif event.action in ("rejected", "canary_stopped"):  # the gate or a canary judged
+            log.info(
+                "models: v%s %s; a drift that goes on may ask again", event.version, event.action
+            )
+            await window_topic.send(key=WINDOW_KEY, value=rejection_record(event.version))
+
+
+@app.agent(decisions)
+async def tell_ops(stream: faust.StreamT) -> None:
+    """Each decision (refinery/common/decisions.py) to the webhook (bad events are skipped)."""
+    async for value in stream:
+        if (event := _valid(DecisionEvent, value, "decisions")) is None:
+            continue
+        log.info("decisions: %s %s v%s", event.action, event.subject, event.version or "-")
+        payload = webhook_payload(event)
+        await asyncio.to_thread(post_webhook, settings.alert_webhook_url, payload)
+
+
+@app.agent(window_topic)
+async def watch(stream: faust.StreamT) -> None:
+    windows = DriftWindows(window_table, spec, task_file.feedback.max_key_share)
+    async for event in stream.events():
+        skipped.saw(event.message.tp, event.message.offset)
+        if (pending := windows.outbox) is not None:  # a crash came between close and send
+            await deliver(windows, pending)
+        now = time.time()
+        change = windows.apply(event.value, now, position=event.message.offset)
+        if change is Change.RESET:
+            log.info("windows: reference reset to v%s", event.value["model_version"])
+        elif change is Change.REFERENCE_FULL:
+            log.info("windows: reference of v%s complete", windows.state.version)
+        if windows.due(now):
+            await close_window(windows)
+
+
+@app.task
+async def warm_up_drift() -> None:
+    """The drift tests' imports, model and first report, before the first window needs them."""
+    scratch = settings.var_dir / "monitor" / "warm-up.html"
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    result = await asyncio.to_thread(warm_up, task_file.task.kind != "classification")
+    now = datetime.now(UTC)
+    report = await asyncio.to_thread(
+        window_snapshot, result, WindowLabels("0", 0, now, now, None), None
+    )
+    await asyncio.to_thread(report.save_html, str(scratch))
+    await asyncio.to_thread(publisher)  # the Evidently workspace, opened once
+    log.info("drift tests warmed up in %.1f s", time.monotonic() - started)
+
+
+@app.task
+async def expose_metrics() -> None:
+    serve_metrics(metrics.registry, settings.metrics_host, settings.monitor_metrics_port, "monitor")
+
+
+@app.timer(interval=LAG_S)
+async def measure_lag() -> None:
+    """The worker's consumer group lag, per topic, for the metrics."""
+    try:
+        lag = await asyncio.to_thread(
+            consumer_lag, settings.kafka_bootstrap, [settings.monitor_app_id]
+        )
+    except Exception as exc:  # a broker away: the next measurement tries again
+        log.warning("metrics: consumer lag not measured: %s", exc)
+        return
+    metrics.set_lag(lag.get(settings.monitor_app_id, {}))
+
+
+@app.timer(interval=TICK_S)
+async def tick() -> None:
+    await window_topic.send(key=WINDOW_KEY, value={"kind": "tick"})
+
+
+async def close_window(windows: DriftWindows) -> None:
+    """Test the window; record it; close it with its alert and trigger decision; send them."""
+    closed = windows.closing()
+    started = time.monotonic()
+    result = await asyncio.to_thread(
+        detect_drift,
+        closed.reference,
+        closed.current,
+        spec.p_value,
+        closed.reference_thumbs,
+        closed.current_thumbs,
+        spec.thumbs_down_p_value,
+        task_file.task.kind != "classification",  # free text: embeddings, answer kinds
+    )
+    tested = time.monotonic()
+    episodic = [c for c in result.drifted_columns if c not in OPERATIONAL_COLUMNS]
+    window = Window(
+        closed.index,
+        closed.start,
+        closed.end,
+        len(closed.current),
+        closed.version,
+        episode=(windows.state.trigger.drift_began or closed.start) if episodic else None,
+        thumbs=closed.current_thumbs,
+    )
+    recorded = await asyncio.to_thread(publisher().record, result, window)
+    alert = await asyncio.to_thread(publisher().alert, result, window, recorded)
+    lowest = min(result.metrics, key=alarm_ratio)
+    log.info(
+        "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s "
+        "(tests %.1f s, record and report %.1f s)",
+        closed.index,
+        closed.version,
+        len(closed.current),
+        closed.current_thumbs.down,
+        closed.current_thumbs.total,
+        ",".join(result.drifted_columns) or "-",
+        lowest.column,
+        describe(lowest),
+        tested - started,
+        time.monotonic() - tested,
+    )
+    metrics.window_closed(
+        result.metrics, len(closed.current), closed.end.timestamp(), time.monotonic() - started
+    )
+    await deliver(windows, windows.close(closed, result.drifted_columns, alert))
+
+
+async def deliver(windows: DriftWindows, outbox: Outbox) -> None:
+    """Send a closed window's alert and trigger, then clear its outbox: each send waits for
+    the broker, so a crash before the clear resends (same event ids) and none is lost."""
+    if outbox.alert is not None:
+        await (
+            await alerts.send(
+                key=outbox.alert.reference_version.encode(), value=outbox.alert.to_bytes()
+            )
+        )
+        await asyncio.to_thread(publisher().notify, outbox.alert)
+    if outbox.trigger is not None:
+        log.info("trigger %s: %s", outbox.trigger.trigger_id, outbox.trigger.reason)
+        await (
+            await triggers.send(
+                key=outbox.trigger.trigger_id.encode(), value=outbox.trigger.to_bytes()
+            )
+        )
+    metrics.sent(outbox.alert, outbox.trigger)
+    windows.delivered(outbox)
+
+
+@app.timer(interval=SWEEP_S, on_leader=True)
+async def request_sweeps() -> None:
+    """One sweep record per partition, so partitions without traffic expire state too."""
+    for partition in range(settings.topic_partitions):
+        await sweep_topic.send(value=b"sweep", partition=partition)
+
+
+@app.agent(sweep_topic)
+async def sweep(stream: faust.StreamT) -> None:
+    """Drop the pairs of this record's partition that waited past ``join_ttl_s``."""
+    async for event in stream.events():
+        partition = event.message.partition
+        now = time.time()
+        # A backlog (records sent while no worker ran) needs one sweep, not one each.
+        if now - _last_sweep.get(partition, 0.0) < SWEEP_S / 2:
+            continue
+        _last_sweep[partition] = now
+        stale = stale_keys(
+            join_table.items(), partition, now, settings.join_ttl_s, recovered_partition
+        )
+        for key in stale:
+            join_table.pop(key, None)  # the tombstone goes to changelog partition P
+        if stale:
+            log.info("join: expired %d entries of partition %d", len(stale), partition)
+
+
+def recovered_partition(key: str) -> int | None:
+    """The changelog partition the memory store read ``key`` from on recovery (states
+    written before ``JoinState.partition`` existed reach a worker only that way)."""
+    key_partition: dict[str, int] = getattr(join_table.data, "_key_partition", {})
+    return key_partition.get(key)

@@ -1,0 +1,430 @@
+"""Reference and current windows of traffic, kept in a key-value store (a faust table).
+
+The join agents (one per partition, on any worker) forward a small record per new
+prediction and per rating to one single-partition topic, so exactly one worker sees the
+whole stream in order and owns the windows. Its state lives in a changelog-backed table
+under small keys (one row per key), so a restarted worker resumes mid-window:
+
+``meta``              the window state (:class:`WindowState`): phase, counts, thumbs, the
+                      window index, the trigger policy's state, the closed window's outbox
+``ref:<i>``           the i-th reference row
+``cur:<i>``           the i-th row of the open window
+``id:<prediction>``   which window holds a prediction (a replayed one is not added again)
+``rated:<feedback>``  the window, event id and rating of a feedback id (a re-rating
+                      replaces its earlier one; the same rating replayed is ignored)
+
+faust is at-least-once, so the same record can come twice: the windows re-read what they
+applied before a crash (skipped by topic offset, ``position``), and the join re-forwards
+what it processed before a crash (skipped by prediction and rating event id, for the
+reference, the open window and the last closed one). ``meta`` is written last and alone
+commits a record: rows and id entries written by a record that crashed before its commit
+carry a later ``seq`` and count as absent. A close is one ``meta`` write too (the next
+window, the trigger decision, and an outbox with the alert and trigger to send), so a
+crash before it closes the same window again with the same ids, and a crash after it sends
+the outbox again; consumers dedup by event id.
+
+The reference is the first ``reference_size`` predictions the champion answered after its
+promotion (the monitor's first version seen, before any promotion). Predictions of other
+versions (still in flight during a switch) belong to no window. A window closes at
+``window_size`` predictions or ``window_minutes`` after its first one, whichever is first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from refinery.common.events import AlertEvent, ExampleEvent, PredictionEvent, TriggerEvent
+from refinery.common.task import DriftSpec, TaskObjective
+from refinery.monitor.drift import Row, ThumbsCount
+from refinery.monitor.triggers import (
+    TriggerState,
+    on_champion_rating,
+    on_promotion,
+    on_refinement_window,
+    on_rejection,
+    on_window,
+)
+
+REFERENCE, CURRENT = "reference", "current"
+# Not copied as they are (lists and dicts are copied, so a change is only a change once
+# committed, never in the stored value).
+_NESTED = ("trigger", "outbox", "ref_thumbs", "cur_thumbs", "ref_keys", "cur_keys")
+#: ``meta`` layout: 1 had no ids, positions or outbox, and the trigger state under ``trigger``.
+STATE_SCHEMA = 2
+
+
+def prediction_record(p: PredictionEvent, task: TaskObjective) -> dict[str, Any]:
+    row = asdict(Row.of(p, task))
+    return {
+        "kind": "prediction",
+        "prediction_id": p.prediction_id,
+        "model_version": p.model_version,
+        "at": p.occurred_at.isoformat(),
+        "row": row,
+    }
+
+
+def rating_record(example: ExampleEvent) -> dict[str, Any]:
+    return {
+        "kind": "rating",
+        "model_version": example.model_version,
+        "feedback_id": example.feedback_id,
+        "event_id": example.event_id,  # derived from the feedback event: same on a replay
+        "down": example.rating == "down",
+        "key_id": example.key_id or "",  # whose ratings: the thumbs test weighs keys
+        "reviewer": example.label_source == "reviewer",
+        "labeled": example.rating == "up" or bool(example.correction),
+    }
+
+
+def reset_record(version: str, action: str = "promoted") -> dict[str, Any]:
+    """A new champion: ``action`` is how it came (promoted, or rolled back to)."""
+    return {"kind": "reset", "model_version": version, "action": action}
+
+
+def rejection_record(version: str) -> dict[str, Any]:
+    """A challenger was rejected: a drift episode that asked for it may ask again."""
+    return {"kind": "rejected", "model_version": version}
+
+
+def _row(raw: dict[str, Any]) -> Row:
+    return Row(**{**raw, "prompt_words_list": tuple(raw["prompt_words_list"])})
+
+
+class Change(Enum):
+    """What a record did to the windows (the worker logs some of them)."""
+
+    NONE = "none"  # a tick, or a prediction of another version
+    REPLAYED = "replayed"  # applied before: re-read, or re-forwarded by the join
+    ADDED = "added"
+    REFERENCE_FULL = "reference_full"  # the prediction that completed the reference
+    RATED = "rated"
+    RESET = "reset"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class ClosedWindow:
+    """What a closed window hands to the drift tests."""
+
+    index: int
+    version: str
+    reference: list[Row]
+    current: list[Row]
+    reference_thumbs: ThumbsCount
+    current_thumbs: ThumbsCount
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """A closed window's messages, committed with the close and cleared once the broker has
+    them: a crash in between sends them again (same event ids) rather than losing them."""
+
+    index: int
+    alert: AlertEvent | None
+    trigger: TriggerEvent | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "alert": self.alert.model_dump(mode="json") if self.alert else None,
+            "trigger": self.trigger.model_dump(mode="json") if self.trigger else None,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Outbox:
+        alert, trigger = raw["alert"], raw["trigger"]
+        return cls(
+            index=raw["index"],
+            alert=AlertEvent.model_validate(alert) if alert else None,
+            trigger=TriggerEvent.model_validate(trigger) if trigger else None,
+        )
+
+
+@dataclass
+class WindowState:
+    """The ``meta`` row: all a record changes besides its own row and id entry."""
+
+    version: str | None = None
+    phase: str = REFERENCE
+    epoch: int = 0  # one per reference (a reset starts the next): names its id entries
+    index: int = 0  # the number of the open current window
+    ref_n: int = 0
+    cur_n: int = 0
+    cur_opened_at: float | None = None  # processing time of the window's first prediction
+    cur_start: str | None = None
+    cur_end: str | None = None
+    ref_thumbs: list[int] = field(default_factory=lambda: [0, 0])  # [down, total]
+    cur_thumbs: list[int] = field(default_factory=lambda: [0, 0])
+    # The same per API key fingerprint ("" for none): key -> [down, total].
+    ref_keys: dict[str, list[int]] = field(default_factory=dict)
+    cur_keys: dict[str, list[int]] = field(default_factory=dict)
+    seq: int = -1  # position of the last record applied (its offset in the window topic)
+    previous: str | None = None  # the last closed window, whose ids are still kept
+    trigger: TriggerState = field(default_factory=TriggerState)
+    outbox: Outbox | None = None
+
+    @property
+    def generation(self) -> str:
+        """The window a prediction or rating arriving now belongs to."""
+        return f"ref{self.epoch}" if self.phase == REFERENCE else f"cur{self.index}"
+
+    @property
+    def live(self) -> set[str]:
+        """Windows whose id entries count: the reference, the open one, the last closed."""
+        live = {f"ref{self.epoch}", self.generation}
+        return live | {self.previous} if self.previous else live
+
+    def reset(self, version: str, action: str = "promoted") -> None:
+        """A new champion: a new reference, no open window (the count of windows goes on)."""
+        fresh = WindowState(
+            version=version,
+            epoch=self.epoch + 1,
+            index=self.index,
+            seq=self.seq,
+            trigger=self.trigger,
+            outbox=self.outbox,
+        )
+        self.__dict__.update(fresh.__dict__)
+        on_promotion(self.trigger, action)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": STATE_SCHEMA,
+            **{k: v for k, v in self.__dict__.items() if k not in _NESTED},
+            "ref_thumbs": list(self.ref_thumbs),
+            "cur_thumbs": list(self.cur_thumbs),
+            "ref_keys": {k: list(v) for k, v in self.ref_keys.items()},
+            "cur_keys": {k: list(v) for k, v in self.cur_keys.items()},
+            "trigger": self.trigger.to_json(),
+            "outbox": self.outbox.to_json() if self.outbox else None,
+        }
+
+    @classmethod
+    def from_json(
+        cls, raw: dict[str, Any] | None, legacy_trigger: dict[str, Any] | None = None
+    ) -> WindowState:
+        """``legacy_trigger``: the ``trigger`` row of a schema-1 table."""
+        if not raw:
+            return cls(trigger=TriggerState.from_json(legacy_trigger))
+        plain = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and k not in _NESTED}
+        outbox = raw.get("outbox")
+        return cls(
+            **plain,
+            # Copies: a change is only a change once committed, never in the stored value.
+            ref_thumbs=list(raw["ref_thumbs"]),
+            cur_thumbs=list(raw["cur_thumbs"]),
+            ref_keys={k: list(v) for k, v in raw.get("ref_keys", {}).items()},
+            cur_keys={k: list(v) for k, v in raw.get("cur_keys", {}).items()},
+            trigger=TriggerState.from_json(raw.get("trigger", legacy_trigger)),
+            outbox=Outbox.from_json(outbox) if outbox else None,
+        )
+
+
+class DriftWindows:
+    """The window state machine over ``store``; every change is written back as a key."""
+
+    def __init__(
+        self, store: MutableMapping[str, Any], spec: DriftSpec, max_key_share: float = 1.0
+    ) -> None:
+        self.store = store
+        self.spec = spec
+        self.max_key_share = max_key_share  # of a trigger's new labels (task feedback section)
+
+    @property
+    def state(self) -> WindowState:
+        return WindowState.from_json(self.store.get("meta"), self.store.get("trigger"))
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """A closed window's messages not known to be sent (a crash cut the send short)."""
+        return self.state.outbox
+
+    def _commit(self, state: WindowState) -> None:
+        self.store["meta"] = state.to_json()
+
+    def _entry(self, key: str, state: WindowState) -> dict[str, Any] | None:
+        """The id entry at ``key`` if a committed record wrote it for a live window.
+
+        ``state.seq`` is the position of the record being applied: an entry of that
+        position or later was written by a record that crashed before its commit.
+        """
+        entry = self.store.get(key)
+        # Entries of schema 1 have no "gen": a re-rating from before an upgrade adds.
+        if not entry or entry.get("gen") not in state.live or entry["seq"] >= state.seq:
+            return None
+        return dict(entry)
+
+    def apply(self, record: dict[str, Any], now: float, position: int | None = None) -> Change:
+        """One record from the window topic (``now``: processing time, seconds).
+
+        ``position``: the record's offset in the window topic; one at or before the last
+        record applied is a re-read after a crash and changes nothing. None (tests): next.
+        """
+        state = self.state
+        if position is not None and position <= state.seq:
+            return Change.REPLAYED
+        state.seq = state.seq + 1 if position is None else position
+        kind = record["kind"]
+        if kind == "prediction":
+            change = self._on_prediction(state, record, now)
+        elif kind == "rating":
+            change = self._on_rating(state, record)
+        elif kind == "reset":
+            state.reset(record["model_version"], record.get("action", "promoted"))
+            change = Change.RESET
+        elif kind == "rejected":
+            on_rejection(state.trigger)
+            change = Change.REJECTED
+        elif kind == "tick":
+            change = Change.NONE
+        else:
+            raise ValueError(f"unknown window record kind {kind!r}")
+        if change not in (Change.NONE, Change.REPLAYED):
+            self._commit(state)
+        if change is Change.RESET:
+            self._collect(state)
+        return change
+
+    def _on_prediction(self, state: WindowState, record: dict[str, Any], now: float) -> Change:
+        if state.version is None:
+            state.version = record["model_version"]  # first start: adopt what is served
+        if record["model_version"] != state.version:
+            return Change.NONE
+        prediction_id = record.get("prediction_id")  # absent in records of schema 1
+        id_key = f"id:{prediction_id}"
+        if prediction_id is not None and self._entry(id_key, state) is not None:
+            return Change.REPLAYED
+        generation, change = state.generation, Change.ADDED
+        if state.phase == REFERENCE:
+            self.store[f"ref:{state.ref_n}"] = record["row"]
+            state.ref_n += 1
+            if state.ref_n >= self.spec.reference_size:
+                state.phase, change = CURRENT, Change.REFERENCE_FULL
+        else:
+            if state.cur_n == 0:
+                state.cur_opened_at, state.cur_start = now, record["at"]
+            self.store[f"cur:{state.cur_n}"] = record["row"]
+            state.cur_n += 1
+            state.cur_end = record["at"]
+        if prediction_id is not None:
+            self.store[id_key] = {"gen": generation, "seq": state.seq}
+        return change
+
+    def _on_rating(self, state: WindowState, record: dict[str, Any]) -> Change:
+        key = f"rated:{record['feedback_id']}"
+        previous = self._entry(key, state)
+        event = record.get("event_id")
+        if previous is not None and event is not None and previous["event"] == event:
+            return Change.REPLAYED
+        state.trigger.examples_since_training += 1
+        key_id = record.get("key_id", "")
+        if state.trigger.episode_start is not None and record.get("labeled"):
+            state.trigger.labels_in_episode += 1
+            labels = state.trigger.labels_by_key
+            labels[key_id] = labels.get(key_id, 0) + 1
+        # Reviewers' labels are not users' thumbs: not in the thumbs-down rate.
+        counted = record["model_version"] == state.version and not record.get("reviewer")
+        generation = state.generation
+        if counted:
+            reference = state.phase == REFERENCE
+            thumbs = state.ref_thumbs if reference else state.cur_thumbs
+            by_key = state.ref_keys if reference else state.cur_keys
+            if previous and previous["gen"] == generation and previous["counted"]:
+                for count in (thumbs, by_key.setdefault(previous.get("key_id", ""), [0, 0])):
+                    count[0] -= int(previous["down"])  # a re-rating replaces its earlier one
+                    count[1] -= 1
+            for count in (thumbs, by_key.setdefault(key_id, [0, 0])):
+                count[0] += int(record["down"])
+                count[1] += 1
+            if previous and previous.get("refining"):
+                on_champion_rating(state.trigger, previous["down"], previous["key_id"], sign=-1)
+            on_champion_rating(state.trigger, record["down"], key_id)
+        self.store[key] = {
+            "gen": generation,
+            "seq": state.seq,
+            "event": event,
+            "down": record["down"],
+            "counted": counted,
+            "key_id": key_id,
+            "refining": counted and state.trigger.refining,  # in the ratings since promotion
+        }
+        return Change.RATED
+
+    def due(self, now: float) -> bool:
+        state = self.state
+        if state.phase != CURRENT or state.cur_n == 0:
+            return False
+        opened = now if state.cur_opened_at is None else state.cur_opened_at
+        timed_out = now - opened >= self.spec.window_minutes * 60
+        return bool(state.cur_n >= self.spec.window_size or timed_out)
+
+    def closing(self) -> ClosedWindow:
+        """The open window, for the drift tests; nothing changes until :meth:`close`."""
+        state = self.state
+        if state.version is None or state.cur_start is None or state.cur_end is None:
+            raise ValueError(f"window {state.index} is empty: nothing to close")
+        return ClosedWindow(
+            index=state.index,
+            version=state.version,
+            reference=[_row(self.store[f"ref:{i}"]) for i in range(state.ref_n)],
+            current=[_row(self.store[f"cur:{i}"]) for i in range(state.cur_n)],
+            reference_thumbs=ThumbsCount.of(state.ref_thumbs, state.ref_keys),
+            current_thumbs=ThumbsCount.of(state.cur_thumbs, state.cur_keys),
+            start=datetime.fromisoformat(state.cur_start),
+            end=datetime.fromisoformat(state.cur_end),
+        )
+
+    def close(
+        self, closed: ClosedWindow, drifted_columns: list[str], alert: AlertEvent | None
+    ) -> Outbox:
+        """Decide on a retrain and open the next window (the reference stays), in one write
+        that also holds what is to be sent; :meth:`delivered` clears it once sent."""
+        state = self.state
+        if closed.index != state.index:
+            raise ValueError(f"window {closed.index} is not the open one ({state.index})")
+        trigger = on_window(
+            self.spec,
+            state.trigger,
+            closed.version,
+            closed.end,
+            drifted_columns,
+            self.max_key_share,
+            window_start=closed.start,
+            reference_thumbs=closed.reference_thumbs,
+            current_thumbs=closed.current_thumbs,
+        ) or on_refinement_window(self.spec, state.trigger, closed.version, closed.end)
+        state.outbox = Outbox(closed.index, alert, trigger)
+        state.previous = state.generation
+        state.index += 1
+        state.cur_n, state.cur_opened_at, state.cur_start, state.cur_end = 0, None, None, None
+        state.cur_thumbs, state.cur_keys = [0, 0], {}
+        self._commit(state)
+        self._collect(state)
+        return state.outbox
+
+    def delivered(self, outbox: Outbox) -> None:
+        """The broker has the outbox's messages: nothing to resend after a crash."""
+        state = self.state
+        if state.outbox is not None and state.outbox.index == outbox.index:
+            state.outbox = None
+            self._commit(state)
+
+    def _collect(self, state: WindowState) -> None:
+        """Delete the rows and id entries the committed ``state`` no longer reads. A crash
+        before this ends leaves keys it ignores; the next close or reset deletes them."""
+        live, rows = state.live, {"ref": state.ref_n, "cur": state.cur_n}
+        for key in list(self.store):
+            kind, _, rest = key.partition(":")
+            if (
+                (kind in rows and int(rest) >= rows[kind])
+                or (kind in ("id", "rated") and self.store[key].get("gen") not in live)
+                or key == "trigger"  # schema 1 kept the trigger state here; meta has it now
+            ):
+                del self.store[key]

@@ -1,0 +1,90 @@
+"""The vLLM OpenAI-compatible server, run from its own venv, with runtime LoRA loading on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from refinery.common.exceptions import ConfigError
+from refinery.common.settings import Settings
+from refinery.stack.process import ManagedProcess
+
+# vLLM accepts only these LoRA ranks for --max-lora-rank.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_healthy(url: str) -> bool:
+    return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
+
+
+def _max_model_len(model_dir: Path, wanted: int) -> int:
+    """The configured length, capped by what the model's positions allow."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return wanted
+    return min(wanted, int(config.get("max_position_embeddings", wanted)))
+
+
+def vllm_process(settings: Settings, model_dir: Path | None = None) -> ManagedProcess:
+    """Serve ``model_dir`` under ``settings.served_model_name``; adapters load at runtime.
+
+    Without ``model_dir`` the handle can check and stop a running server but not start one.
+    """
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "HF_HUB_OFFLINE": "1"}
+    if model_dir is None:
+        return ManagedProcess(
+            name="vllm",
+            argv=[],
+            run_dir=settings.run_dir,
+            log_dir=settings.log_dir,
+            health=lambda: vllm_healthy(settings.vllm_url),
+        )
+    python = settings.vllm_python
+    if python is None or not Path(python).exists():
+        raise ConfigError(
+            f"REFINERY_VLLM_PYTHON={python} is not a python of the vLLM venv; "
+            "run `make setup` (infra/setup.sh builds it and records the path)"
+        )
+    if settings.vllm_max_lora_rank not in VLLM_LORA_RANKS:
+        raise ConfigError(
+            f"REFINERY_VLLM_MAX_LORA_RANK={settings.vllm_max_lora_rank} is not one vLLM "
+            f"accepts; use one of {VLLM_LORA_RANKS}"
+        )
+    argv = [
+        str(python),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir.resolve()),
+        "--served-model-name",
+        settings.served_model_name,
+        "--host",
+        settings.vllm_host,
+        "--port",
+        str(settings.vllm_port),
+        "--max-model-len",
+        str(_max_model_len(model_dir, settings.vllm_max_model_len)),
+        "--enable-lora",
+        "--max-loras",
+        str(settings.vllm_max_loras),
+        "--max-lora-rank",
+        str(settings.vllm_max_lora_rank),
+        "--generation-config",
+        "vllm",  # sampling defaults come from the request, not the model's folder
+    ]
+    if settings.vllm_backend == "cpu":
+        argv += ["--dtype", "float32", "--enforce-eager"]
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.vllm_kvcache_gib)
+    return ManagedProcess(
+        name="vllm",
+        argv=argv,
+        run_dir=settings.run_dir,
+        log_dir=settings.log_dir,
+        ports={"vllm": settings.vllm_port},
+        health=lambda: vllm_healthy(settings.vllm_url),
+        env=env,
+        startup_timeout_s=300,
+    )

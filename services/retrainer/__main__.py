@@ -1,4 +1,0 @@
-from services.retrainer.service import main
-
-if __name__ == "__main__":
-    main()
