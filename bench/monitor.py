@@ -89,7 +89,7 @@ def bare_faust_rate(settings: Settings, total: int) -> float:
             name=f"bench-faust-count-{settings.topic_prefix}",
             argv=[
                 *(sys.executable, "-m", "faust", "-A", "bench.faust_count", "--datadir", tmp),
-                *("worker", "--without-web", "-l", "warning"),
+                *("worker", "--without-web", "-l", "warn"),
             ],
             run_dir=settings.run_dir,
             log_dir=settings.log_dir,
@@ -110,6 +110,8 @@ def bare_faust_rate(settings: Settings, total: int) -> float:
         try:
             deadline = time.monotonic() + 300
             while not out.exists():
+                if worker.pid() is None:
+                    raise SystemExit(f"the bare faust worker exited:\n{worker.log_tail()}")
                 if time.monotonic() > deadline:
                     raise SystemExit(f"the bare faust worker counted too slowly; {worker.log_file}")
                 time.sleep(0.2)
