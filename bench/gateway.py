@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 
+from bench.cpu import cpu_seconds, since
 from bench.report import Figure, record
 from refinery.common.settings import IMPORT_ROOT, REPO_ROOT, get_settings
 from refinery.common.task import load_task
@@ -63,60 +64,78 @@ def served_by_gateway(key: str) -> str:
     return str(r.json()["model"])
 
 
+Target = tuple[str, str, dict[str, str], str]  # url, model asked for, headers, model expected
+
+
+def interleaved(
+    targets: dict[str, Target], prompts: list[str], max_tokens: int
+) -> dict[str, list[float]]:
+    """Milliseconds per request of each target, sequential, the targets in random order
+    per prompt (neither always goes first); every answer's ``model`` is checked."""
+    times: dict[str, list[float]] = {name: [] for name in targets}
+
+    def body(model: str, prompt: str) -> dict[str, object]:
+        return {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+
+    with httpx.Client(timeout=60) as http:
+        for url, model, headers, _ in targets.values():  # warm every path
+            for _ in range(10):
+                http.post(url, headers=headers, json=body(model, prompts[0]))
+        for prompt in prompts:
+            order = list(targets.items())
+            random.shuffle(order)
+            for name, (url, model, headers, expected) in order:
+                started = time.perf_counter()
+                r = http.post(url, headers=headers, json=body(model, prompt))
+                times[name].append((time.perf_counter() - started) * 1000)
+                r.raise_for_status()
+                if r.json()["model"] != expected:
+                    raise NotLikeForLike(
+                        f"{name} answered with {r.json()['model']!r}, not {expected!r}: "
+                        "the champion changed during the bench"
+                    )
+    return times
+
+
 def latency(n: int, key: str, max_tokens: int, served: str) -> dict[str, list[float]]:
-    """Sequential requests, the two paths interleaved in random order, both answered by
-    the same served model (the champion, adapter or not): vLLM is asked for the name the
-    gateway routes to, and every answer's ``model`` is checked."""
+    """The gateway and vLLM directly, both answered by the same served model (the
+    champion, adapter or not): vLLM is asked for the name the gateway routes to."""
     settings = get_settings()
-    task = load_task(settings.task_file)
-    prompts = [e.prompt for e in generate(task.task, n, seed=99)]
-    targets = {
+    prompts = [e.prompt for e in generate(load_task(settings.task_file).task, n, seed=99)]
+    targets: dict[str, Target] = {
         "gateway": (
             f"{settings.gateway_url}/v1/completions",
             settings.registered_model,
             {"Authorization": f"Bearer {key}"},
+            served,
         ),
-        "vllm": (f"{settings.vllm_url}/v1/completions", served, {}),
+        "vllm": (f"{settings.vllm_url}/v1/completions", served, {}, served),
     }
-    times: dict[str, list[float]] = {name: [] for name in targets}
-    with httpx.Client(timeout=60) as http:
-        for url, model, headers in targets.values():  # warm both paths
-            for _ in range(10):
-                http.post(
-                    url,
-                    headers=headers,
-                    json={
-                        "model": model,
-                        "prompt": prompts[0],
-                        "max_tokens": max_tokens,
-                        "temperature": 0,
-                        "ignore_eos": True,
-                    },
-                )
-        for prompt in prompts:
-            order = list(targets.items())
-            random.shuffle(order)  # neither path always goes first
-            for name, (url, model, headers) in order:
-                started = time.perf_counter()
-                r = http.post(
-                    url,
-                    headers=headers,
-                    json={
-                        "model": model,
-                        "prompt": prompt,
-                        "max_tokens": max_tokens,
-                        "temperature": 0,
-                        "ignore_eos": True,
-                    },
-                )
-                times[name].append((time.perf_counter() - started) * 1000)
-                r.raise_for_status()
-                if r.json()["model"] != served:
-                    raise NotLikeForLike(
-                        f"{name} answered with {r.json()['model']!r}, not {served!r}: "
-                        "the champion changed during the bench"
-                    )
-    return times
+    return interleaved(targets, prompts, max_tokens)
+
+
+def base_of(served: str) -> str | None:
+    """The base model vLLM serves ``served`` on top of, or None when ``served`` is it."""
+    models = httpx.get(f"{get_settings().vllm_url}/v1/models", timeout=30).json()["data"]
+    parent = {m["id"]: m.get("parent") for m in models}
+    return parent.get(served)
+
+
+def adapter_cost(n: int, served: str, base: str, max_tokens: int) -> dict[str, list[float]]:
+    """vLLM directly: the promoted adapter against its base model, same prompts."""
+    url = f"{get_settings().vllm_url}/v1/completions"
+    prompts = [e.prompt for e in generate(load_task(get_settings().task_file).task, n, seed=97)]
+    targets: dict[str, Target] = {
+        "adapter": (url, served, {}, served),
+        "base": (url, base, {}, base),
+    }
+    return interleaved(targets, prompts, max_tokens)
 
 
 async def _hammer(
@@ -159,10 +178,11 @@ async def _hammer(
 
 def completions_rps(
     key: str, served: str, seconds: float, concurrency: int
-) -> dict[str, tuple[float, int]]:
+) -> tuple[dict[str, tuple[float, int]], dict[str, dict[str, float]]]:
     """Completions/s at ``concurrency`` clients, 4 tokens each, gateway and vLLM in turns
     (vLLM, gateway, vLLM, gateway) so a drift in the machine's load hits both alike; every
-    answer must come from ``served``."""
+    answer must come from ``served``. Also the CPU seconds each process of the stack spent
+    per path: where a machine's cores went."""
     settings = get_settings()
     prompts = [e.prompt for e in generate(load_task(settings.task_file).task, 200, seed=98)]
     targets = {
@@ -182,18 +202,23 @@ def completions_rps(
         return True
 
     totals = {name: [0, 0] for name in targets}
+    cpu: dict[str, dict[str, float]] = {name: {} for name in targets}
     for _ in range(2):
         for name, (url, model, headers) in targets.items():
             bodies: list[dict[str, object]] = [
                 {"model": model, "prompt": p, "max_tokens": 4, "temperature": 0, "ignore_eos": True}
                 for p in prompts
             ]
+            before = cpu_seconds(settings.run_dir)
             done, errors = asyncio.run(
                 _hammer(url, headers, bodies, seconds / 2, concurrency, from_served)
             )
+            for process, spent in since(before, cpu_seconds(settings.run_dir)).items():
+                cpu[name][process] = cpu[name].get(process, 0.0) + spent
             totals[name][0] += done
             totals[name][1] += errors
-    return {name: (done / seconds, errors) for name, (done, errors) in totals.items()}
+    rates = {name: (done / seconds, errors) for name, (done, errors) in totals.items()}
+    return rates, cpu
 
 
 def _free_port() -> int:
@@ -301,10 +326,22 @@ def main() -> int:
                 )
             )
 
-    rates = completions_rps(key, served, args.seconds, args.completion_clients)
+    rates, cpu = completions_rps(key, served, args.seconds, args.completion_clients)
     print(f"\n/v1/completions, 4 tokens, {args.completion_clients} concurrent clients")
     for name, (value, errors) in rates.items():
         print(f"{name:<14}{value:>10.1f} req/s   errors {errors}")
+    # Where the cores went, per path: CPU ms per completion of each process of the stack.
+    per_request = {
+        path: {
+            process: 1000 * spent / max(1.0, rates[path][0] * args.seconds)
+            for process, spent in cpu[path].items()
+            if spent > 0.005 * args.seconds
+        }
+        for path in cpu
+    }
+    print("CPU ms per completion, by process: ")
+    for path, spent in per_request.items():
+        print(f"  {path:<10}" + "  ".join(f"{p} {ms:.2f}" for p, ms in sorted(spent.items())))
     figures.append(
         Figure(
             f"completions/s, {args.completion_clients} concurrent clients, 4 tokens",
@@ -313,8 +350,32 @@ def main() -> int:
             rates["vllm"][0],
             "req/s",
             ">= 0.95",
+            note="CPU ms per completion by process, through the gateway: "
+            + ", ".join(f"{p} {ms:.1f}" for p, ms in sorted(per_request["gateway"].items()))
+            + "; vLLM directly: "
+            + ", ".join(f"{p} {ms:.1f}" for p, ms in sorted(per_request["vllm"].items())),
         )
     )
+
+    # What a promotion costs in serving: the adapter against its base, 64 tokens.
+    base = base_of(served)
+    if base is not None:
+        n = args.requests // 3
+        times = adapter_cost(n, served, base, 64)
+        print(f"\nvLLM directly, {n} prompts, 64 tokens each, {served} vs its base {base}")
+        for name, values in times.items():
+            print(f"{name:<10}{percentile(values, 50):>10.2f} ms p50")
+        figures.append(
+            Figure(
+                "promoted model, 64 tokens, p50 on vLLM",
+                percentile(times["adapter"], 50),
+                f"its base model ({base}), same vLLM",
+                percentile(times["base"], 50),
+                "ms",
+                "<= 1.15",
+                note="runtime LoRA; no merged blue/green serving yet",
+            )
+        )
 
     rps = feedback_rps(key, args.seconds, args.concurrency)
     print(f"\nPOST /v1/feedback, {args.concurrency} concurrent clients, {args.seconds:.0f} s each")
