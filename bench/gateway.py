@@ -24,7 +24,8 @@ import aiohttp
 import httpx
 
 from bench.cpu import cpu_seconds, since
-from bench.report import Figure, record
+from bench.quiet import without_retraining
+from bench.report import Figure, NotLikeForLike, record
 from refinery.common.settings import IMPORT_ROOT, REPO_ROOT, get_settings
 from refinery.common.task import load_task
 from refinery.demo.corpus import generate
@@ -45,10 +46,6 @@ async def feedback(body: FeedbackCreate) -> FeedbackAccepted:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-class NotLikeForLike(RuntimeError):
-    """The two paths answered with different models: their times say nothing together."""
 
 
 def served_by_gateway(key: str) -> str:
@@ -286,16 +283,8 @@ def feedback_rps(key: str, seconds: float, concurrency: int) -> dict[str, tuple[
         bare.wait(10)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--concurrency", type=int, default=32, help="feedback clients")
-    parser.add_argument("--completion-clients", type=int, default=16)
-    args = parser.parse_args()
-    settings = get_settings()
-    key = os.environ.get("REFINERY_CLIENT_API_KEY") or settings.admin_key_path.read_text().strip()
-
+def measure(args: argparse.Namespace, key: str) -> tuple[str, list[Figure], int]:
+    """Every figure of this bench: (the served model, the figures, requests that failed)."""
     # Short answers (the demo's label) make the hop's fixed cost look largest; longer
     # generations show the same cost against more model time.
     served = served_by_gateway(key)
@@ -394,6 +383,21 @@ def main() -> int:
         )
     )
     errors = sum(e for _, e in rps.values()) + sum(e for _, e in rates.values())
+    return served, figures, errors
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--concurrency", type=int, default=32, help="feedback clients")
+    parser.add_argument("--completion-clients", type=int, default=16)
+    args = parser.parse_args()
+    settings = get_settings()
+    key = os.environ.get("REFINERY_CLIENT_API_KEY") or settings.admin_key_path.read_text().strip()
+    with without_retraining(settings):
+        served, figures, errors = measure(args, key)
+
     if errors:
         print(f"{errors} requests failed: no figures recorded")
         return 1

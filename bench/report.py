@@ -28,6 +28,11 @@ COMMAND = "make bench"
 _COMPARE = {"<=": operator.le, ">=": operator.ge}
 
 
+class NotLikeForLike(RuntimeError):
+    """The two sides of a figure were not measured alike (another model answered, or a
+    retraining ran beside one of them): their ratio says nothing."""
+
+
 @dataclass(frozen=True)
 class Figure:
     """One comparison: ``value`` against ``baseline``, both in ``unit``, side by side."""

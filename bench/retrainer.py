@@ -19,8 +19,9 @@ from pathlib import Path
 from peft import get_peft_model
 from transformers import Trainer, TrainingArguments
 
+from bench.quiet import without_retraining
 from bench.report import Figure, record
-from refinery.common.settings import REPO_ROOT
+from refinery.common.settings import REPO_ROOT, get_settings
 from refinery.common.task import load_task
 from refinery.demo.corpus import generate
 from refinery.retrainer.base_model import build_model, train_tokenizer
@@ -52,7 +53,10 @@ def main() -> None:
     )
     corpus = examples(args.examples * 4)
     tokenizer = train_tokenizer([e.prompt + e.target for e in corpus], task.base_model.vocab_size)
-    with tempfile.TemporaryDirectory(prefix="refinery-bench-") as tmp:
+    with (
+        without_retraining(get_settings()),  # a stack's retrainer would share these cores
+        tempfile.TemporaryDirectory(prefix="refinery-bench-") as tmp,
+    ):
         base_dir = Path(tmp) / "base"
         build_model(task.base_model, tokenizer, seed=0).save_pretrained(base_dir)
         tokenizer.save_pretrained(base_dir)
