@@ -58,11 +58,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     (wheel,) = out.glob("refinery-*.whl")
     venv = tmp_path_factory.mktemp("venv") / "venv"
     subprocess.run([uv, "venv", "-q", "-p", sys.executable, venv], check=True)
-    subprocess.run(
-        [uv, "pip", "install", "-q", "-p", venv / "bin" / "python"]
-        + ["-r", REPO_ROOT / "requirements.lock", wheel],
-        check=True,
-    )
+    python = venv / "bin" / "python"
+    locked = REPO_ROOT / "requirements.lock"
+    subprocess.run([uv, "pip", "install", "-q", "-p", python, "-r", locked, wheel], check=True)
     return Installed(wheel, venv / "bin", tmp_path_factory.mktemp("home"))
 
 
