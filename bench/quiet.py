@@ -17,8 +17,9 @@ from refinery.common.settings import Settings
 
 
 def _retrainer(settings: Settings) -> tuple[bool, float] | None:
-    """(a run is going on, runs ended so far) from the retrainer's metrics; None when no
-    retrainer is up (nothing can compete then)."""
+    """(a run is going on, runs that trained so far) from the retrainer's metrics; None
+    when no retrainer is up (nothing can compete then). A trigger found done before
+    (``already_done``) trains nothing and is not counted."""
     url = f"http://{settings.metrics_host}:{settings.retrainer_metrics_port}/metrics"
     try:
         text = httpx.get(url, timeout=10).raise_for_status().text
@@ -29,7 +30,10 @@ def _retrainer(settings: Settings) -> tuple[bool, float] | None:
         for sample in family.samples:
             if sample.name == "refinery_retrainer_running":
                 running = sample.value > 0
-            elif sample.name == "refinery_retrainer_runs_total":
+            elif (
+                sample.name == "refinery_retrainer_runs_total"
+                and sample.labels.get("outcome") != "already_done"
+            ):
                 runs += sample.value
     return running, runs
 
