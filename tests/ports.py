@@ -23,7 +23,18 @@ KAFKA_THREE = 4  # tests/stack/test_kafka.py: three nodes
 FAILOVER = 5  # tests/inference/test_failover.py: a gateway on three Kafka nodes
 OWN_MODEL = 6  # tests/retrainer/test_own_model.py: vLLM serving a user's architecture
 FLOOD = 7  # tests/demo/test_flood.py: one key floods ratings while an app runs
-ALL_BLOCKS = (SESSION, LOOP, CLI, KAFKA_RESTART, KAFKA_THREE, FAILOVER, OWN_MODEL, FLOOD)
+KAFKA_ADDRESS = 8  # tests/stack/test_kafka.py: a broker on every interface
+ALL_BLOCKS = (
+    SESSION,
+    LOOP,
+    CLI,
+    KAFKA_RESTART,
+    KAFKA_THREE,
+    FAILOVER,
+    OWN_MODEL,
+    FLOOD,
+    KAFKA_ADDRESS,
+)
 
 
 def ports(block: int) -> dict[str, Any]:

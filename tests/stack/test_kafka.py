@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ from refinery.common.kafka.consumer import parse_event
 from refinery.common.settings import Settings
 from refinery.common.topics import Stream, Topics
 from refinery.stack.kafka import KafkaCluster
-from tests.ports import KAFKA_RESTART, KAFKA_THREE, ports
+from tests.ports import KAFKA_ADDRESS, KAFKA_RESTART, KAFKA_THREE, ports
 
 
 def _own_cluster(
@@ -127,3 +128,64 @@ def test_three_node_cluster_replicates_and_refuses_unsafe_writes(
     finally:
         for proc in procs:
             proc.stop()
+
+
+def _routable_address() -> str | None:
+    """This host's address on its default route, or None when it has only loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # UDP: picks a route, sends nothing
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_a_broker_binds_every_interface_and_advertises_a_routable_address(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    address = _routable_address()
+    if address is None:
+        pytest.skip("this host has no interface but loopback")
+    own = ports(KAFKA_ADDRESS)
+    settings = stack_settings.model_copy(
+        update={
+            "var_dir": tmp_path,
+            **own,
+            "kafka_nodes": 1,
+            "kafka_host": address,
+            "kafka_bind_host": "0.0.0.0",
+            "kafka_bootstrap": f"{address}:{own['kafka_port']}",
+        }
+    )
+    cluster = KafkaCluster(settings, data_dir=tmp_path / "kafka")
+    assert cluster.bootstrap == settings.kafka_bootstrap
+    cluster.prepare()
+    [proc] = cluster.processes()
+    proc.start()
+    try:
+        wait_for_broker(settings.kafka_bootstrap)
+        ensure_topics(settings)
+        # Clients that find the broker over loopback are told the routable address.
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{own['kafka_port']}")
+        try:
+            brokers = admin.describe_cluster()["brokers"]
+        finally:
+            admin.close()
+        assert [(b["host"], b["port"]) for b in brokers] == [(address, own["kafka_port"])]
+        event = FeedbackEvent(feedback_id="f", prediction_id=str(uuid.uuid4()), rating="up")
+        with EventProducer(settings) as producer:
+            producer.send_and_wait(Stream.FEEDBACK, event, key=event.prediction_id)
+        consumer = KafkaConsumer(
+            Topics.from_settings(settings).name(Stream.FEEDBACK),
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=10_000,
+        )
+        try:
+            got = [parse_event(Stream.FEEDBACK, r.value) for r in consumer]
+        finally:
+            consumer.close()
+        assert got == [event]
+    finally:
+        proc.stop()

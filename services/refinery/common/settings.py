@@ -58,6 +58,11 @@ class Settings(BaseSettings):
 
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # The address the brokers `refinery up` starts advertise to clients (and bind, unless
+    # kafka_bind_host says otherwise: 0.0.0.0 for every interface). Loopback by default;
+    # another host's services reach the brokers once this is an address they can route to.
+    kafka_host: str = "127.0.0.1"
+    kafka_bind_host: str | None = None
     # Folder of broker jars resolved from Maven Central by infra/kafka/fetch.sh.
     kafka_libs: Path | None = None
     kafka_java: str = "java"
@@ -152,7 +157,7 @@ class Settings(BaseSettings):
         that one node is down, though the cluster serves."""
         if "kafka_bootstrap" not in self.model_fields_set:
             self.kafka_bootstrap = ",".join(
-                f"127.0.0.1:{self.kafka_port + i}" for i in range(self.kafka_nodes)
+                f"{self.kafka_host}:{self.kafka_port + i}" for i in range(self.kafka_nodes)
             )
         return self
 

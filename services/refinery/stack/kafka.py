@@ -17,10 +17,10 @@ from refinery.stack.process import ManagedProcess
 LOG4J_CONFIG = packaged("kafka-log4j2.properties")  # infra/kafka/log4j2.properties
 
 
-def _port_open(port: int) -> bool:
+def _port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class KafkaCluster:
                 "run `make setup` (infra/setup.sh resolves them from Maven Central)"
             )
         self.settings = settings
+        self.host = settings.kafka_host  # advertised to clients and the other nodes
+        self.bind_host = settings.kafka_bind_host or settings.kafka_host
         self.libs = Path(settings.kafka_libs)
         self.data_dir = (data_dir or settings.var_dir / "kafka").resolve()
         count = nodes or settings.kafka_nodes
@@ -71,7 +73,7 @@ class KafkaCluster:
 
     @property
     def bootstrap(self) -> str:
-        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        return ",".join(f"{self.host}:{n.port}" for n in self.nodes)
 
     def _java(self, main: str, *args: str, heap: str = "256m") -> list[str]:
         return [
@@ -89,14 +91,14 @@ class KafkaCluster:
     def _properties(self, node: KafkaNode) -> str:
         replicas = len(self.nodes)
         min_isr = 2 if replicas >= 3 else 1
-        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        voters = ",".join(f"{n.node_id}@{self.host}:{n.controller_port}" for n in self.nodes)
         lines = {
             "process.roles": "broker,controller",
             "node.id": node.node_id,
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
-            f"CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            "listeners": f"PLAINTEXT://{self.bind_host}:{node.port},"
+            f"CONTROLLER://{self.bind_host}:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{node.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -153,7 +155,7 @@ class KafkaCluster:
                 log_dir=self.settings.log_dir,
                 # A node is healthy once its broker port accepts connections; the cluster is
                 # healthy once every node answers metadata (checked by wait_for_broker).
-                health=lambda port=node.port: _port_open(port),  # type: ignore[misc]
+                health=lambda port=node.port: _port_open(self.host, port),  # type: ignore[misc]
                 ports={"broker": node.port, "controller": node.controller_port},
                 startup_timeout_s=90,
             )

@@ -165,7 +165,7 @@ class Stack:
         s = self.settings
         rows = []
         kafka_procs = self._kafka_handles()
-        addresses = [f"127.0.0.1:{n.port}" for n in self.kafka().nodes] if kafka_procs else []
+        addresses = self.kafka().bootstrap.split(",") if kafka_procs else []
         for proc, address in zip(kafka_procs, addresses, strict=True):
             rows.append(self._row(proc, address))
         rows.append(self._row(self.mlflow(), s.mlflow_uri))
