@@ -126,8 +126,9 @@ def base_of(served: str) -> str | None:
 
 def adapter_cost(n: int, served: str, base: str, max_tokens: int) -> dict[str, list[float]]:
     """vLLM directly: the promoted adapter against its base model, same prompts."""
-    url = f"{get_settings().vllm_url}/v1/completions"
-    prompts = [e.prompt for e in generate(load_task(get_settings().task_file).task, n, seed=97)]
+    settings = get_settings()
+    url = f"{settings.vllm_url}/v1/completions"
+    prompts = [e.prompt for e in generate(load_task(settings.task_file).task, n, seed=97)]
     targets: dict[str, Target] = {
         "adapter": (url, served, {}, served),
         "base": (url, base, {}, base),

@@ -22,12 +22,24 @@ from tests.ports import KAFKA_ADDRESS, KAFKA_RESTART, KAFKA_THREE, ports
 
 
 def _own_cluster(
-    base: Settings, tmp_path: Path, block: int, nodes: int
+    base: Settings,
+    tmp_path: Path,
+    block: int,
+    nodes: int,
+    host: str = "127.0.0.1",
+    bind_host: str | None = None,
 ) -> tuple[KafkaCluster, Settings]:
     own = ports(block)
-    brokers = ",".join(f"127.0.0.1:{own['kafka_port'] + i}" for i in range(nodes))
+    brokers = ",".join(f"{host}:{own['kafka_port'] + i}" for i in range(nodes))
     settings = base.model_copy(
-        update={"var_dir": tmp_path, **own, "kafka_nodes": nodes, "kafka_bootstrap": brokers}
+        update={
+            "var_dir": tmp_path,
+            **own,
+            "kafka_nodes": nodes,
+            "kafka_bootstrap": brokers,
+            "kafka_host": host,
+            "kafka_bind_host": bind_host,
+        }
     )
     return KafkaCluster(settings, data_dir=tmp_path / "kafka"), settings
 
@@ -148,18 +160,10 @@ def test_a_broker_binds_every_interface_and_advertises_a_routable_address(
     if address is None:
         pytest.skip("this host has no interface but loopback")
     own = ports(KAFKA_ADDRESS)
-    settings = stack_settings.model_copy(
-        update={
-            "var_dir": tmp_path,
-            **own,
-            "kafka_nodes": 1,
-            "kafka_host": address,
-            "kafka_bind_host": "0.0.0.0",
-            "kafka_bootstrap": f"{address}:{own['kafka_port']}",
-        }
+    cluster, settings = _own_cluster(
+        stack_settings, tmp_path, KAFKA_ADDRESS, 1, host=address, bind_host="0.0.0.0"
     )
-    cluster = KafkaCluster(settings, data_dir=tmp_path / "kafka")
-    assert cluster.bootstrap == settings.kafka_bootstrap
+    assert cluster.bootstrap == f"{address}:{own['kafka_port']}"
     cluster.prepare()
     [proc] = cluster.processes()
     proc.start()
