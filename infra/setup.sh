@@ -69,6 +69,21 @@ if [ "$BACKEND" = cpu ]; then
 else
   make_venv "$VLLM" "$VREQ"
 fi
+# Refinery's vLLM plugin (replicas fetch adapters from the registry, refinery/vllm_plugin):
+# the package without its dependencies, for the `vllm.general_plugins` entry point. Again
+# whenever the entry point or the plugin changes.
+PLUGIN_MARK="$VLLM/.refinery-plugin-$(key "$ROOT/pyproject.toml" "$ROOT"/services/refinery/vllm_plugin/*.py)"
+if [ ! -f "$PLUGIN_MARK" ]; then
+  exec 9>"$VLLM.lock"
+  flock 9
+  say "installing refinery's vLLM plugin into $VLLM"
+  rm -f "$VLLM"/.refinery-plugin-*
+  "$UV" pip install -q --no-deps --no-build-isolation --reinstall-package refinery \
+    -p "$VLLM/bin/python" "$ROOT"
+  rm -rf "$ROOT/build"  # setuptools' in-tree staging
+  touch "$PLUGIN_MARK"
+  exec 9>&-
+fi
 
 # Kafka broker jars from Maven Central.
 KAFKA="$CACHE/kafka-$(key "$ROOT/infra/kafka/pom.xml")"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 import time
@@ -16,6 +17,7 @@ from refinery.common.registry import CHAMPION, ModelRegistry, VersionInfo
 from refinery.common.settings import Settings
 from refinery.common.topics import Stream
 from refinery.stack.stack import Stack
+from refinery.stack.vllm import adapter_cache_dir
 from tests.conftest import API_KEYS
 from tests.inference.helpers import read_events, register_adapter
 
@@ -242,6 +244,8 @@ def test_a_vllm_restart_under_a_lora_champion_heals_without_a_gateway_restart(
         assert _readyz(full_stack).status_code == 200
 
         vllm.kill_leader()
+        # The restarted replica fetches the adapter from the registry again, not from a cache.
+        shutil.rmtree(adapter_cache_dir(full_stack))
         red = _readyz(full_stack)
         assert red.status_code == 503 and red.json()["vllm"].startswith("unreachable"), red.text
         stack.up(("vllm",))  # ends the orphaned engine first, then starts a fresh server
@@ -255,6 +259,7 @@ def test_a_vllm_restart_under_a_lora_champion_heals_without_a_gateway_restart(
             after = [_complete(http, full_stack) for _ in range(5)]
         assert [r.status_code for r in after] == [200] * 5, [r.text for r in after]
         assert {r.json()["model"] for r in after} == {adapter.served_name}
+        assert (adapter_cache_dir(full_stack) / adapter.served_name / ".complete").exists()
         assert _readyz(full_stack).status_code == 200
     finally:
         _make_champion(full_stack, base, "rolled_back", previous=adapter.version)

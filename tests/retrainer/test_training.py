@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from transformers import PreTrainedTokenizerFast
 
 from refinery.common.task import BaseModelSpec, TrainingSpec
-from refinery.retrainer.base_model import build_model, train_tokenizer
+from refinery.retrainer.base_model import build_model, greedy_complete, train_tokenizer
 from refinery.retrainer.examples import TrainingExample
-from refinery.retrainer.training import train_kto, train_sft
+from refinery.retrainer.training import mixed_precision, train_kto, train_sft
 
 SPEC = BaseModelSpec(
     vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=1, num_heads=2
@@ -72,3 +74,35 @@ def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path: Path) ->
         if complete:
             (folder / "trainer_state.json").write_text("{}")
     assert _last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "checkpoint-5")
+
+
+class _ModelElsewhere:
+    """Stands in for a model on an accelerator this machine lacks (``meta``): records where
+    its inputs were, and answers with token id 0."""
+
+    device = torch.device("meta")
+
+    def __init__(self) -> None:
+        self.inputs_on: list[torch.device] = []
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw: Any) -> Any:
+        self.inputs_on += [input_ids.device, attention_mask.device]
+        rows, width = input_ids.shape
+        return torch.zeros((rows, width + kw["max_new_tokens"]), dtype=torch.long)
+
+
+def test_generation_puts_the_prompts_on_the_models_device(
+    base: tuple[Path, PreTrainedTokenizerFast],
+) -> None:
+    _, tokenizer = base
+    model = _ModelElsewhere()
+    prompts = [[5, 6, 7], [8], [9, 10]]
+    out = greedy_complete(model, tokenizer, prompts, max_new_tokens=2, batch_size=2)  # type: ignore[arg-type]
+    assert len(out) == 3
+    assert model.inputs_on == [torch.device("meta")] * 4  # two batches, ids and mask each
+
+
+def test_training_uses_bf16_only_on_a_gpu_that_has_it() -> None:
+    assert mixed_precision(cuda=False, bf16_supported=False) == {"bf16": False, "fp16": False}
+    assert mixed_precision(cuda=True, bf16_supported=True) == {"bf16": True, "fp16": False}
+    assert mixed_precision(cuda=True, bf16_supported=False) == {"bf16": False, "fp16": False}

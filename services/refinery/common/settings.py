@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     mlflow_uri: str = "http://127.0.0.1:5000"
     mlflow_host: str = "127.0.0.1"
     mlflow_port: int = 5000
+    #: where the MLflow server keeps artifacts (default var/mlflow/artifacts); s3://... works
+    mlflow_artifacts_destination: str | None = None
     registered_model: str = "refinery-model"
     experiment: str = "refinery"
 
@@ -102,7 +104,12 @@ class Settings(BaseSettings):
     vllm_max_model_len: int = 512
     vllm_max_loras: int = 4
     vllm_max_lora_rank: int = 16
+    #: how long vLLM may take to fetch an adapter from the registry and load it
+    adapter_load_timeout_s: float = 120.0
     vllm_kvcache_gib: int = 1
+    #: vLLM's share of GPU memory (weights + KV cache): the rest is the retrainer's when it
+    #: trains on the same GPU (REFINERY_VLLM_BACKEND=gpu only)
+    vllm_gpu_memory_utilization: float = Field(default=0.5, gt=0.05, le=0.95)
     # The name vLLM serves the base model under; adapters get <model>-v<version>.
     served_model_name: str = "refinery-base"
 

@@ -1,8 +1,9 @@
 """Which served model answers now, and the switch to a new one without failing a request.
 
 A route is one registry version under its immutable vLLM name. New requests take the
-current route; a switch loads the new adapter first, then flips the route, then unloads
-the old adapter once its in-flight requests have finished.
+current route; a switch has vLLM load the new adapter first (vLLM fetches it from the
+registry itself: ``refinery.vllm_plugin``), then flips the route, then unloads the old
+adapter once its in-flight requests have finished.
 
 The registry's ``champion`` alias is the only truth: model events make the router look
 (fast), a periodic ``reconcile`` makes it right. Reconciling also puts the adapter back
@@ -25,7 +26,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import aiohttp
@@ -153,7 +153,7 @@ class ModelRouter:
                 if new.kind == "lora" and (
                     new != old or new.served_name not in await self.served_names()
                 ):
-                    await self._load_adapter(info, new.served_name)
+                    await self._load_adapter(new.served_name)
                 if new != old:
                     log.info("router: canary %s for %.0f%% of users", new.served_name, share * 100)
                 self.canary, self.canary_share, self.canary_shadow = new, share, shadow
@@ -177,9 +177,8 @@ class ModelRouter:
                 return
             if broken.served_name in await self.served_names():
                 return
-            info = await asyncio.to_thread(self.registry.get, broken.version)
             log.warning("router: vLLM lost %s; loading it again", broken.served_name)
-            await self._load_adapter(info, broken.served_name)
+            await self._load_adapter(broken.served_name)
 
     def converged(self) -> bool:
         """Do the routes serve the champion (and canary) the registry named at the last
@@ -199,7 +198,7 @@ class ModelRouter:
             if old == new:
                 if new.kind == "lora" and new.served_name not in await self.served_names():
                     log.warning("router: vLLM lost %s; loading it again", new.served_name)
-                    await self._load_adapter(info, new.served_name)
+                    await self._load_adapter(new.served_name)
                 return new
             base = await asyncio.to_thread(self.registry.serving_base, info)
             if self.base_version is None:
@@ -211,24 +210,29 @@ class ModelRouter:
                     "`refinery up`) to change the base model"
                 )
             if new.kind == "lora":
-                await self._load_adapter(info, new.served_name)
+                await self._load_adapter(new.served_name)
             self.current = new
             log.info("router: now serving %s v%s as %s", new.model, new.version, new.served_name)
             if old is not None and old.served_name != new.served_name:
                 asyncio.get_running_loop().create_task(self._retire(old))
             return new
 
-    async def _load_adapter(self, info: VersionInfo, served_name: str) -> None:
-        local: Path = await asyncio.to_thread(
-            self.registry.local_copy, info, self.settings.models_dir
-        )
+    async def _load_adapter(self, served_name: str) -> None:
+        """Have vLLM load ``served_name``: one one-token completion under that name, which
+        vLLM's refinery plugin resolves from the registry into its own cache. Nothing is read
+        from this host's disk, so the gateway and vLLM need not share one."""
         async with self.vllm.post(
-            "/v1/load_lora_adapter", json={"lora_name": served_name, "lora_path": str(local)}
+            "/v1/completions",
+            json={"model": served_name, "prompt": "ready?", "max_tokens": 1},
+            timeout=aiohttp.ClientTimeout(total=self.settings.adapter_load_timeout_s),
         ) as resp:
             text = await resp.text()
-        # 400 "already loaded" is fine: names are immutable, so it is this very adapter.
-        if resp.status != 200 and "already" not in text:
-            raise UpstreamError(f"vLLM refused adapter {served_name}: {text[:300]}")
+        if resp.status != 200:
+            raise UpstreamError(
+                f"vLLM could not load {served_name} from the registry ({resp.status}): "
+                f"{text[:300]}; its log says why (is refinery's vLLM plugin installed? "
+                "`make setup` installs it)"
+            )
 
     async def _retire(self, old: Route) -> None:
         """Unload ``old``'s adapter once its in-flight requests are done, unless a route

@@ -511,6 +511,8 @@ class Retrainer:
         champion_model: Any = AutoModelForCausalLM.from_pretrained(data.base_dir)
         if data.champion.kind == "lora":
             champion_model = PeftModel.from_pretrained(champion_model, data.champion_dir)
+        # Both answer on the device the challenger trained on (a GPU when there is one).
+        champion_model.to(challenger_model.device)
         champion_model.eval()
         challenger_model.eval()
         sets = {

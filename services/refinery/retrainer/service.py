@@ -91,6 +91,12 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     if not torch.cuda.is_available():
         torch.set_num_threads(cpu_threads(settings))
         log.info("retrainer: training on the CPU with %d thread(s)", torch.get_num_threads())
+    else:
+        log.info(
+            "retrainer: training on %s (%s)",
+            torch.cuda.get_device_name(),
+            "bf16" if torch.cuda.is_bf16_supported() else "float32",
+        )
 
     task = load_task(settings.task_file)
     metrics = RetrainerMetrics()

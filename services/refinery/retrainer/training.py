@@ -132,6 +132,17 @@ def check_rank(spec: TrainingSpec, settings: Settings) -> None:
         )
 
 
+def mixed_precision(cuda: bool, bf16_supported: bool) -> dict[str, bool]:
+    """bf16 autocast where the GPU has it (Ampere and later), full float32 otherwise: on the
+    CPU, and on GPUs without bf16, where fp16's overflow would need a loss scaler to tune."""
+    return {"bf16": cuda and bf16_supported, "fp16": False}
+
+
+def _precision_here() -> dict[str, bool]:
+    cuda = torch.cuda.is_available()
+    return mixed_precision(cuda, cuda and torch.cuda.is_bf16_supported())
+
+
 def _arguments(
     spec: TrainingSpec, work_dir: Path, train_size: int, **overrides: Any
 ) -> dict[str, Any]:
@@ -160,6 +171,7 @@ def _arguments(
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": torch.cuda.is_available(),
+        **_precision_here(),
     }
     args.update(overrides)
     return args
@@ -289,8 +301,8 @@ def train_kto(
     trainer = KTOTrainer(
         model=model,
         ref_model=None,
-        # TRL defaults to bf16; the models here train in float32 like the SFT path.
-        args=KTOConfig(max_length=spec.max_seq_len, bf16=False, **args),
+        # TRL's own default is bf16 everywhere; _arguments chose what this device supports.
+        args=KTOConfig(max_length=spec.max_seq_len, **args),
         train_dataset=train_rows,
         eval_dataset=val_rows,
         processing_class=tokenizer,

@@ -1,4 +1,10 @@
-"""The MLflow tracking + registry server: SQLite backend, local artifact store."""
+"""The MLflow tracking + registry server: SQLite backend, artifacts served over HTTP.
+
+Clients (the retrainer, the gateway, each vLLM replica) read and write artifacts through the
+server (``mlflow-artifacts:/``), never its disk: the destination behind it is a folder here
+or, by ``REFINERY_MLFLOW_ARTIFACTS_DESTINATION``, an object store (``s3://bucket/path``, with
+the usual ``AWS_*`` variables and boto3 in the server's environment).
+"""
 
 from __future__ import annotations
 
@@ -29,8 +35,9 @@ def mlflow_process(settings: Settings, data_dir: Path | None = None) -> ManagedP
             "server",
             "--backend-store-uri",
             f"sqlite:///{root / 'mlflow.db'}",
-            "--default-artifact-root",
-            str(root / "artifacts"),
+            "--serve-artifacts",
+            "--artifacts-destination",
+            settings.mlflow_artifacts_destination or str(root / "artifacts"),
             "--host",
             settings.mlflow_host,
             "--port",

@@ -137,7 +137,7 @@ class Stack:
             champion = bootstrap(self.settings, load_task(self.settings.task_file)).version
         base = registry.serving_base(champion)
         model_dir = registry.local_copy(base, self.settings.models_dir)
-        proc = self._keep(vllm_process(self.settings, model_dir))
+        proc = self._keep(vllm_process(self.settings, model_dir, base.version))
         proc.start()
 
     def down(self, only: tuple[str, ...] = COMPONENTS) -> list[str]:

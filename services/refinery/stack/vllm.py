@@ -1,4 +1,9 @@
-"""The vLLM OpenAI-compatible server, run from its own venv, with runtime LoRA loading on."""
+"""The vLLM OpenAI-compatible server, run from its own venv, with runtime LoRA loading on.
+
+Adapters come from the registry, not from a disk shared with the gateway: refinery's vLLM
+plugin (``refinery.vllm_plugin``) resolves a name like ``refinery-model-v3`` through
+MLflow into this replica's own cache the first time a request names it.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ def vllm_healthy(url: str) -> bool:
     return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
 
 
+def adapter_cache_dir(settings: Settings) -> Path:
+    """Where the vLLM on ``settings.vllm_port`` keeps the adapters it fetched."""
+    return settings.var_dir / "vllm" / f"adapters-{settings.vllm_port}"
+
+
 def _max_model_len(model_dir: Path, wanted: int) -> int:
     """The configured length, capped by what the model's positions allow."""
     try:
@@ -28,12 +38,23 @@ def _max_model_len(model_dir: Path, wanted: int) -> int:
     return min(wanted, int(config.get("max_position_embeddings", wanted)))
 
 
-def vllm_process(settings: Settings, model_dir: Path | None = None) -> ManagedProcess:
-    """Serve ``model_dir`` under ``settings.served_model_name``; adapters load at runtime.
+def vllm_process(
+    settings: Settings, model_dir: Path | None = None, base_version: str | None = None
+) -> ManagedProcess:
+    """Serve ``model_dir`` (registry version ``base_version``, when known) under
+    ``settings.served_model_name``; adapters load at runtime, fetched from the registry.
 
     Without ``model_dir`` the handle can check and stop a running server but not start one.
     """
-    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+        "HF_HUB_OFFLINE": "1",
+        # refinery.vllm_plugin: where adapters come from, and where this replica keeps them
+        "REFINERY_MLFLOW_URI": settings.mlflow_uri,
+        "REFINERY_REGISTERED_MODEL": settings.registered_model,
+        "REFINERY_ADAPTER_CACHE_DIR": str(adapter_cache_dir(settings)),
+        "REFINERY_SERVED_BASE_VERSION": base_version or "",
+    }
     if model_dir is None:
         return ManagedProcess(
             name="vllm",
@@ -78,6 +99,9 @@ def vllm_process(settings: Settings, model_dir: Path | None = None) -> ManagedPr
     if settings.vllm_backend == "cpu":
         argv += ["--dtype", "float32", "--enforce-eager"]
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.vllm_kvcache_gib)
+    else:  # the model's own dtype (bf16 where the GPU has it); room left for a retraining
+        argv += ["--dtype", "auto"]
+        argv += ["--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization)]
     return ManagedProcess(
         name="vllm",
         argv=argv,
