@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine: uv, the main venv, the vLLM venv, Kafka jars,
-# promtool, Chromium.
+# Idempotent set-up for a fresh machine: uv, the main venv, the vLLM venv (with refinery's
+# plugin), Kafka jars, promtool, helm, compose-check, Chromium.
 # Everything heavy is cached outside the clone under $REFINERY_CACHE (default
 # ~/.cache/refinery), keyed by a hash of the file that defines it, so a second run (or a
 # second clone) takes seconds. Writes .venv (a link to the main venv) and var/toolchain.env.
@@ -113,6 +113,46 @@ if [ ! -x "$PROMTOOL" ]; then
   rm -rf "$work"
 fi
 
+# helm (checks infra/helm in `make test`): built from the Go module proxy, ~2 min once.
+HELM_VERSION=v3.22.0
+HELM="$CACHE/helm-$HELM_VERSION/helm"
+if [ ! -x "$HELM" ]; then
+  say "building helm $HELM_VERSION (go install)"
+  GOBIN="$CACHE/helm-$HELM_VERSION" GOFLAGS=-trimpath go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+
+# compose-check (checks infra/compose in `make test`; no Docker engine runs here): our own
+# few lines over compose-go, the loader `docker compose` uses.
+COMPOSE_CHECK="$CACHE/compose-check-$(key "$ROOT"/infra/compose/check/{go.mod,go.sum,main.go})/compose-check"
+if [ ! -x "$COMPOSE_CHECK" ]; then
+  say "building compose-check"
+  ( cd "$ROOT/infra/compose/check" && go build -trimpath -o "$COMPOSE_CHECK" . )
+fi
+
+# PostgreSQL (Debian's package): MLflow's database when REFINERY_MLFLOW_BACKEND=postgresql.
+PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/postgres" ]; then
+  say "installing postgresql (Debian package)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq && $SUDO apt-get install -y -q --no-install-recommends postgresql >/dev/null; }
+  PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+fi
+
+# nginx (Debian's package, unpacked into the cache rather than installed: no system
+# service starts): the balancer in front of several gateways.
+NGINX="$CACHE/nginx-debian12/nginx"
+if [ ! -x "$NGINX" ]; then
+  say "fetching nginx (Debian package nginx)"
+  work="$(mktemp -d)"
+  ( cd "$work" && { apt-get download nginx 2>/dev/null || { apt-get update -qq && apt-get download nginx; }; } )
+  dpkg-deb -x "$work"/nginx_*.deb "$work/x"
+  mkdir -p "$(dirname "$NGINX")"
+  install -m 0755 "$work/x/usr/sbin/nginx" "$NGINX"
+  rm -rf "$work"
+fi
+
 # Chromium (Debian's package): the dashboard test renders the Evidently UI headless.
 if ! command -v chromium >/dev/null 2>&1; then
   say "installing chromium (Debian package) for the browser tests"
@@ -129,5 +169,9 @@ REFINERY_VLLM_BACKEND=$BACKEND
 REFINERY_KAFKA_LIBS=$KAFKA/libs
 REFINERY_PROMTOOL=$PROMTOOL
 REFINERY_UV=$UV
+REFINERY_HELM=$HELM
+REFINERY_POSTGRES_BIN_DIR=$PG_BIN
+REFINERY_NGINX_PATH=$NGINX
+REFINERY_COMPOSE_CHECK=$COMPOSE_CHECK
 ENV
 say "ready: .venv -> $MAIN, vLLM ($BACKEND) in $VLLM, Kafka jars in $KAFKA/libs"

@@ -24,6 +24,7 @@ FAILOVER = 5  # tests/inference/test_failover.py: a gateway on three Kafka nodes
 OWN_MODEL = 6  # tests/retrainer/test_own_model.py: vLLM serving a user's architecture
 FLOOD = 7  # tests/demo/test_flood.py: one key floods ratings while an app runs
 KAFKA_ADDRESS = 8  # tests/stack/test_kafka.py: a broker on every interface
+POSTGRES = 9  # tests/stack/test_postgres.py: MLflow on PostgreSQL
 ALL_BLOCKS = (
     SESSION,
     LOOP,
@@ -34,6 +35,7 @@ ALL_BLOCKS = (
     OWN_MODEL,
     FLOOD,
     KAFKA_ADDRESS,
+    POSTGRES,
 )
 
 
@@ -48,8 +50,10 @@ def ports(block: int) -> dict[str, Any]:
         "mlflow_port": mlflow,
         "mlflow_uri": f"http://127.0.0.1:{mlflow}",
         "vllm_port": base + 30,
-        "gateway_port": base + 40,
+        "gateway_port": base + 40,  # + replica index
+        "balancer_port": base + 49,
         "monitor_metrics_port": base + 50,
         "retrainer_metrics_port": base + 60,
         "evidently_ui_port": base + 70,
+        "postgres_port": base + 80,
     }

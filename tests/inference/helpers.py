@@ -1,21 +1,25 @@
-"""Reading what the gateway wrote to Kafka, and adapters to serve, for the serving tests."""
+"""For the serving tests: clients under load, adapters to serve, champions to make, and
+what the gateway wrote to Kafka."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from pathlib import Path
 
+import httpx
 import mlflow
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from refinery.common.events import Event
-from refinery.common.kafka import EventConsumer
-from refinery.common.registry import ModelRegistry, VersionInfo
+from refinery.common.events import Event, ModelEvent
+from refinery.common.kafka import EventConsumer, EventProducer
+from refinery.common.registry import CHAMPION, ModelRegistry, VersionInfo
 from refinery.common.settings import Settings
 from refinery.common.topics import Stream
+from tests.conftest import API_KEYS
 
 
 def register_adapter(
@@ -63,3 +67,77 @@ def read_events(
             if seen >= want and idle_polls >= 2:
                 break
     return found
+
+
+PROMPT = "Ticket: where is my parcel, it is late\nTeam:"
+ADMIN = {"Authorization": f"Bearer {API_KEYS['admin']}"}
+
+
+def complete(http: httpx.Client, settings: Settings) -> httpx.Response:
+    return http.post(
+        f"{settings.gateway_url}/v1/completions",
+        headers=ADMIN,
+        json={
+            "model": settings.registered_model,
+            "prompt": PROMPT,
+            "max_tokens": 3,
+            "temperature": 0,
+        },
+    )
+
+
+def announce(settings: Settings, info: VersionInfo, action: str, previous: str) -> None:
+    event = ModelEvent(
+        model=info.name,
+        version=info.version,
+        action=action,  # type: ignore[arg-type]
+        served_name=info.served_name,
+        artifact_uri=info.source,
+        kind=info.kind,  # type: ignore[arg-type]
+        base_version=info.base_version,
+        previous_version=previous,
+    )
+    with EventProducer(settings) as producer:
+        producer.send_and_wait(Stream.MODELS, event, key=info.name)
+
+
+def make_champion(settings: Settings, info: VersionInfo, action: str, previous: str) -> None:
+    """What promotion and rollback do: move the alias, then announce it."""
+    ModelRegistry(settings).set_alias(CHAMPION, info.version)
+    announce(settings, info, action, previous)
+
+
+class Load:
+    """Clients calling the gateway in threads; records which model answered and failures."""
+
+    def __init__(self, settings: Settings, threads: int) -> None:
+        self.settings = settings
+        self.served: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._workers = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=60) as http:
+            while not self._stop.is_set():
+                r = complete(http, self.settings)
+                if r.status_code == 200:
+                    self.served.append(r.json()["model"])
+                else:
+                    self.failures.append(f"{r.status_code} {r.text[:200]}")
+
+    def wait_for(self, served_name: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while served_name not in self.served[-6:] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert served_name in self.served[-6:], f"{served_name} never served"
+
+    def __enter__(self) -> Load:
+        for w in self._workers:
+            w.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for w in self._workers:
+            w.join()

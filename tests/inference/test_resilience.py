@@ -4,38 +4,27 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from refinery.common.events import ModelEvent, PredictionEvent
-from refinery.common.kafka import EventProducer
+from refinery.common.events import PredictionEvent
 from refinery.common.registry import CHAMPION, ModelRegistry, VersionInfo
 from refinery.common.settings import Settings
 from refinery.common.topics import Stream
 from refinery.stack.stack import Stack
 from refinery.stack.vllm import adapter_cache_dir
-from tests.conftest import API_KEYS
-from tests.inference.helpers import read_events, register_adapter
-
-PROMPT = "Ticket: where is my parcel, it is late\nTeam:"
-HEADERS = {"Authorization": f"Bearer {API_KEYS['admin']}"}
-
-
-def _complete(http: httpx.Client, settings: Settings) -> httpx.Response:
-    return http.post(
-        f"{settings.gateway_url}/v1/completions",
-        headers=HEADERS,
-        json={
-            "model": settings.registered_model,
-            "prompt": PROMPT,
-            "max_tokens": 3,
-            "temperature": 0,
-        },
-    )
+from tests.inference.helpers import (
+    ADMIN,
+    Load,
+    announce,
+    complete,
+    make_champion,
+    read_events,
+    register_adapter,
+)
 
 
 def _backlog(settings: Settings) -> float:
@@ -49,11 +38,11 @@ def test_broker_outage_loses_no_prediction_and_no_acknowledged_feedback(
     stack: Stack, full_stack: Settings
 ) -> None:
     http = httpx.Client(timeout=60)
-    sent = [_complete(http, full_stack).json()["id"] for _ in range(10)]
+    sent = [complete(http, full_stack).json()["id"] for _ in range(10)]
 
     stack.down(("kafka",))
     try:
-        during = [_complete(http, full_stack) for _ in range(20)]
+        during = [complete(http, full_stack) for _ in range(20)]
         assert all(r.status_code == 200 for r in during), [
             r.text for r in during if r.status_code != 200
         ]
@@ -62,7 +51,7 @@ def test_broker_outage_loses_no_prediction_and_no_acknowledged_feedback(
         started = time.monotonic()
         refused = http.post(
             f"{full_stack.gateway_url}/v1/feedback",
-            headers=HEADERS,
+            headers=ADMIN,
             json={"prediction_id": sent[-1], "rating": "up"},
         )
         assert refused.status_code == 503, refused.text
@@ -80,7 +69,7 @@ def test_broker_outage_loses_no_prediction_and_no_acknowledged_feedback(
     while True:
         accepted = http.post(
             f"{full_stack.gateway_url}/v1/feedback",
-            headers=HEADERS,
+            headers=ADMIN,
             json={"prediction_id": sent[-1], "rating": "up"},
         )
         if accepted.status_code != 503 or time.monotonic() > deadline:
@@ -104,7 +93,7 @@ def test_predictions_wait_on_disk_across_a_gateway_restart(
     stack.down(("kafka",))
     try:
         with httpx.Client(timeout=60) as http:
-            sent = [_complete(http, full_stack).json()["id"] for _ in range(10)]
+            sent = [complete(http, full_stack).json()["id"] for _ in range(10)]
         assert _backlog(full_stack) >= 10
         stack.down(("gateway",))
         assert not stack._started["gateway"].last_stop_forced
@@ -121,63 +110,6 @@ def test_predictions_wait_on_disk_across_a_gateway_restart(
     assert {e.prediction_id for e in logged if isinstance(e, PredictionEvent)} == set(sent)
 
 
-def _announce(settings: Settings, info: VersionInfo, action: str, previous: str) -> None:
-    event = ModelEvent(
-        model=info.name,
-        version=info.version,
-        action=action,  # type: ignore[arg-type]
-        served_name=info.served_name,
-        artifact_uri=info.source,
-        kind=info.kind,  # type: ignore[arg-type]
-        base_version=info.base_version,
-        previous_version=previous,
-    )
-    with EventProducer(settings) as producer:
-        producer.send_and_wait(Stream.MODELS, event, key=info.name)
-
-
-def _make_champion(settings: Settings, info: VersionInfo, action: str, previous: str) -> None:
-    """What promotion and rollback do: move the alias, then announce it."""
-    ModelRegistry(settings).set_alias(CHAMPION, info.version)
-    _announce(settings, info, action, previous)
-
-
-class _Load:
-    """Clients calling the gateway in threads; records which model answered and failures."""
-
-    def __init__(self, settings: Settings, threads: int) -> None:
-        self.settings = settings
-        self.served: list[str] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._workers = [threading.Thread(target=self._run) for _ in range(threads)]
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=60) as http:
-            while not self._stop.is_set():
-                r = _complete(http, self.settings)
-                if r.status_code == 200:
-                    self.served.append(r.json()["model"])
-                else:
-                    self.failures.append(f"{r.status_code} {r.text[:200]}")
-
-    def wait_for(self, served_name: str, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while served_name not in self.served[-6:] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert served_name in self.served[-6:], f"{served_name} never served"
-
-    def __enter__(self) -> _Load:
-        for w in self._workers:
-            w.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for w in self._workers:
-            w.join()
-
-
 def test_promotion_and_rollback_switch_with_zero_failed_requests(
     full_stack: Settings, tmp_path: Path
 ) -> None:
@@ -187,19 +119,19 @@ def test_promotion_and_rollback_switch_with_zero_failed_requests(
         full_stack, registry.local_copy(base, tmp_path / "m"), tmp_path / "adapter"
     )
     try:
-        with _Load(full_stack, threads=6) as load:
+        with Load(full_stack, threads=6) as load:
             time.sleep(2)
             # Events only say when to look: a version the registry does not have, and one
             # the champion alias does not name, are not served.
             bogus = VersionInfo(adapter.name, "999", "lora", adapter.source, None, "1", {})
-            _announce(full_stack, bogus, "promoted", previous="1")
-            _announce(full_stack, adapter, "promoted", previous="1")
+            announce(full_stack, bogus, "promoted", previous="1")
+            announce(full_stack, adapter, "promoted", previous="1")
             time.sleep(3)
             assert set(load.served) == {full_stack.served_model_name}
-            _make_champion(full_stack, adapter, "promoted", previous="1")
+            make_champion(full_stack, adapter, "promoted", previous="1")
             load.wait_for(adapter.served_name)
             time.sleep(2)
-            _make_champion(full_stack, base, "rolled_back", previous=adapter.version)
+            make_champion(full_stack, base, "rolled_back", previous=adapter.version)
             load.wait_for(full_stack.served_model_name)
             time.sleep(2)
     finally:
@@ -217,7 +149,7 @@ def test_promotion_and_rollback_switch_with_zero_failed_requests(
             break
         time.sleep(0.5)
     assert adapter.served_name not in names
-    models = httpx.get(f"{full_stack.gateway_url}/v1/models", headers=HEADERS).json()["data"]
+    models = httpx.get(f"{full_stack.gateway_url}/v1/models", headers=ADMIN).json()["data"]
     assert models[0]["version"] == "1"
 
 
@@ -238,8 +170,8 @@ def test_a_vllm_restart_under_a_lora_champion_heals_without_a_gateway_restart(
     )
     vllm = stack._started["vllm"]
     try:
-        with _Load(full_stack, threads=1) as load:
-            _make_champion(full_stack, adapter, "promoted", previous="1")
+        with Load(full_stack, threads=1) as load:
+            make_champion(full_stack, adapter, "promoted", previous="1")
             load.wait_for(adapter.served_name)
         assert _readyz(full_stack).status_code == 200
 
@@ -256,17 +188,17 @@ def test_a_vllm_restart_under_a_lora_champion_heals_without_a_gateway_restart(
             )
 
         with httpx.Client(timeout=60) as http:
-            after = [_complete(http, full_stack) for _ in range(5)]
+            after = [complete(http, full_stack) for _ in range(5)]
         assert [r.status_code for r in after] == [200] * 5, [r.text for r in after]
         assert {r.json()["model"] for r in after} == {adapter.served_name}
         assert (adapter_cache_dir(full_stack) / adapter.served_name / ".complete").exists()
         assert _readyz(full_stack).status_code == 200
     finally:
-        _make_champion(full_stack, base, "rolled_back", previous=adapter.version)
+        make_champion(full_stack, base, "rolled_back", previous=adapter.version)
     with httpx.Client(timeout=60) as http:  # the rollback takes effect within a reconcile
         deadline = time.monotonic() + 60
         while True:
-            served = _complete(http, full_stack).json()["model"]
+            served = complete(http, full_stack).json()["model"]
             if served == full_stack.served_model_name or time.monotonic() > deadline:
                 break
             time.sleep(0.5)

@@ -1,17 +1,24 @@
-"""The hop to vLLM survives a pooled connection the server closed; a refused one fails fast.
+"""The hop to vLLM: a pooled connection the server closed is sent once more, a refused
+replica is skipped, the replica with the fewest requests outstanding gets the next one.
 
-These exercise the gateway's HTTP client on the wire: a plain TCP server stands for the
-far end's connection handling (keep-alive then a close), not for vLLM's API."""
+These exercise the gateway's replica pool on the wire: plain TCP servers stand for the far
+end's connection handling (keep-alive, a close, a refusal, a slow answer), not for vLLM's
+API."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 
 import aiohttp
 import pytest
 
 from refinery.inference.exceptions import Unavailable
-from refinery.inference.serving import post_once_more_on_a_stale_connection
+from refinery.inference.replicas import Replicas
+
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 _OK = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
@@ -50,23 +57,35 @@ async def _answer_once_per_connection(
         writer.close()
 
 
+async def _server(handler: Handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def _refusing() -> str:
+    """The url of a port nobody listens on (a replica that is down)."""
+    server, url = await _server(lambda r, w: asyncio.sleep(0))
+    server.close()
+    await server.wait_closed()
+    return url
+
+
+async def _post(replicas: Replicas) -> int:
+    async with AsyncExitStack() as held:
+        resp = await replicas.post(held, "/v1/x", {"a": 1})
+        await resp.read()
+        return resp.status
+
+
 def test_a_request_on_a_connection_the_server_dropped_is_sent_once_more() -> None:
     async def scenario() -> list[str]:
         seen: list[str] = []
-        server = await asyncio.start_server(
-            lambda r, w: _answer_once_per_connection(r, w, seen), "127.0.0.1", 0
-        )
-        port = server.sockets[0].getsockname()[1]
-        async with (
-            server,
-            aiohttp.ClientSession(
-                base_url=f"http://127.0.0.1:{port}", connector=aiohttp.TCPConnector(limit=1)
-            ) as session,
-        ):
-            for _ in range(2):
-                resp = await post_once_more_on_a_stale_connection(session, "/v1/x", {"a": 1})
-                assert resp.status == 200
-                await resp.read()
+        server, url = await _server(lambda r, w: _answer_once_per_connection(r, w, seen))
+        replicas = Replicas([url], TIMEOUT, connections_per_replica=1)
+        async with server:
+            statuses = [await _post(replicas) for _ in range(2)]
+        await replicas.close()
+        assert statuses == [200, 200]
         return seen
 
     # The second request met the kept-alive connection's close and went out again.
@@ -75,12 +94,84 @@ def test_a_request_on_a_connection_the_server_dropped_is_sent_once_more() -> Non
 
 def test_a_refused_connection_is_unavailable_without_a_second_try() -> None:
     async def scenario() -> None:
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        server.close()
-        await server.wait_closed()
-        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as session:
-            await post_once_more_on_a_stale_connection(session, "/v1/x", {})
+        replicas = Replicas([await _refusing()], TIMEOUT)
+        try:
+            await _post(replicas)
+        finally:
+            await replicas.close()
 
     with pytest.raises(Unavailable, match="vLLM unreachable"):
         asyncio.run(scenario())
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while await _read_request(reader):
+            writer.write(_OK)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+def test_a_replica_that_is_down_is_skipped_and_rests() -> None:
+    async def scenario() -> tuple[list[int], int, int]:
+        server, up = await _server(_answer)
+        replicas = Replicas([await _refusing(), up], TIMEOUT, rest_s=60)
+        async with server:
+            statuses = [await _post(replicas) for _ in range(4)]
+        down, alive = replicas.all
+        await replicas.close()
+        return statuses, down.served, alive.served
+
+    statuses, down_served, alive_served = asyncio.run(scenario())
+    assert statuses == [200] * 4  # the first went to the down one, then once more elsewhere
+    assert (down_served, alive_served) == (0, 4)
+
+
+def test_a_replica_that_dies_mid_request_has_it_answered_by_another() -> None:
+    async def vanish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)  # took the request, then died without a word
+        writer.close()
+
+    async def scenario() -> tuple[list[int], int]:
+        dying, dying_url = await _server(vanish)
+        server, up = await _server(_answer)
+        replicas = Replicas([dying_url, up], TIMEOUT)
+        async with dying, server:
+            statuses = [await _post(replicas) for _ in range(4)]
+        alive = replicas.all[1].served
+        await replicas.close()
+        return statuses, alive
+
+    statuses, alive_served = asyncio.run(scenario())
+    assert statuses == [200] * 4 and alive_served == 4
+
+
+def test_the_replica_with_the_fewest_requests_outstanding_gets_the_next() -> None:
+    async def scenario() -> list[str]:
+        release = asyncio.Event()
+
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await release.wait()
+            await _answer(reader, writer)
+
+        servers = [await _server(slow) for _ in range(2)]
+        replicas = Replicas([url for _, url in servers], TIMEOUT)
+        first, second = replicas.all
+        picked: list[str] = []
+        async with servers[0][0], servers[1][0]:
+            tasks = []
+            for _ in range(3):  # each sent while the earlier ones are still outstanding
+                tasks.append(asyncio.create_task(_post(replicas)))
+                await asyncio.sleep(0.05)
+                picked.append(f"{first.outstanding}/{second.outstanding}")
+            release.set()
+            assert await asyncio.gather(*tasks) == [200, 200, 200]
+        picked.append(f"{first.outstanding}/{second.outstanding}")
+        await replicas.close()
+        return picked
+
+    # One each, then the third to either (a tie), and nothing outstanding once answered.
+    assert asyncio.run(scenario()) in (["1/0", "1/1", "2/1", "0/0"], ["0/1", "1/1", "1/2", "0/0"])

@@ -107,6 +107,28 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serving_base(args: argparse.Namespace) -> int:
+    """What a vLLM replica on another host runs first (a container's init step): the base
+    the champion needs, from the registry, as DEST/base (a link) and DEST/base.version."""
+    from refinery.common.exceptions import RegistryError
+    from refinery.common.registry import ModelRegistry
+
+    registry = ModelRegistry(get_settings())
+    champion = registry.champion() if registry.exists() else None
+    if champion is None:
+        raise RegistryError("the registry has no champion yet; run `refinery bootstrap` first")
+    base = registry.serving_base(champion)
+    folder = registry.local_copy(base, args.dest)
+    link = args.dest / "base"
+    staging = args.dest / ".base.link"
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(folder.name)
+    staging.replace(link)
+    (args.dest / "base.version").write_text(base.version + "\n")
+    print(f"{link} -> {folder.name} (v{base.version}, for champion v{champion.version})")
+    return 0
+
+
 def cmd_try(args: argparse.Namespace) -> int:
     """One request straight to vLLM with the task's template: is the model served?"""
     import httpx
@@ -477,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="register a new base even if a champion exists"
     )
+    p = add(
+        "serving-base",
+        cmd_serving_base,
+        "fetch the base model the champion needs from the registry (a vLLM replica's first step)",
+    )
+    p.add_argument("dest", type=Path, help="folder: gets base (a link) and base.version")
     p = add("try", cmd_try, "send one ticket text straight to vLLM and print the answer")
     p.add_argument("text")
     p = add("ask", cmd_ask, "ask the gateway one ticket, then give it a thumbs up or down")

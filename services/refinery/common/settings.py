@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     mlflow_port: int = 5000
     #: where the MLflow server keeps artifacts (default var/mlflow/artifacts); s3://... works
     mlflow_artifacts_destination: str | None = None
+    #: MLflow's backend store: SQLite under var/mlflow (one laptop), or a PostgreSQL server
+    #: the stack starts (var/postgres); mlflow_backend_uri names an existing database instead
+    mlflow_backend: Literal["sqlite", "postgresql"] = "sqlite"
+    mlflow_backend_uri: SecretStr | None = None
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5433
+    postgres_bin_dir: Path | None = Field(
+        default=None, description="PostgreSQL's binaries (infra/setup.sh writes it)"
+    )
     registered_model: str = "refinery-model"
     experiment: str = "refinery"
 
@@ -101,6 +110,11 @@ class Settings(BaseSettings):
     vllm_backend: Literal["cpu", "gpu"] = "cpu"
     vllm_host: str = "127.0.0.1"
     vllm_port: int = 8100
+    #: vLLM servers the stack starts, on vllm_port, vllm_port + 1, ...
+    vllm_replicas: int = Field(default=1, ge=1, le=8)
+    #: the vLLM base urls the gateway balances over, comma-separated (default: the replicas
+    #: above); on several hosts or behind a service name, list them here
+    vllm_upstreams: str | None = None
     vllm_max_model_len: int = 512
     vllm_max_loras: int = 4
     vllm_max_lora_rank: int = 16
@@ -116,6 +130,11 @@ class Settings(BaseSettings):
     # Gateway (refinery/inference)
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    #: gateways the stack starts side by side, on gateway_port, gateway_port + 1, ...;
+    #: with more than one, nginx in front of them on balancer_port (stack/balancer.py)
+    gateway_replicas: int = Field(default=1, ge=1, le=8)
+    balancer_port: int = 8090
+    nginx_path: Path | None = None
     # API keys as "KEY:scope+scope,KEY2:admin"; scopes are inference, feedback, admin.
     api_keys: SecretStr | None = None
     # A file of "KEY scope+scope" lines; default var/secrets/api-keys.
@@ -192,7 +211,14 @@ class Settings(BaseSettings):
 
     @property
     def vllm_url(self) -> str:
-        return f"http://{self.vllm_host}:{self.vllm_port}"
+        """The first vLLM replica (the one a single-replica stack runs)."""
+        return self.vllm_urls[0]
+
+    @property
+    def vllm_urls(self) -> list[str]:
+        if self.vllm_upstreams:
+            return [u.strip().rstrip("/") for u in self.vllm_upstreams.split(",") if u.strip()]
+        return [f"http://{self.vllm_host}:{self.vllm_port + i}" for i in range(self.vllm_replicas)]
 
     @property
     def run_dir(self) -> Path:

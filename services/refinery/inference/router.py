@@ -6,8 +6,9 @@ registry itself: ``refinery.vllm_plugin``), then flips the route, then unloads t
 adapter once its in-flight requests have finished.
 
 The registry's ``champion`` alias is the only truth: model events make the router look
-(fast), a periodic ``reconcile`` makes it right. Reconciling also puts the adapter back
-into a vLLM that restarted without it, so a vLLM restart heals without a gateway restart.
+(fast), a periodic ``reconcile`` makes it right. Every vLLM replica is asked to load the
+route's adapter; one that restarted without it loads it again on the next reconcile, or on
+the first request that names it, by itself.
 
 A ``canary`` alias adds a second route: the users whose id hashes under the canary's
 share get it, the same users on every gateway and every request (sticky), so one user
@@ -38,6 +39,7 @@ from refinery.common.registry import (
 )
 from refinery.common.settings import Settings
 from refinery.inference.exceptions import Unavailable, UpstreamError
+from refinery.inference.replicas import Replica, Replicas
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,10 @@ def in_canary(user: str | None, canary_version: str, share: float) -> bool:
 class ModelRouter:
     """Holds the current route; counts in-flight requests per served name."""
 
-    def __init__(
-        self, settings: Settings, registry: ModelRegistry, vllm: aiohttp.ClientSession
-    ) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry, replicas: Replicas) -> None:
         self.settings = settings
         self.registry = registry
-        self.vllm = vllm
+        self.replicas = replicas
         self.current: Route | None = None
         self._inflight: Counter[str] = Counter()
         self._idle = asyncio.Condition()
@@ -150,10 +150,8 @@ class ModelRouter:
                 share = float(info.tags.get(CANARY_SHARE_TAG, "0"))
                 shadow = info.tags.get(CANARY_MODE_TAG) == "shadow"
                 new = Route(info.name, info.version, info.kind, info.served_name, "canary")
-                if new.kind == "lora" and (
-                    new != old or new.served_name not in await self.served_names()
-                ):
-                    await self._load_adapter(new.served_name)
+                if new.kind == "lora":
+                    await self._ensure_loaded(new.served_name)
                 if new != old:
                     log.info("router: canary %s for %.0f%% of users", new.served_name, share * 100)
                 self.canary, self.canary_share, self.canary_shadow = new, share, shadow
@@ -161,24 +159,10 @@ class ModelRouter:
                 log.info("router: canary %s ended", old.served_name)
                 asyncio.get_running_loop().create_task(self._retire(old))
 
-    async def served_names(self) -> set[str]:
-        """The model names vLLM serves right now (base and loaded adapters)."""
-        async with self.vllm.get("/v1/models", timeout=aiohttp.ClientTimeout(total=5)) as resp:
-            if resp.status != 200:
-                raise UpstreamError(f"vLLM /v1/models answered {resp.status}")
-            body = await resp.json()
-        return {card["id"] for card in body.get("data", [])}
-
-    async def heal(self, broken: Route) -> None:
-        """vLLM does not know ``broken`` (it restarted and lost its runtime adapters):
-        load it again unless someone already did."""
-        async with self._switch_lock:
-            if broken not in (self.current, self.canary) or broken.kind != "lora":
-                return
-            if broken.served_name in await self.served_names():
-                return
-            log.warning("router: vLLM lost %s; loading it again", broken.served_name)
-            await self._load_adapter(broken.served_name)
+    async def served_names(self) -> dict[str, set[str] | BaseException]:
+        """What each vLLM replica serves right now (base and loaded adapters), by url; the
+        exception for a replica that did not answer."""
+        return await self.replicas.each(_models)
 
     def converged(self) -> bool:
         """Do the routes serve the champion (and canary) the registry named at the last
@@ -196,9 +180,8 @@ class ModelRouter:
             new = self.route_for(info)
             old = self.current
             if old == new:
-                if new.kind == "lora" and new.served_name not in await self.served_names():
-                    log.warning("router: vLLM lost %s; loading it again", new.served_name)
-                    await self._load_adapter(new.served_name)
+                if new.kind == "lora":
+                    await self._ensure_loaded(new.served_name)
                 return new
             base = await asyncio.to_thread(self.registry.serving_base, info)
             if self.base_version is None:
@@ -210,29 +193,44 @@ class ModelRouter:
                     "`refinery up`) to change the base model"
                 )
             if new.kind == "lora":
-                await self._load_adapter(new.served_name)
+                await self._ensure_loaded(new.served_name)
             self.current = new
             log.info("router: now serving %s v%s as %s", new.model, new.version, new.served_name)
             if old is not None and old.served_name != new.served_name:
                 asyncio.get_running_loop().create_task(self._retire(old))
             return new
 
-    async def _load_adapter(self, served_name: str) -> None:
-        """Have vLLM load ``served_name``: one one-token completion under that name, which
-        vLLM's refinery plugin resolves from the registry into its own cache. Nothing is read
-        from this host's disk, so the gateway and vLLM need not share one."""
-        async with self.vllm.post(
-            "/v1/completions",
-            json={"model": served_name, "prompt": "ready?", "max_tokens": 1},
-            timeout=aiohttp.ClientTimeout(total=self.settings.adapter_load_timeout_s),
-        ) as resp:
-            text = await resp.text()
-        if resp.status != 200:
-            raise UpstreamError(
-                f"vLLM could not load {served_name} from the registry ({resp.status}): "
-                f"{text[:300]}; its log says why (is refinery's vLLM plugin installed? "
-                "`make setup` installs it)"
-            )
+    async def _ensure_loaded(self, served_name: str) -> None:
+        """Have every reachable vLLM replica that lacks ``served_name`` load it: one
+        one-token completion under that name, which vLLM's refinery plugin resolves from the
+        registry into the replica's own cache (nothing is read from this host's disk). A
+        replica that is down loads it by itself on the first request once it is back; a
+        reachable one that cannot load it fails the switch (the reconcile tries again)."""
+
+        async def load(replica: Replica) -> None:
+            if served_name in await _models(replica):
+                return
+            log.info("router: vLLM %s loads %s", replica.url, served_name)
+            async with replica.session.post(
+                "/v1/completions",
+                json={"model": served_name, "prompt": "ready?", "max_tokens": 1},
+                timeout=aiohttp.ClientTimeout(total=self.settings.adapter_load_timeout_s),
+            ) as resp:
+                text = await resp.text()
+            if resp.status != 200:
+                raise UpstreamError(
+                    f"vLLM {replica.url} could not load {served_name} from the registry "
+                    f"({resp.status}): {text[:300]}; its log says why (is refinery's vLLM "
+                    "plugin installed? `make setup` installs it)"
+                )
+
+        outcomes = await self.replicas.each(load)
+        errors = [e for e in outcomes.values() if isinstance(e, BaseException)]
+        down = [e for e in errors if isinstance(e, aiohttp.ClientConnectionError)]
+        if len(errors) > len(down):
+            raise next(e for e in errors if e not in down)
+        if down and len(down) == len(outcomes):
+            raise Unavailable(f"no vLLM replica reachable to load {served_name}: {down[0]}")
 
     async def _retire(self, old: Route) -> None:
         """Unload ``old``'s adapter once its in-flight requests are done, unless a route
@@ -245,8 +243,20 @@ class ModelRouter:
             serving = {r.served_name for r in (self.current, self.canary) if r is not None}
             if old.served_name in serving:
                 return  # rolled back to it (or it was promoted) while we waited
-            async with self.vllm.post(
-                "/v1/unload_lora_adapter", json={"lora_name": old.served_name}
-            ) as resp:
-                status = resp.status
-        log.info("router: unloaded %s (%d)", old.served_name, status)
+
+            async def unload(replica: Replica) -> int:
+                body = {"lora_name": old.served_name}
+                async with replica.session.post("/v1/unload_lora_adapter", json=body) as resp:
+                    return resp.status
+
+            outcomes = await self.replicas.each(unload)
+        log.info("router: unloaded %s: %s", old.served_name, outcomes)
+
+
+async def _models(replica: Replica) -> set[str]:
+    """The model names ``replica`` serves right now (base and loaded adapters)."""
+    async with replica.session.get("/v1/models", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        if resp.status != 200:
+            raise UpstreamError(f"vLLM {replica.url} /v1/models answered {resp.status}")
+        body = await resp.json()
+    return {card["id"] for card in body.get("data", [])}

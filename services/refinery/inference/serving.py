@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any, Literal
 
 import aiohttp
@@ -16,13 +17,13 @@ from refinery.inference.exceptions import (
     BadRequest,
     GatewayError,
     NotFound,
-    Unavailable,
     UpstreamError,
 )
 from refinery.inference.ids import PredictionIds
 from refinery.inference.metrics import GatewayMetrics
 from refinery.inference.outbox import Outbox
 from refinery.inference.protocol import ChatCompletionRequest, CompletionRequest
+from refinery.inference.replicas import Replicas
 from refinery.inference.router import ModelRouter, Route
 
 log = logging.getLogger(__name__)
@@ -48,26 +49,6 @@ def _upstream_error(status: int, text: str) -> GatewayError:
     return UpstreamError(f"vLLM answered {status}: {message}")
 
 
-async def post_once_more_on_a_stale_connection(
-    session: aiohttp.ClientSession, path: str, body: dict[str, Any]
-) -> aiohttp.ClientResponse:
-    """POST, and once more on a fresh connection when a pooled one turns out closed.
-
-    A keep-alive connection vLLM closed between two requests fails on write ("Can not
-    write request body") or before any answer (server disconnected); nothing reached the
-    model, so sending again is safe. A refused connect is vLLM down: no second try."""
-    try:
-        return await session.post(path, json=body)
-    except aiohttp.ClientConnectorError as exc:
-        raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
-    except aiohttp.ClientConnectionError as exc:
-        log.info("vLLM connection dropped before an answer (%s): sending once more", exc)
-    try:
-        return await session.post(path, json=body)
-    except aiohttp.ClientConnectionError as exc:
-        raise Unavailable(f"vLLM unreachable: {exc}", retry_after_s=2) from exc
-
-
 class CompletionService:
     """One request in, one logged prediction out."""
 
@@ -75,14 +56,14 @@ class CompletionService:
         self,
         model_name: str,
         router: ModelRouter,
-        vllm: aiohttp.ClientSession,
+        replicas: Replicas,
         outbox: Outbox,
         ids: PredictionIds,
         metrics: GatewayMetrics,
     ) -> None:
         self.model_name = model_name
         self.router = router
-        self.vllm = vllm
+        self.replicas = replicas
         self.outbox = outbox
         self.ids = ids
         self.metrics = metrics
@@ -103,12 +84,12 @@ class CompletionService:
         """vLLM's answer with the prediction's id and the served name, and the route that
         answered (the champion's or a canary's)."""
         self.check_model(request.model)
-        route, resp, use, started = await self._start(request, endpoint)
+        route, resp, held, started = await self._start(request, endpoint)
         try:
             body = await resp.json()
         finally:
             resp.release()
-            await use.__aexit__(None, None, None)
+            await held.aclose()
         latency_ms = (time.perf_counter() - started) * 1000
         text = _answer_text(body, endpoint)
         usage = body.get("usage") or {}
@@ -124,42 +105,30 @@ class CompletionService:
     ) -> tuple[AsyncIterator[bytes], Route]:
         """Start the upstream stream (errors surface before any byte is sent), then relay it."""
         self.check_model(request.model)
-        route, resp, use, started = await self._start(request, endpoint)
+        route, resp, held, started = await self._start(request, endpoint)
         prediction_id = self.ids.new(_ID_KINDS[endpoint], tenant)
-        return self._relay(request, endpoint, route, resp, use, started, prediction_id), route
+        return self._relay(request, endpoint, route, resp, held, started, prediction_id), route
 
     async def _start(
         self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
-    ) -> tuple[Route, aiohttp.ClientResponse, Any, float]:
-        """Send the request to vLLM on the current route and return its 200 response, with
-        the route held (the caller releases both). A vLLM that restarted has lost its
-        runtime adapters and answers 404 for the route: the router loads it again and the
-        request is sent once more, so a vLLM restart fails no request that reaches it."""
-        for attempt in (1, 2):
-            use = self.router.use(request.user)
-            route = await use.__aenter__()
-            try:
-                started = time.perf_counter()
-                resp = await post_once_more_on_a_stale_connection(
-                    self.vllm, _PATHS[endpoint], request.upstream_body(route.served_name)
-                )
-                if resp.status == 200:
-                    return route, resp, use, started
+    ) -> tuple[Route, aiohttp.ClientResponse, AsyncExitStack, float]:
+        """Send the request on the current route to a vLLM replica and return its 200
+        response, with the route and the replica held until the caller closes ``held``."""
+        held = AsyncExitStack()
+        try:
+            route = await held.enter_async_context(self.router.use(request.user))
+            started = time.perf_counter()
+            resp = await self.replicas.post(
+                held, _PATHS[endpoint], request.upstream_body(route.served_name)
+            )
+            if resp.status != 200:
                 text = await resp.text()
                 resp.release()
-                if resp.status != 404 or route.kind != "lora" or attempt == 2:
-                    raise _upstream_error(resp.status, text)
-            except BaseException:
-                await use.__aexit__(None, None, None)
-                raise
-            await use.__aexit__(None, None, None)
-            try:
-                await self.router.heal(route)
-            except GatewayError:
-                raise
-            except Exception as exc:  # the registry or vLLM failed us: say so, as a 502
-                raise UpstreamError(f"cannot restore {route.served_name} in vLLM: {exc}") from exc
-        raise AssertionError("unreachable: the second attempt returns or raises")
+                raise _upstream_error(resp.status, text)
+        except BaseException:
+            await held.aclose()
+            raise
+        return route, resp, held, started
 
     async def _relay(
         self,
@@ -167,7 +136,7 @@ class CompletionService:
         endpoint: Endpoint,
         route: Route,
         resp: aiohttp.ClientResponse,
-        use: Any,
+        held: AsyncExitStack,
         started: float,
         prediction_id: str,
     ) -> AsyncIterator[bytes]:
@@ -206,7 +175,7 @@ class CompletionService:
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
         finally:
             resp.release()
-            await use.__aexit__(None, None, None)
+            await held.aclose()
 
     def _shadow_if_any(
         self,
@@ -234,11 +203,13 @@ class CompletionService:
     ) -> None:
         quiet = request.model_copy(update={"stream": False, "stream_options": None})
         try:
-            async with self.router.hold(route):
+            async with AsyncExitStack() as held:
+                await held.enter_async_context(self.router.hold(route))
                 started = time.perf_counter()
-                async with self.vllm.post(
-                    _PATHS[endpoint], json=quiet.upstream_body(route.served_name)
-                ) as resp:
+                resp = await self.replicas.post(
+                    held, _PATHS[endpoint], quiet.upstream_body(route.served_name)
+                )
+                async with resp:
                     if resp.status != 200:
                         log.info(
                             "shadow %s answered %d; not logged", route.served_name, resp.status

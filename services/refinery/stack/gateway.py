@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from refinery.common.settings import Settings
+from refinery.stack.ports import replica_name
 from refinery.stack.process import ManagedProcess
 
 
@@ -40,9 +41,14 @@ def gateway_healthy(url: str) -> bool:
     return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
 
 
-def gateway_process(settings: Settings) -> ManagedProcess:
+def gateway_process(settings: Settings, replica: int = 0) -> ManagedProcess:
+    """Gateway ``replica`` (0-based) on ``gateway_port + replica``; each follows the model
+    events and balances over every vLLM replica by itself, so any number run side by side
+    (behind a load balancer: infra/nginx)."""
+    name, port = replica_name("gateway", replica), settings.gateway_port + replica
+    url = f"http://{settings.gateway_host}:{port}"
     return ManagedProcess(
-        name="gateway",
+        name=name,
         argv=[
             sys.executable,
             "-m",
@@ -52,7 +58,7 @@ def gateway_process(settings: Settings) -> ManagedProcess:
             "--host",
             settings.gateway_host,
             "--port",
-            str(settings.gateway_port),
+            str(port),
             "--no-access-log",
             "--timeout-graceful-shutdown",
             "30",
@@ -64,8 +70,9 @@ def gateway_process(settings: Settings) -> ManagedProcess:
         ],
         run_dir=settings.run_dir,
         log_dir=settings.log_dir,
-        ports={"gateway": settings.gateway_port},
-        health=lambda: gateway_healthy(settings.gateway_url),
-        env=settings.process_env(),
+        ports={name: port},
+        health=lambda: gateway_healthy(url),
+        # Its own port (the outbox file and metrics are per port), the rest shared.
+        env={**settings.process_env(), "REFINERY_GATEWAY_PORT": str(port)},
         startup_timeout_s=120,
     )

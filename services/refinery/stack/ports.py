@@ -34,6 +34,11 @@ def in_ephemeral_range(port: int) -> bool:
     return low <= port <= high
 
 
+def replica_name(component: str, replica: int) -> str:
+    """The name of ``component``'s replica ``replica`` (0-based): vllm, vllm-2, vllm-3, ..."""
+    return component if replica == 0 else f"{component}-{replica + 1}"
+
+
 def listener_ports(settings: Settings) -> dict[str, int]:
     """Every port the stack's processes listen on, by a name saying whose it is."""
     ports: dict[str, int] = {}
@@ -41,8 +46,14 @@ def listener_ports(settings: Settings) -> dict[str, int]:
         ports[f"kafka-{i + 1} broker"] = settings.kafka_port + i
         ports[f"kafka-{i + 1} controller"] = settings.kafka_controller_port + i
     ports["mlflow"] = settings.mlflow_port
-    ports["vllm"] = settings.vllm_port
-    ports["gateway"] = settings.gateway_port
+    if settings.mlflow_backend == "postgresql" and settings.mlflow_backend_uri is None:
+        ports["postgres"] = settings.postgres_port
+    for i in range(settings.vllm_replicas):
+        ports[replica_name("vllm", i)] = settings.vllm_port + i
+    for i in range(settings.gateway_replicas):
+        ports[replica_name("gateway", i)] = settings.gateway_port + i
+    if settings.gateway_replicas > 1:
+        ports["balancer"] = settings.balancer_port
     ports["monitor metrics"] = settings.monitor_metrics_port
     ports["evidently ui"] = settings.evidently_ui_port
     ports["retrainer metrics"] = settings.retrainer_metrics_port

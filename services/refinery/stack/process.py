@@ -67,6 +67,8 @@ class ManagedProcess:
     ports: dict[str, int] = field(default_factory=dict)
     cwd: Path | None = None
     startup_timeout_s: float = 120.0
+    #: run before each start (after the port check): a data folder to initialise, say
+    prepare: Callable[[], None] | None = None
     stop_timeout_s: float = 30.0
     # The Popen we started, kept so it can be reaped (and Python does not warn about it).
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -123,6 +125,8 @@ class ManagedProcess:
             raise ProcessError(f"{self.name}: no command to start it with")
         self._end_orphans()
         ensure_free(self.name, self.ports)
+        if self.prepare is not None:
+            self.prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as out:

@@ -11,12 +11,14 @@ from refinery.common.kafka.admin import consumer_lag, ensure_topics, wait_for_br
 from refinery.common.registry import CANARY_SHARE_TAG, ModelRegistry, VersionInfo
 from refinery.common.settings import Settings
 from refinery.common.task import load_task
+from refinery.stack.balancer import balancer_process, balancer_url
 from refinery.stack.evidently_ui import evidently_ui_process
 from refinery.stack.gateway import ensure_local_secrets, gateway_process
 from refinery.stack.kafka import KafkaCluster
 from refinery.stack.mlflow import mlflow_process
 from refinery.stack.monitor import monitor_process
 from refinery.stack.ports import in_ephemeral_range, listener_ports
+from refinery.stack.postgres import postgres_process
 from refinery.stack.process import ManagedProcess
 from refinery.stack.retrainer import retrainer_process
 from refinery.stack.supervisor import (
@@ -78,12 +80,17 @@ class Stack:
         if "kafka" in only:
             self._kafka_up()
         if "mlflow" in only:
-            self._keep(self.mlflow()).start()
+            for proc in self._handles("mlflow"):  # its database first, when it has one here
+                self._keep(proc).start()
         if "vllm" in only:
             self._vllm_up()
         if "gateway" in only:
             ensure_local_secrets(self.settings)
-            self._keep(gateway_process(self.settings)).start()
+            gateways = [self._keep(p) for p in self._handles("gateway")]
+            for gateway in gateways:  # side by side; the balancer (if any) is the last
+                gateway.spawn()
+            for gateway in gateways:
+                gateway.wait_healthy()
         if "monitor" in only:
             self._keep(monitor_process(self.settings)).start()
         if "evidently" in only:
@@ -106,9 +113,12 @@ class Stack:
         s = self.settings
         return {
             "kafka": self._kafka_handles,
-            "mlflow": lambda: [self.mlflow()],
-            "vllm": lambda: [vllm_process(s)],
-            "gateway": lambda: [gateway_process(s)],
+            "mlflow": lambda: [*self._database(), self.mlflow()],
+            "vllm": lambda: [vllm_process(s, replica=i) for i in range(s.vllm_replicas)],
+            "gateway": lambda: [
+                *(gateway_process(s, i) for i in range(s.gateway_replicas)),
+                *([balancer_process(s)] if s.gateway_replicas > 1 else []),
+            ],
             "monitor": lambda: [monitor_process(s)],
             "evidently": lambda: [evidently_ui_process(s)],
             "retrainer": lambda: [retrainer_process(s)],
@@ -137,8 +147,14 @@ class Stack:
             champion = bootstrap(self.settings, load_task(self.settings.task_file)).version
         base = registry.serving_base(champion)
         model_dir = registry.local_copy(base, self.settings.models_dir)
-        proc = self._keep(vllm_process(self.settings, model_dir, base.version))
-        proc.start()
+        procs = [
+            self._keep(vllm_process(self.settings, model_dir, base.version, replica))
+            for replica in range(self.settings.vllm_replicas)
+        ]
+        for proc in procs:  # replicas start side by side
+            proc.spawn()
+        for proc in procs:
+            proc.wait_healthy()
 
     def down(self, only: tuple[str, ...] = COMPONENTS) -> list[str]:
         """Stop in reverse order; returns the names of what was running. The supervisor
@@ -148,12 +164,19 @@ class Stack:
         write_wanted(self.settings, left)
         procs = [
             *([supervisor_process(self.settings)] if not left else []),
-            *[p for c in reversed(COMPONENTS) if c in only for p in self._handles(c)],
+            *[p for c in reversed(COMPONENTS) if c in only for p in reversed(self._handles(c))],
         ]
         for proc in (self._started.get(p.name, p) for p in procs):
             if proc.stop():
                 stopped.append(proc.name)
         return stopped
+
+    def _database(self) -> list[ManagedProcess]:
+        """The PostgreSQL server MLflow needs here (none for SQLite or an external one)."""
+        s = self.settings
+        if s.mlflow_backend == "postgresql" and s.mlflow_backend_uri is None:
+            return [postgres_process(s)]
+        return []
 
     def _kafka_handles(self) -> list[ManagedProcess]:
         try:
@@ -168,9 +191,18 @@ class Stack:
         addresses = self.kafka().bootstrap.split(",") if kafka_procs else []
         for proc, address in zip(kafka_procs, addresses, strict=True):
             rows.append(self._row(proc, address))
+        for database in self._database():
+            rows.append(self._row(database, f"{s.postgres_host}:{s.postgres_port}"))
         rows.append(self._row(self.mlflow(), s.mlflow_uri))
-        rows.append(self._row(vllm_process(s), s.vllm_url))
-        rows.append(self._row(gateway_process(s), s.gateway_url))
+        for i in range(s.vllm_replicas):
+            rows.append(
+                self._row(vllm_process(s, replica=i), f"http://{s.vllm_host}:{s.vllm_port + i}")
+            )
+        for i in range(s.gateway_replicas):
+            url = f"http://{s.gateway_host}:{s.gateway_port + i}"
+            rows.append(self._row(gateway_process(s, i), url))
+        if s.gateway_replicas > 1:
+            rows.append(self._row(balancer_process(s), balancer_url(s)))
         rows.append(self._row(monitor_process(s), f"faust app {s.monitor_app_id}"))
         rows.append(self._row(evidently_ui_process(s), s.evidently_ui_url))
         rows.append(self._row(retrainer_process(s), "consumer of triggers"))

@@ -14,6 +14,7 @@ import httpx
 
 from refinery.common.exceptions import ConfigError
 from refinery.common.settings import Settings
+from refinery.stack.ports import replica_name
 from refinery.stack.process import ManagedProcess
 
 # vLLM accepts only these LoRA ranks for --max-lora-rank.
@@ -24,9 +25,9 @@ def vllm_healthy(url: str) -> bool:
     return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
 
 
-def adapter_cache_dir(settings: Settings) -> Path:
-    """Where the vLLM on ``settings.vllm_port`` keeps the adapters it fetched."""
-    return settings.var_dir / "vllm" / f"adapters-{settings.vllm_port}"
+def adapter_cache_dir(settings: Settings, replica: int = 0) -> Path:
+    """Where vLLM replica ``replica`` keeps the adapters it fetched."""
+    return settings.var_dir / "vllm" / f"adapters-{settings.vllm_port + replica}"
 
 
 def _max_model_len(model_dir: Path, wanted: int) -> int:
@@ -39,29 +40,35 @@ def _max_model_len(model_dir: Path, wanted: int) -> int:
 
 
 def vllm_process(
-    settings: Settings, model_dir: Path | None = None, base_version: str | None = None
+    settings: Settings,
+    model_dir: Path | None = None,
+    base_version: str | None = None,
+    replica: int = 0,
 ) -> ManagedProcess:
-    """Serve ``model_dir`` (registry version ``base_version``, when known) under
-    ``settings.served_model_name``; adapters load at runtime, fetched from the registry.
+    """Replica ``replica`` (on ``vllm_port + replica``): serve ``model_dir`` (registry
+    version ``base_version``, when known) under ``settings.served_model_name``; adapters
+    load at runtime, fetched from the registry.
 
     Without ``model_dir`` the handle can check and stop a running server but not start one.
     """
+    name, port = replica_name("vllm", replica), settings.vllm_port + replica
+    url = f"http://{settings.vllm_host}:{port}"
     env = {
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
         "HF_HUB_OFFLINE": "1",
         # refinery.vllm_plugin: where adapters come from, and where this replica keeps them
         "REFINERY_MLFLOW_URI": settings.mlflow_uri,
         "REFINERY_REGISTERED_MODEL": settings.registered_model,
-        "REFINERY_ADAPTER_CACHE_DIR": str(adapter_cache_dir(settings)),
+        "REFINERY_ADAPTER_CACHE_DIR": str(adapter_cache_dir(settings, replica)),
         "REFINERY_SERVED_BASE_VERSION": base_version or "",
     }
     if model_dir is None:
         return ManagedProcess(
-            name="vllm",
+            name=name,
             argv=[],
             run_dir=settings.run_dir,
             log_dir=settings.log_dir,
-            health=lambda: vllm_healthy(settings.vllm_url),
+            health=lambda: vllm_healthy(url),
         )
     python = settings.vllm_python
     if python is None or not Path(python).exists():
@@ -85,7 +92,7 @@ def vllm_process(
         "--host",
         settings.vllm_host,
         "--port",
-        str(settings.vllm_port),
+        str(port),
         "--max-model-len",
         str(_max_model_len(model_dir, settings.vllm_max_model_len)),
         "--enable-lora",
@@ -103,12 +110,12 @@ def vllm_process(
         argv += ["--dtype", "auto"]
         argv += ["--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization)]
     return ManagedProcess(
-        name="vllm",
+        name=name,
         argv=argv,
         run_dir=settings.run_dir,
         log_dir=settings.log_dir,
-        ports={"vllm": settings.vllm_port},
-        health=lambda: vllm_healthy(settings.vllm_url),
+        ports={name: port},
+        health=lambda: vllm_healthy(url),
         env=env,
         startup_timeout_s=300,
     )

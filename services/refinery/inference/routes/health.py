@@ -32,12 +32,14 @@ async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     checks: dict[str, str] = {}
     route = state.router.current
-    try:
-        served = await state.router.served_names()
+    answers = await state.router.served_names()
+    served = {url: names for url, names in answers.items() if isinstance(names, set)}
+    # Ready while any replica answers: the others get no requests until they are back.
+    if served:
         checks["vllm"] = "ok"
-    except Exception as exc:  # any failure to reach it means "not ready"
-        served = set()
-        checks["vllm"] = f"unreachable: {type(exc).__name__}"
+    else:
+        reasons = {type(e).__name__ for e in answers.values() if isinstance(e, BaseException)}
+        checks["vllm"] = f"unreachable: {', '.join(sorted(reasons))}"
     try:
         await asyncio.to_thread(wait_for_any_broker, state.settings.kafka_bootstrap, 2.0)
         checks["kafka"] = "ok"
@@ -49,14 +51,19 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": bool(ready), **checks}, status_code=200 if ready else 503)
 
 
-def _model_check(model_router: ModelRouter, route: Route | None, served: set[str]) -> str:
-    """ok: the route is the registry's champion and vLLM serves it; else why not."""
+def _model_check(
+    model_router: ModelRouter, route: Route | None, served: dict[str, set[str]]
+) -> str:
+    """ok: the route is the registry's champion and every replica that answers serves it;
+    else why not."""
     if route is None:
         return "none routed"
     if not model_router.converged():
         return f"serving v{route.version}, champion is v{model_router.champion_version}"
-    if served and route.served_name not in served:
-        return f"{route.served_name} not loaded in vLLM"
+    lacking = sorted(url for url, names in served.items() if route.served_name not in names)
+    if lacking:
+        where = "" if len(model_router.replicas.all) == 1 else f" at {', '.join(lacking)}"
+        return f"{route.served_name} not loaded in vLLM{where}"
     return "ok"
 
 
