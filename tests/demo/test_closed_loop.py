@@ -9,9 +9,12 @@ the same reply as a chat answer, each judged on chrF by the simulated users and 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +27,7 @@ from refinery.common.task import TaskFile, load_task
 from refinery.common.topics import Stream
 from refinery.demo.loop import build_timeline, phase_accuracy, plot
 from refinery.demo.simulate import SimulationConfig, simulate, until_promoted_then
+from refinery.stack.balancer import balancer_url
 from refinery.stack.stack import Stack
 from tests.browser import render
 from tests.conftest import API_KEYS
@@ -43,15 +47,40 @@ class LoopCase:
     # Seconds of traffic at most: on 2 cores the first two free-text windows sometimes take
     # ~2 minutes each to test beside vLLM (later ones ~10 s), so free text gets longer.
     max_duration_s: float = 420
+    # Settings on top of the loop's own: the stack's shape.
+    shape: dict[str, Any] = field(default_factory=dict)
+
+
+# Scale-out, on one host: three Kafka nodes, six partitions, MLflow on PostgreSQL, two vLLM
+# replicas, two gateways behind nginx (the traffic goes through it), two monitor workers.
+SCALED = {
+    "kafka_nodes": 3,
+    "topic_partitions": 6,
+    "mlflow_backend": "postgresql",
+    "vllm_replicas": 2,
+    "gateway_replicas": 2,
+    "monitor_workers": 2,
+}
 
 
 DATA = REPO_ROOT / "tests" / "data"
 CASES = {
-    "classification": LoopCase(DATA / "task-loop.yaml", min_gain=0.3, rate=10),
+    # The label task runs on the scaled-out stack; the free-text ones on one of each.
+    "classification": LoopCase(DATA / "task-loop.yaml", min_gain=0.3, rate=10, shape=SCALED),
     # chrF is on 0-100: a wrong product line's reply scores ~15-30, a right one ~90+.
     "generation": LoopCase(DATA / "task-loop-reply.yaml", min_gain=25, rate=6, max_duration_s=660),
     "chat": LoopCase(DATA / "task-loop-chat.yaml", min_gain=25, rate=6, max_duration_s=660),
 }
+
+
+def _worker_work(port: int) -> dict[str, float]:
+    """Events a monitor worker read (by stream) and windows it closed, from its metrics."""
+    work: dict[str, float] = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        if line.startswith(("refinery_monitor_events_total{", "refinery_monitor_windows_total{")):
+            name, value = line.rsplit(" ", 1)
+            work[name.removeprefix("refinery_monitor_")] = float(value)
+    return work
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -59,12 +88,17 @@ def loop_stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Settings, LoopCase]]:
     case = CASES[request.param]
+    # Under root, PostgreSQL runs as its own user: its folder must be reachable by it
+    # (pytest's temp folders are private to root).
+    var = Path(tempfile.mkdtemp(prefix=f"refinery-loop-{request.param}-"))
+    var.chmod(0o755)
     settings = Settings(
-        var_dir=tmp_path_factory.mktemp(f"loop-{request.param}"),
+        var_dir=var,
         task_file=case.task_file,
         **ports(LOOP),
         vllm_max_model_len=256,
         api_keys=SecretStr(",".join(f"{key}:{scope}" for scope, key in API_KEYS.items())),
+        **case.shape,
     )
     stack = Stack(settings)
     try:
@@ -72,6 +106,7 @@ def loop_stack(
         yield settings, case
     finally:
         stack.down()
+        shutil.rmtree(var, ignore_errors=True)
 
 
 def test_drift_feedback_retraining_and_recovery(
@@ -85,9 +120,10 @@ def test_drift_feedback_retraining_and_recovery(
     config = SimulationConfig(
         rate=case.rate, shift_at_s=25, max_duration_s=case.max_duration_s, after_promotion_s=20
     )
+    entry = balancer_url(settings) if settings.gateway_replicas > 1 else settings.gateway_url
     sim = asyncio.run(
         simulate(
-            settings.gateway_url,
+            entry,
             API_KEYS["admin"],
             settings.registered_model,
             task_file.task,
@@ -121,6 +157,14 @@ def test_drift_feedback_retraining_and_recovery(
     assert len(answered) == len(sim.requests), [r.error for r in sim.requests if r.error][:3]
     logged = read_events(settings, Stream.PREDICTIONS, answered, "prediction_id", timeout_s=60)
     assert {e.prediction_id for e in logged if isinstance(e, PredictionEvent)} == answered
+
+    # Every vLLM replica serves the promoted version; what each monitor worker did.
+    served = champion_after.served_name if champion_after.kind == "lora" else None
+    for url in settings.vllm_urls:
+        names = {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]}
+        assert served is None or served in names, (url, names)
+    for i in range(settings.monitor_workers):
+        print(f"monitor worker {i + 1}: {_worker_work(settings.monitor_metrics_port + i)}")
 
     files = plot(sim, timeline, tmp_path)
     assert all(f.stat().st_size > 10_000 for f in files)

@@ -163,7 +163,9 @@ class Settings(BaseSettings):
     # Prometheus metrics of the monitor and the retrainer (0: not served); the gateway's
     # are at its own /metrics.
     metrics_host: str = "127.0.0.1"
-    monitor_metrics_port: int = 8020
+    monitor_metrics_port: int = 8020  # + worker index
+    #: faust workers the stack starts; they share the topics' partitions
+    monitor_workers: int = Field(default=1, ge=1, le=16)
     retrainer_metrics_port: int = 8030
     # The Evidently UI over the monitor's workspace (`refinery up` starts it); alerts link
     # to their window's report there.

@@ -54,7 +54,8 @@ def listener_ports(settings: Settings) -> dict[str, int]:
         ports[replica_name("gateway", i)] = settings.gateway_port + i
     if settings.gateway_replicas > 1:
         ports["balancer"] = settings.balancer_port
-    ports["monitor metrics"] = settings.monitor_metrics_port
+    for i in range(settings.monitor_workers):
+        ports[f"{replica_name('monitor', i)} metrics"] = settings.monitor_metrics_port + i
     ports["evidently ui"] = settings.evidently_ui_port
     ports["retrainer metrics"] = settings.retrainer_metrics_port
     return ports

@@ -17,7 +17,7 @@ from refinery.stack.gateway import ensure_local_secrets, gateway_process
 from refinery.stack.kafka import KafkaCluster
 from refinery.stack.mlflow import mlflow_process
 from refinery.stack.monitor import monitor_process
-from refinery.stack.ports import in_ephemeral_range, listener_ports
+from refinery.stack.ports import in_ephemeral_range, listener_ports, replica_name
 from refinery.stack.postgres import postgres_process
 from refinery.stack.process import ManagedProcess
 from refinery.stack.retrainer import retrainer_process
@@ -92,7 +92,11 @@ class Stack:
             for gateway in gateways:
                 gateway.wait_healthy()
         if "monitor" in only:
-            self._keep(monitor_process(self.settings)).start()
+            workers = [self._keep(p) for p in self._handles("monitor")]
+            for worker in workers:  # they share the partitions once all have joined
+                worker.spawn()
+            for worker in workers:
+                worker.wait_healthy()
         if "evidently" in only:
             self._keep(evidently_ui_process(self.settings)).start()
         if "retrainer" in only:
@@ -119,7 +123,10 @@ class Stack:
                 *(gateway_process(s, i) for i in range(s.gateway_replicas)),
                 *([balancer_process(s)] if s.gateway_replicas > 1 else []),
             ],
-            "monitor": lambda: [monitor_process(s)],
+            "monitor": lambda: [
+                monitor_process(s, replica_name("monitor", i), s.monitor_metrics_port + i)
+                for i in range(s.monitor_workers)
+            ],
             "evidently": lambda: [evidently_ui_process(s)],
             "retrainer": lambda: [retrainer_process(s)],
         }[component]()
@@ -203,7 +210,8 @@ class Stack:
             rows.append(self._row(gateway_process(s, i), url))
         if s.gateway_replicas > 1:
             rows.append(self._row(balancer_process(s), balancer_url(s)))
-        rows.append(self._row(monitor_process(s), f"faust app {s.monitor_app_id}"))
+        for worker in self._handles("monitor"):
+            rows.append(self._row(worker, f"faust app {s.monitor_app_id}"))
         rows.append(self._row(evidently_ui_process(s), s.evidently_ui_url))
         rows.append(self._row(retrainer_process(s), "consumer of triggers"))
         rows.append(self._row(supervisor_process(s), "restarts what dies"))
