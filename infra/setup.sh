@@ -100,18 +100,23 @@ if [ ! -f "$KAFKA/.complete" ]; then
   exec 9>&-
 fi
 
-# promtool (checks infra/prometheus in `make lint`): from Debian's prometheus package,
-# unpacked into the cache rather than installed (no daemon, no root-owned service).
-PROMTOOL="$CACHE/promtool-debian12/promtool"
-if [ ! -x "$PROMTOOL" ]; then
-  say "fetching promtool (Debian package prometheus)"
+# deb_binary PACKAGE PATH DEST: one binary out of a Debian package, unpacked into the cache
+# rather than installed (no daemon, no root-owned service, nothing started).
+deb_binary() {
+  local package="$1" inside="$2" dest="$3" work
+  [ -x "$dest" ] && return
+  say "fetching $(basename "$dest") (Debian package $package)"
   work="$(mktemp -d)"
-  ( cd "$work" && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; } )
-  dpkg-deb -x "$work"/prometheus_*.deb "$work/x"
-  mkdir -p "$(dirname "$PROMTOOL")"
-  install -m 0755 "$work/x/usr/bin/promtool" "$PROMTOOL"
+  ( cd "$work" && { apt-get download "$package" 2>/dev/null || { apt-get update -qq && apt-get download "$package"; }; } )
+  dpkg-deb -x "$work/${package}"_*.deb "$work/x"
+  mkdir -p "$(dirname "$dest")"
+  install -m 0755 "$work/x/$inside" "$dest"
   rm -rf "$work"
-fi
+}
+
+# promtool (checks infra/prometheus in `make lint`).
+PROMTOOL="$CACHE/promtool-debian12/promtool"
+deb_binary prometheus usr/bin/promtool "$PROMTOOL"
 
 # helm (checks infra/helm in `make test`): built from the Go module proxy, ~2 min once.
 HELM_VERSION=v3.22.0
@@ -140,18 +145,9 @@ if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/postgres" ]; then
   PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 fi
 
-# nginx (Debian's package, unpacked into the cache rather than installed: no system
-# service starts): the balancer in front of several gateways.
+# nginx: the balancer in front of several gateways (REFINERY_GATEWAY_REPLICAS > 1).
 NGINX="$CACHE/nginx-debian12/nginx"
-if [ ! -x "$NGINX" ]; then
-  say "fetching nginx (Debian package nginx)"
-  work="$(mktemp -d)"
-  ( cd "$work" && { apt-get download nginx 2>/dev/null || { apt-get update -qq && apt-get download nginx; }; } )
-  dpkg-deb -x "$work"/nginx_*.deb "$work/x"
-  mkdir -p "$(dirname "$NGINX")"
-  install -m 0755 "$work/x/usr/sbin/nginx" "$NGINX"
-  rm -rf "$work"
-fi
+deb_binary nginx usr/sbin/nginx "$NGINX"
 
 # Chromium (Debian's package): the dashboard test renders the Evidently UI headless.
 if ! command -v chromium >/dev/null 2>&1; then

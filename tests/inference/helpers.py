@@ -14,8 +14,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from refinery.common.events import Event, ModelEvent
+from refinery.common.events import Event
 from refinery.common.kafka import EventConsumer, EventProducer
+from refinery.common.promotion import model_event
 from refinery.common.registry import CHAMPION, ModelRegistry, VersionInfo
 from refinery.common.settings import Settings
 from refinery.common.topics import Stream
@@ -87,16 +88,8 @@ def complete(http: httpx.Client, settings: Settings) -> httpx.Response:
 
 
 def announce(settings: Settings, info: VersionInfo, action: str, previous: str) -> None:
-    event = ModelEvent(
-        model=info.name,
-        version=info.version,
-        action=action,  # type: ignore[arg-type]
-        served_name=info.served_name,
-        artifact_uri=info.source,
-        kind=info.kind,  # type: ignore[arg-type]
-        base_version=info.base_version,
-        previous_version=previous,
-    )
+    """The model event alone (no alias moved, no decision told)."""
+    event = model_event(info, action, previous)
     with EventProducer(settings) as producer:
         producer.send_and_wait(Stream.MODELS, event, key=info.name)
 

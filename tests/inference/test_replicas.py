@@ -27,6 +27,16 @@ def _answered(vllm_url: str) -> float:
     return total
 
 
+def _gateway_series(settings: Settings, name: str) -> dict[str, float]:
+    """A per-replica series of the gateway's /metrics, by replica url."""
+    found = {}
+    for line in httpx.get(f"{settings.gateway_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('replica="', 1)[1].split('"', 1)[0]] = float(value)
+    return found
+
+
 def _models(vllm_url: str) -> set[str]:
     return {m["id"] for m in httpx.get(f"{vllm_url}/v1/models", timeout=10).json()["data"]}
 
@@ -85,6 +95,10 @@ def test_requests_spread_over_both_replicas(both: TwoReplicas) -> None:
     # starved one gets few (measured splits: 350/24, 38/285, 2/299). The picking itself is
     # checked on the wire in tests/inference/test_upstream_connection.py.
     assert min(shares) >= 1, shares
+    # What ops see of it on the gateway's /metrics: sent per replica, nothing left in flight.
+    sent = _gateway_series(two_replicas, "refinery_vllm_requests_total")
+    assert set(sent) == set(urls) and all(v >= 1 for v in sent.values()), sent
+    assert _gateway_series(two_replicas, "refinery_vllm_outstanding") == dict.fromkeys(urls, 0.0)
 
 
 def test_a_promotion_switches_every_replica_with_no_failed_request(

@@ -123,11 +123,11 @@ def test_a_replica_that_is_down_is_skipped_and_rests() -> None:
             statuses = [await _post(replicas) for _ in range(4)]
         down, alive = replicas.all
         await replicas.close()
-        return statuses, down.served, alive.served
+        return statuses, down.sent, alive.sent
 
-    statuses, down_served, alive_served = asyncio.run(scenario())
+    statuses, down_sent, alive_sent = asyncio.run(scenario())
     assert statuses == [200] * 4  # the first went to the down one, then once more elsewhere
-    assert (down_served, alive_served) == (0, 4)
+    assert (down_sent, alive_sent) == (0, 4)
 
 
 def test_a_replica_that_dies_mid_request_has_it_answered_by_another() -> None:
@@ -141,7 +141,7 @@ def test_a_replica_that_dies_mid_request_has_it_answered_by_another() -> None:
         replicas = Replicas([dying_url, up], TIMEOUT)
         async with dying, server:
             statuses = [await _post(replicas) for _ in range(4)]
-        alive = replicas.all[1].served
+        alive = replicas.all[1].sent
         await replicas.close()
         return statuses, alive
 

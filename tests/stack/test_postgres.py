@@ -5,7 +5,6 @@ restart of both."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from refinery.common.registry import CHAMPION, ModelRegistry
 from refinery.common.settings import Settings
-from refinery.stack.postgres import DATABASE, USER
+from refinery.stack.postgres import query
 from refinery.stack.stack import Stack
 from tests.conftest import _test_settings
 from tests.ports import POSTGRES, ports
@@ -29,30 +28,6 @@ def pg_settings() -> Iterator[Settings]:
     var.chmod(0o755)
     yield _test_settings(var).model_copy(update={**ports(POSTGRES), "mlflow_backend": "postgresql"})
     shutil.rmtree(var, ignore_errors=True)
-
-
-def _sql(settings: Settings, query: str) -> str:
-    assert settings.postgres_bin_dir is not None
-    done = subprocess.run(
-        [
-            str(settings.postgres_bin_dir / "psql"),
-            "-h",
-            settings.postgres_host,
-            "-p",
-            str(settings.postgres_port),
-            "-U",
-            USER,
-            "-d",
-            DATABASE,
-            "-tAc",
-            query,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def test_the_registry_lives_in_postgresql_and_outlives_a_restart(
@@ -76,9 +51,9 @@ def test_the_registry_lives_in_postgresql_and_outlives_a_restart(
 
         # In PostgreSQL's own tables, with the schema version migrations leave behind.
         model = pg_settings.registered_model
-        assert _sql(pg_settings, "SELECT name FROM registered_models") == model
-        assert _sql(pg_settings, "SELECT alias FROM registered_model_aliases") == CHAMPION
-        assert _sql(pg_settings, "SELECT count(*) FROM alembic_version") == "1"
+        assert query(pg_settings, "SELECT name FROM registered_models") == model
+        assert query(pg_settings, "SELECT alias FROM registered_model_aliases") == CHAMPION
+        assert query(pg_settings, "SELECT count(*) FROM alembic_version") == "1"
 
         assert stack.down(("mlflow",)) == ["mlflow", "postgres"]  # clients before the server
         stack.up(("mlflow",))

@@ -36,13 +36,14 @@ from refinery.common.topics import Stream, Topics
 log = logging.getLogger(__name__)
 
 
-def _event(
+def model_event(
     info: VersionInfo,
     action: str,
     previous: str | None,
     metrics: dict[str, float] | None = None,
     reasons: list[str] | None = None,
 ) -> ModelEvent:
+    """The models topic's record of ``action`` on ``info`` (``previous``: the version before)."""
     return ModelEvent(
         model=info.name,
         version=info.version,
@@ -94,7 +95,9 @@ def promote(
     if current is not None and current.version == version:
         log.info("promote: v%s is already champion; announcing it again", version)
         previous = registry.by_alias(PREVIOUS)
-        event = _event(info, "promoted", previous.version if previous else None, metrics, reasons)
+        event = model_event(
+            info, "promoted", previous.version if previous else None, metrics, reasons
+        )
         announce(settings, event)
         return event
     if (
@@ -111,7 +114,7 @@ def promote(
     canary = registry.canary()
     if canary is not None and canary.version == version:
         registry.delete_alias(CANARY)  # it serves everyone now
-    event = _event(info, "promoted", current.version if current else None, metrics, reasons)
+    event = model_event(info, "promoted", current.version if current else None, metrics, reasons)
     announce(settings, event)
     log.info("promote: v%s is champion (previous v%s)", version, current and current.version)
     return event
@@ -126,7 +129,7 @@ def rollback(settings: Settings) -> ModelEvent:
         raise RegistryError("nothing to roll back to: no 'previous' alias in the registry")
     registry.set_alias(PREVIOUS, current.version)
     registry.set_alias(CHAMPION, previous.version)
-    event = _event(previous, "rolled_back", current.version)
+    event = model_event(previous, "rolled_back", current.version)
     announce(settings, event)
     log.info("rollback: champion v%s -> v%s", current.version, previous.version)
     return event
@@ -141,7 +144,7 @@ def reject(
         registry.name, info.version, "rejected_because", "; ".join(reasons)[:5000]
     )
     champion = registry.champion()
-    event = _event(info, "rejected", champion.version if champion else None, metrics, reasons)
+    event = model_event(info, "rejected", champion.version if champion else None, metrics, reasons)
     announce(settings, event)
     return event
 
@@ -171,7 +174,7 @@ def start_canary(
     tag(registry.name, info.version, CANARY_MODE_TAG, mode)
     tag(registry.name, info.version, "status", "canary")
     registry.set_alias(CANARY, info.version)
-    event = _event(
+    event = model_event(
         info, "canary_started", champion.version, {**(metrics or {}), "share": share}, reasons
     )
     announce(settings, event)
@@ -197,7 +200,9 @@ def stop_canary(
     tag(registry.name, info.version, "status", "rejected")
     tag(registry.name, info.version, "rejected_because", "; ".join(reasons)[:5000])
     champion = registry.champion()
-    event = _event(info, "canary_stopped", champion.version if champion else None, metrics, reasons)
+    event = model_event(
+        info, "canary_stopped", champion.version if champion else None, metrics, reasons
+    )
     announce(settings, event)
     log.info("canary: v%s stopped (%s)", info.version, "; ".join(reasons))
     return event
@@ -259,6 +264,6 @@ def reconcile(settings: Settings) -> ModelEvent | None:
         f"v{last.version}" if last else "none",
         champion.version,
     )
-    event = _event(champion, "promoted", previous.version if previous else None)
+    event = model_event(champion, "promoted", previous.version if previous else None)
     announce(settings, event)
     return event

@@ -31,7 +31,7 @@ from refinery.inference.middleware import BodySizeLimit, RequestMetrics
 from refinery.inference.model_events import ModelEventListener
 from refinery.inference.outbox import Outbox, OutboxSender
 from refinery.inference.ratelimit import RateLimiter
-from refinery.inference.replicas import Replicas
+from refinery.inference.replicas import ReplicaMetrics, Replicas
 from refinery.inference.router import ModelRouter
 from refinery.inference.routes import admin, completions, feedback, health, models
 from refinery.inference.serving import CompletionService
@@ -95,6 +95,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.replicas = Replicas(
         settings.vllm_urls, timeout=aiohttp.ClientTimeout(total=300, connect=5)
     )
+    replica_metrics = ReplicaMetrics(state.replicas)
+    state.metrics.registry.register(replica_metrics)
     registry = ModelRegistry(settings)
     state.router = ModelRouter(settings, registry, state.replicas)
     outbox_path = settings.var_dir / "gateway" / f"outbox-{settings.gateway_port}.db"
@@ -155,6 +157,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.feedback_producer.close(timeout_s=5)
         state.outbox.close()
         await state.replicas.close()
+        state.metrics.registry.unregister(replica_metrics)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -17,12 +17,14 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from refinery.inference.exceptions import Unavailable
 
@@ -37,7 +39,7 @@ class Replica:
     session: aiohttp.ClientSession
     outstanding: int = 0
     resting_until: float = 0.0  # monotonic time before which it is not picked
-    served: int = field(default=0)  # answers started here (for /metrics and tests)
+    sent: int = 0  # requests that got an answer started here (for /metrics and tests)
 
 
 class Replicas:
@@ -108,7 +110,7 @@ class Replicas:
             except BaseException:
                 replica.outstanding -= 1
                 raise
-            replica.served += 1
+            replica.sent += 1
             held.callback(_release, replica)
             return resp
         raise Unavailable(
@@ -127,3 +129,33 @@ class Replicas:
 
 def _release(replica: Replica) -> None:
     replica.outstanding -= 1
+
+
+class ReplicaMetrics(Collector):
+    """Per replica, read at scrape time: requests sent, requests in flight, resting or not."""
+
+    def __init__(self, replicas: Replicas) -> None:
+        self.replicas = replicas
+
+    def collect(self) -> Iterable[Metric]:
+        sent = CounterMetricFamily(
+            "refinery_vllm_requests",
+            "Requests this gateway sent to each vLLM replica",
+            labels=["replica"],
+        )
+        inflight = GaugeMetricFamily(
+            "refinery_vllm_outstanding",
+            "Requests this gateway has in flight at each vLLM replica",
+            labels=["replica"],
+        )
+        resting = GaugeMetricFamily(
+            "refinery_vllm_resting",
+            "1 while a replica that refused a connection is skipped",
+            labels=["replica"],
+        )
+        now = time.monotonic()
+        for r in self.replicas.all:
+            sent.add_metric([r.url], r.sent)
+            inflight.add_metric([r.url], r.outstanding)
+            resting.add_metric([r.url], 1.0 if r.resting_until > now else 0.0)
+        return [sent, inflight, resting]

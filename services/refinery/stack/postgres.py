@@ -81,41 +81,35 @@ def _prepare(settings: Settings, data: Path) -> None:
     staging.rename(data)
 
 
-def _healthy(settings: Settings) -> bool:
+def _client(settings: Settings, tool: str) -> list[str]:
+    """``tool`` (psql, createdb) aimed at this server as the stack's user."""
+    host, port = settings.postgres_host, str(settings.postgres_port)
+    return [_bin(settings, tool), "-h", host, "-p", port, "-U", USER]
+
+
+def query(settings: Settings, sql: str, database: str = DATABASE) -> str:
+    """One value (or rows, one per line) that ``sql`` selects; ProcessError if it fails."""
     done = subprocess.run(
-        [
-            _bin(settings, "psql"),
-            "-h",
-            settings.postgres_host,
-            "-p",
-            str(settings.postgres_port),
-            "-U",
-            USER,
-            "-d",
-            "postgres",
-            "-tAc",
-            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'",
-        ],
+        [*_client(settings, "psql"), "-d", database, "-tAc", sql],
         capture_output=True,
         text=True,
-        timeout=10,
+        timeout=30,
     )
     if done.returncode != 0:
-        return False
-    if done.stdout.strip() != "1":  # up, without the database yet: make it
-        _run(
-            [
-                _bin(settings, "createdb"),
-                "-h",
-                settings.postgres_host,
-                "-p",
-                str(settings.postgres_port),
-                "-U",
-                USER,
-                DATABASE,
-            ],
-            "createdb",
+        raise ProcessError(f"postgres: {sql!r} failed: {done.stderr[-500:]}")
+    return done.stdout.strip()
+
+
+def _healthy(settings: Settings) -> bool:
+    """Up, with the ``mlflow`` database (made here the first time)."""
+    try:
+        found = query(
+            settings, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'", "postgres"
         )
+    except ProcessError:
+        return False
+    if found != "1":
+        _run([*_client(settings, "createdb"), DATABASE], "createdb")
     return True
 
 
