@@ -167,8 +167,10 @@ def test_a_killed_worker_counts_each_prediction_once_and_closes_a_window_once(
 
         send(settings, window[half:-1])
         forwarded.wait_for_ratings(window[:-1])
-        ids = [r["prediction_id"] for r in forwarded.records if r["kind"] == "prediction"]
-        assert len(ids) > len(set(ids)), "the restarted join re-forwarded nothing"
+        # The restarted windows re-read their whole topic (nothing was committed: the commit
+        # interval is an hour). Whether the join also re-forwarded the first half depends on
+        # whether faust flushed its changelog before the kill (a 2026-12-01 run: it had, and
+        # nothing came twice); the counts below must hold either way.
         time.sleep(2)
         assert window_lines(worker) == [], "a window closed before it had all its predictions"
         send(settings, window[-1:], feedback=False)  # the last: its rating would come late
