@@ -1,6 +1,6 @@
 # Refinery: two commands do everything on a fresh machine.
 #   make demo   set-up, bootstrap, start the stack, one request to vLLM, one via the gateway
-#   make test   set-up, lint (ruff, mypy), then the suite against real processes (~15 min)
+#   make test   set-up, lint (ruff, mypy), then the suite against real processes (~20 min)
 #   make test-slow  the closed loops (label, generation, chat) and other whole-stack suites
 .DEFAULT_GOAL := help
 SHELL := /bin/bash

@@ -9,7 +9,6 @@ the same reply as a chat answer, each judged on chrF by the simulated users and 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +48,8 @@ class LoopCase:
     max_duration_s: float = 420
     # Settings on top of the loop's own: the stack's shape.
     shape: dict[str, Any] = field(default_factory=dict)
+    # Traffic after the first promotion: time for it to be served (both gateways switch).
+    after_promotion_s: float = 20
 
 
 # Scale-out, on one host: three Kafka nodes, six partitions, MLflow on PostgreSQL, two vLLM
@@ -66,7 +67,9 @@ SCALED = {
 DATA = REPO_ROOT / "tests" / "data"
 CASES = {
     # The label task runs on the scaled-out stack; the free-text ones on one of each.
-    "classification": LoopCase(DATA / "task-loop.yaml", min_gain=0.3, rate=10, shape=SCALED),
+    "classification": LoopCase(
+        DATA / "task-loop.yaml", min_gain=0.3, rate=10, shape=SCALED, after_promotion_s=40
+    ),
     # chrF is on 0-100: a wrong product line's reply scores ~15-30, a right one ~90+.
     "generation": LoopCase(DATA / "task-loop-reply.yaml", min_gain=25, rate=6, max_duration_s=660),
     "chat": LoopCase(DATA / "task-loop-chat.yaml", min_gain=25, rate=6, max_duration_s=660),
@@ -105,8 +108,7 @@ def loop_stack(
         stack.up()
         yield settings, case
     finally:
-        stack.down()
-        shutil.rmtree(var, ignore_errors=True)
+        stack.down()  # var stays: the logs say what happened (in /tmp, like pytest's own)
 
 
 def test_drift_feedback_retraining_and_recovery(
@@ -118,7 +120,10 @@ def test_drift_feedback_retraining_and_recovery(
     champion_before = registry.champion()
     assert champion_before is not None
     config = SimulationConfig(
-        rate=case.rate, shift_at_s=25, max_duration_s=case.max_duration_s, after_promotion_s=20
+        rate=case.rate,
+        shift_at_s=25,
+        max_duration_s=case.max_duration_s,
+        after_promotion_s=case.after_promotion_s,
     )
     entry = balancer_url(settings) if settings.gateway_replicas > 1 else settings.gateway_url
     sim = asyncio.run(

@@ -114,8 +114,12 @@ def test_a_promotion_switches_every_replica_with_no_failed_request(
         with Load(two_replicas, threads=4) as load:
             make_champion(two_replicas, adapter, "promoted", previous="1")
             load.wait_for(adapter.served_name)
-            # Each replica fetched the adapter from the registry before the route flipped.
-            assert all(adapter.served_name in _models(u) for u in two_replicas.vllm_urls)
+            # The route flipped once one replica had the adapter; each fetches it from the
+            # registry (the other one on its own, under the same traffic).
+            deadline = time.monotonic() + 60
+            while not all(adapter.served_name in _models(u) for u in two_replicas.vllm_urls):
+                assert time.monotonic() < deadline, "a replica never loaded the champion"
+                time.sleep(0.5)
             time.sleep(2)
             make_champion(two_replicas, base, "rolled_back", previous=adapter.version)
             load.wait_for(two_replicas.served_model_name)
