@@ -75,9 +75,6 @@ class ModelRouter:
         self._inflight: Counter[str] = Counter()
         self._idle = asyncio.Condition()
         self._switch_lock = asyncio.Lock()
-        # Adapter loads still running on slower replicas after a switch (held: the loop keeps
-        # only weak references to tasks).
-        self._loading: set[asyncio.Task[None]] = set()
         # The base version vLLM was started with: adapters must apply to it.
         self.base_version: str | None = None
         #: the champion version the last reconcile read from the registry (None: never read)
@@ -206,13 +203,11 @@ class ModelRouter:
     async def _ensure_loaded(self, served_name: str) -> None:
         """Have every reachable vLLM replica that lacks ``served_name`` load it: one
         one-token completion under that name, which vLLM's refinery plugin resolves from the
-        registry into the replica's own cache (nothing is read from this host's disk).
-
-        Returns once one replica has it: the route may flip, and a replica still loading
-        (a busy one can take many seconds) finishes on its own; a request it gets meanwhile
-        waits for the load there. A replica that is down loads it by itself on its first
-        request once back. When none could load it the switch fails (the reconcile tries
-        again)."""
+        registry into the replica's own cache (nothing is read from this host's disk). The
+        route flips only once all reachable replicas have it: a replica still resolving an
+        adapter answers 404 to a request that names it (seen with vLLM 0.32). A replica that
+        is down loads it by itself on its first request once back; a reachable one that
+        cannot load it fails the switch (the reconcile tries again)."""
 
         async def load(replica: Replica) -> None:
             if served_name in await _models(replica):
@@ -231,26 +226,13 @@ class ModelRouter:
                     "plugin installed? `make setup` installs it)"
                 )
 
-        pending = {asyncio.create_task(load(r)) for r in self.replicas.all}
-        errors: list[BaseException] = []
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            errors += [e for t in done if (e := t.exception()) is not None]
-            if len(errors) < len(done):  # one has it
-                for task in pending:
-                    self._loading.add(task)
-                    task.add_done_callback(self._loaded_later)
-                return
+        outcomes = await self.replicas.each(load)
+        errors = [e for e in outcomes.values() if isinstance(e, BaseException)]
         down = [e for e in errors if isinstance(e, aiohttp.ClientConnectionError)]
         if len(errors) > len(down):
             raise next(e for e in errors if e not in down)
-        raise Unavailable(f"no vLLM replica reachable to load {served_name}: {down[0]}")
-
-    def _loaded_later(self, task: asyncio.Task[None]) -> None:
-        self._loading.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            log.error("router: a vLLM replica could not load the route's adapter: %s", exc)
+        if down and len(down) == len(outcomes):
+            raise Unavailable(f"no vLLM replica reachable to load {served_name}: {down[0]}")
 
     async def _retire(self, old: Route) -> None:
         """Unload ``old``'s adapter once its in-flight requests are done, unless a route
