@@ -40,6 +40,7 @@ def mlflow_process(settings: Settings, data_dir: Path | None = None) -> ManagedP
     root.mkdir(parents=True, exist_ok=True)
     url = f"http://{settings.mlflow_host}:{settings.mlflow_port}"
     mlflow = [sys.executable, "-m", "mlflow"]
+    database = backend_store_uri(settings, root)
     return ManagedProcess(
         name="mlflow",
         argv=[
@@ -47,11 +48,11 @@ def mlflow_process(settings: Settings, data_dir: Path | None = None) -> ManagedP
             "-c",
             # $0 is the database: its password (if any) stays out of the script text.
             f'{shlex.join(mlflow)} db upgrade "$0" >/dev/null && exec "$@"',
-            backend_store_uri(settings, root),
+            database,
             *mlflow,
             "server",
             "--backend-store-uri",
-            backend_store_uri(settings, root),
+            database,
             "--serve-artifacts",
             "--artifacts-destination",
             settings.mlflow_artifacts_destination or str(root / "artifacts"),
