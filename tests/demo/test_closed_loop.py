@@ -77,10 +77,17 @@ CASES = {
 
 
 def _worker_work(port: int) -> dict[str, float]:
-    """Events a monitor worker read (by stream) and windows it closed, from its metrics."""
+    """Events a monitor worker read (by stream), rows it gathered for the windows and
+    windows it closed, from its metrics."""
     work: dict[str, float] = {}
     for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
-        if line.startswith(("refinery_monitor_events_total{", "refinery_monitor_windows_total{")):
+        if line.startswith(
+            (
+                "refinery_monitor_events_total{",
+                "refinery_monitor_windows_total{",
+                "refinery_monitor_window_rows_total ",
+            )
+        ):
             name, value = line.rsplit(" ", 1)
             work[name.removeprefix("refinery_monitor_")] = float(value)
     return work

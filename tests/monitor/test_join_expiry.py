@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner import murmur2
 
 from refinery.common.events import ExampleEvent
@@ -73,15 +73,21 @@ def wait_expired(worker: ManagedProcess, timeout_s: float) -> int:
 
 def changelog_of(settings: Settings, key: str) -> list[tuple[int, bool]]:
     """(partition, is a tombstone) of each record of ``key`` in the join table's changelog."""
-    consumer = KafkaConsumer(
-        f"{settings.monitor_app_id}-join-changelog",
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=5000,
-    )
-    records = [(r.partition, r.value is None) for r in consumer if r.key == f'"{key}"'.encode()]
+    topic = f"{settings.monitor_app_id}-join-changelog"
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    partitions = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning()
+    ends = consumer.end_offsets(partitions)  # the block keepers write on: read up to now
+    records: list[tuple[int, bool]] = []
+    deadline = time.monotonic() + 30
+    while any(consumer.position(tp) < end for tp, end in ends.items()):
+        assert time.monotonic() < deadline, "the changelog was not read to its end"
+        for batch in consumer.poll(timeout_ms=500).values():
+            key_bytes = f'"{key}"'.encode()
+            records += [(r.partition, r.value is None) for r in batch if r.key == key_bytes]
     consumer.close()
-    return records
+    return records  # a key's records are in one partition, in order
 
 
 def examples_until(settings: Settings, pid: str, timeout_s: float = 60) -> list[ExampleEvent]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +25,25 @@ TASK = TaskObjective(
 SPEC = DriftSpec(window_size=20, window_minutes=1, reference_size=40, min_examples=0)
 
 
+_BUCKETS = itertools.count()
+
+
 def predicted(version: str = "1", text: str = "my order is late") -> dict[str, Any]:
+    """A block of one prediction, as a keeper of the only partition sends it."""
+    bucket = next(_BUCKETS)
+    predictions = [prediction(version, text)]
+    return {
+        "kind": "block",
+        "partition": 0,
+        "round": bucket,
+        "part": 0,
+        "through": bucket,
+        "sealed": bucket,
+        "predictions": predictions,
+    }
+
+
+def prediction(version: str = "1", text: str = "my order is late") -> dict[str, Any]:
     p = PredictionEvent(
         prediction_id=str(uuid.uuid4()),
         endpoint="completions",
@@ -259,10 +278,7 @@ def test_a_crash_between_the_writes_of_a_record_is_redone_once() -> None:
     store = CrashingStore()
     windows = DriftWindows(store, SPEC)
     record = predicted()
-    store.writes = 1  # the row is written, its id entry and the meta are not
-    with pytest.raises(Crash):
-        windows.apply(record, now=0, position=0)
-    store.writes = 2  # now the id entry too, not the meta
+    store.writes = 1  # the block is written, the meta is not
     with pytest.raises(Crash):
         windows.apply(record, now=0, position=0)
     store.writes = None
@@ -314,7 +330,7 @@ def test_a_table_of_the_first_layout_carries_on() -> None:
         },
         "rated:old": {"bucket": "ref", "down": True},
     }
-    store |= {f"ref:{i}": predicted()["row"] for i in range(40)}
+    store |= {f"ref:{i}": prediction()["row"] for i in range(40)}
     windows = DriftWindows(store, SPEC)
     assert windows.state.trigger.consecutive == 1
     for position in range(20):
@@ -329,21 +345,23 @@ def test_a_table_of_the_first_layout_carries_on() -> None:
 def test_a_crash_while_collecting_a_closed_window_leaves_nothing_that_counts() -> None:
     store = CrashingStore()
     windows = with_reference(store)
-    current = [predicted() for _ in range(20)]
-    for record in current:
-        windows.apply(record, now=1)
-    store.writes = 3  # the close's meta and two deletions
-    with pytest.raises(Crash):
-        windows.close(windows.closing(), [], None)
-    store.writes = None
-    assert windows.state.index == 1 and any(k.startswith("cur:") for k in store)
-    for _ in range(20):
-        windows.apply(predicted(), now=2)
-    closed = windows.closing()
-    assert closed.index == 1 and len(closed.current) == 20
-    windows.close(closed, [], None)
-    assert not any(k.startswith("cur:") for k in store)
-    assert not any(store[k]["gen"] == "cur0" for k in store if k.startswith("id:"))
+    blocks = []
+    for index in range(3):
+        current = [predicted() for _ in range(20)]
+        blocks.append({f"blk:{r['round']}:0:0" for r in current})
+        for record in current:
+            windows.apply(record, now=1)
+        if index == 1:  # its close deletes window 0's blocks (the last closed one's stay)
+            store.writes = 3  # the close's meta and two deletions
+            with pytest.raises(Crash):
+                windows.close(windows.closing(), [], None)
+            store.writes = None
+            assert windows.state.index == 2 and blocks[0] & set(store)
+            continue
+        closed = windows.closing()
+        assert (closed.index, len(closed.current)) == (index, 20)
+        windows.close(closed, [], None)
+    assert not (blocks[0] | blocks[1]) & set(store) and blocks[2] <= set(store)
 
 
 def test_unknown_record_kind_is_an_error() -> None:
@@ -426,3 +444,58 @@ def test_a_rejection_lets_the_drift_ask_again_through_the_windows() -> None:
     assert window(ups=0).trigger is None  # 39 < 40
     retry = window(ups=1).trigger  # 40 labels: doubled since the trigger
     assert retry is not None and retry.trigger_id == f"{drift.trigger_id}-retry1"
+
+
+def block(partition: int, bucket: int, rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": "block",
+        "partition": partition,
+        "round": bucket,
+        "part": 0,
+        "through": bucket,
+        "sealed": bucket,
+        "predictions": rows,
+    } | extra
+
+
+def test_blocks_are_taken_in_bucket_then_partition_order_whatever_order_they_come_in() -> None:
+    """The windows of three partitions' blocks are the same whichever worker sent which
+    first: the same predictions in each window, in the same order."""
+    spec = SPEC.model_copy(update={"reference_size": 40, "window_size": 20})
+    rows = {(b, p): [prediction() for _ in range(5)] for b in range(6) for p in range(3)}
+    blocks = [block(p, b, rows[b, p]) for (b, p) in rows]
+
+    def windows_of(order: list[dict[str, Any]]) -> list[list[str]]:
+        windows, closed = DriftWindows({}, spec, partitions=3), []
+        for record in order:
+            windows.apply(record, now=1)
+            while windows.due(now=1):
+                closed.append([row["prediction_id"] for row in window_rows(windows)])
+                windows.close(windows.closing(), [], None)
+                windows.absorb(now=1)
+        return closed
+
+    by_partition = sorted(blocks, key=lambda b: (b["partition"], b["round"]))
+    reversed_partitions = sorted(blocks, key=lambda b: (-b["partition"], b["round"]))
+    first = windows_of(blocks)
+    assert first == windows_of(by_partition) == windows_of(reversed_partitions)
+    merged = [r["prediction_id"] for b in range(6) for p in range(3) for r in rows[b, p]]
+    assert first == [merged[40:60], merged[60:80]]  # and the last 10: not a window yet
+
+
+def window_rows(windows: DriftWindows) -> list[dict[str, Any]]:
+    return windows._rows(windows.state.cur_slices)
+
+
+def test_a_block_waits_for_every_partition_and_a_prediction_sent_again_counts_once() -> None:
+    windows = DriftWindows({}, SPEC, partitions=2)
+    rows = [prediction() for _ in range(3)]
+    assert windows.apply(block(0, 7, rows[:2]), now=0) is Change.WAITING
+    assert windows.state.ref_n == 0
+    assert windows.apply(block(1, 7, []), now=0) is Change.ADDED  # partition 1: empty bucket
+    assert windows.state.ref_n == 2
+    assert windows.apply(block(0, 7, rows[:2]), now=0) is Change.REPLAYED  # sent again
+    # A crash lost a join state, not the row: the prediction comes again, in a later block.
+    windows.apply(block(0, 8, [rows[1], rows[2]]), now=0)
+    windows.apply(block(1, 8, []), now=0)
+    assert windows.state.ref_n == 3

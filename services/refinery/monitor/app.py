@@ -2,14 +2,17 @@
 
 ``join`` reads predictions and feedback (co-partitioned by prediction id, so both halves
 of a pair reach the same worker), keeps the join state in a changelog-backed table, and
-writes labeled examples; invalid records go to ``<topic>.dlq``. It also forwards a small
-record per new prediction and rating to the single-partition window topic, where
-``watch`` (on whichever worker owns that partition) keeps the drift windows, runs the
-tests on each closed window, and sends alerts and retrain triggers. After a crash both
-replay what they did since their last commit: the windows drop what they hold already,
-and a closed window's messages are sent from the outbox recorded with its close.
+writes labeled examples; invalid records go to ``<topic>.dlq``. Each new prediction's
+features go to its partition's block keeper (refinery/monitor/blocks.py, in the same
+table), which sends a block of them per second of traffic to the single-partition window
+topic; each rating goes there as it is paired. ``watch`` (on whichever worker owns that
+partition) takes the blocks in a fixed order, keeps the drift windows, runs the tests on
+each closed window, and sends alerts and retrain triggers. After a crash both replay what
+they did since their last commit: the windows drop what they hold already, and a closed
+window's messages are sent from the outbox recorded with its close.
 ``follow_models`` resets the reference when a version is promoted or rolled back.
-``sweep`` expires join state, one partition per record of the sweep topic. ``tell_ops``
+``sweep`` expires join state, one partition per record of the sweep topic, and on a tick
+closes the blocks of a partition the join has read to its end. ``tell_ops``
 posts each decision (promotions, rejections, retraining runs, restarts) to the webhook.
 """
 
@@ -22,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import faust
+from faust.types import TP
 from pydantic import ValidationError
 
 from refinery.common.decisions import webhook_payload
@@ -39,11 +43,11 @@ from refinery.common.settings import get_settings
 from refinery.common.task import load_task
 from refinery.common.topics import DLQ_SUFFIX, Stream, Topics
 from refinery.monitor.alerts import AlertPublisher, Window, post_webhook
+from refinery.monitor.blocks import BlockKeeper
 from refinery.monitor.drift import alarm_ratio, describe, detect_drift, warm_up
 from refinery.monitor.join import (
     JoinState,
     expired,
-    forwards,
     on_feedback,
     on_prediction,
     stale_keys,
@@ -133,6 +137,9 @@ sweep_topic = app.topic(
 )
 SWEEP_S = sweep_interval(settings.join_ttl_s)
 _last_sweep: dict[int, float] = {}
+SWEEP, BLOCK_TICK = b"sweep", b"tick"
+BLOCK_TICK_S = 0.5  # how often an idle partition's keeper looks at the clock
+_sending: dict[int, asyncio.Lock] = {}  # per partition: its blocks go out in order
 
 # One partition: the windows need the whole stream, in one order, on one worker.
 window_topic = app.topic(
@@ -213,21 +220,24 @@ async def join(stream: faust.StreamT) -> None:
         now = time.time()
         # Past its TTL but not swept yet: gone all the same, whenever the sweep comes.
         state = JoinState() if expired(raw, now, settings.join_ttl_s) else JoinState.from_json(raw)
+        keeper = BlockKeeper(join_table, message.partition)
+        at = parsed.occurred_at.timestamp()
         if isinstance(parsed, PredictionEvent):
-            forward = forwards(state, parsed)
+            if state.prediction is None:  # new: a redelivered one has its row already
+                keeper.add(prediction_record(parsed, task_file.task), at)
+                metrics.window_rows.inc()
             out = on_prediction(state, parsed, now)
-            if forward:
-                record = prediction_record(parsed, task_file.task)
-                await window_topic.send(key=WINDOW_KEY, value=record)
         else:
             assert isinstance(parsed, FeedbackEvent)
             out = on_feedback(state, parsed, now)
+        for example in out:  # in the partition's order, after the rows before them
+            keeper.add(rating_record(example), at)
         state.partition = message.partition  # the sweep of this partition expires it
-        join_table[key] = state.to_json()
+        join_table[key] = state.to_json()  # no await since the rows: one changelog batch
         for example in out:
             await examples.send(key=example.feedback_id.encode(), value=example.to_bytes())
-            await window_topic.send(key=WINDOW_KEY, value=rating_record(example))
             metrics.examples.inc()
+        await send_blocks(message.partition)
 
 
 def _valid(event_type: type[E], value: bytes, topic: str) -> E | None:
@@ -267,21 +277,55 @@ async def tell_ops(stream: faust.StreamT) -> None:
         await asyncio.to_thread(post_webhook, settings.alert_webhook_url, payload)
 
 
+async def send_blocks(partition: int) -> None:
+    """The partition's sealed blocks to the windows, in order, once the changelog has the
+    seals (a block the windows have is never sealed again after a crash)."""
+    keeper = BlockKeeper(join_table, partition)
+    async with _sending.setdefault(partition, asyncio.Lock()):
+        blocks = keeper.unsent()
+        if not blocks:
+            return
+        await app.producer.flush()
+        for block in blocks:
+            await (await window_topic.send(key=WINDOW_KEY, value=block))
+            keeper.delivered(block)
+
+
+def read_to_end(partition: int) -> bool:
+    """Has the join read every prediction of ``partition`` the broker holds?"""
+    tp = TP(topics.name(Stream.PREDICTIONS), partition)
+    end = app.consumer.highwater(tp)  # None until the consumer has fetched the partition
+    if end is None:
+        return False
+    read = skipped.next_offset(tp)
+    if read is None:  # nothing read since the assignment: where the group left off
+        # faust's own record of the committed offsets (no public accessor).
+        committed: dict[TP, int | None] = getattr(app.consumer, "_committed_offset", {})
+        read = committed.get(tp) or 0
+    return read >= end
+
+
 @app.agent(window_topic)
 async def watch(stream: faust.StreamT) -> None:
-    windows = DriftWindows(window_table, spec, task_file.feedback.max_key_share)
+    windows = DriftWindows(
+        window_table, spec, task_file.feedback.max_key_share, settings.topic_partitions
+    )
     async for event in stream.events():
         skipped.saw(event.message.tp, event.message.offset)
         if (pending := windows.outbox) is not None:  # a crash came between close and send
             await deliver(windows, pending)
         now = time.time()
         change = windows.apply(event.value, now, position=event.message.offset)
-        if change is Change.RESET:
-            log.info("windows: reference reset to v%s", event.value["model_version"])
-        elif change is Change.REFERENCE_FULL:
-            log.info("windows: reference of v%s complete", windows.state.version)
-        if windows.due(now):
+        while True:
+            if change is Change.RESET:
+                log.info("windows: reference reset to v%s", event.value["model_version"])
+            elif change is Change.REFERENCE_FULL:
+                log.info("windows: reference of v%s complete", windows.state.version)
+            if not windows.due(now):
+                break
             await close_window(windows)
+            now = time.time()
+            change = windows.absorb(now)  # the rest of the blocks the close waited for
 
 
 @app.task
@@ -353,7 +397,7 @@ async def close_window(windows: DriftWindows) -> None:
     lowest = min(result.metrics, key=alarm_ratio)
     log.info(
         "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s "
-        "(tests %.1f s, record and report %.1f s)",
+        "(tests %.1f s, record and report %.1f s), rows %s",
         closed.index,
         closed.version,
         len(closed.current),
@@ -364,6 +408,7 @@ async def close_window(windows: DriftWindows) -> None:
         describe(lowest),
         tested - started,
         time.monotonic() - tested,
+        closed.digest,
     )
     metrics.window_closed(
         result.metrics, len(closed.current), closed.end.timestamp(), time.monotonic() - started
@@ -396,15 +441,28 @@ async def deliver(windows: DriftWindows, outbox: Outbox) -> None:
 async def request_sweeps() -> None:
     """One sweep record per partition, so partitions without traffic expire state too."""
     for partition in range(settings.topic_partitions):
-        await sweep_topic.send(value=b"sweep", partition=partition)
+        await sweep_topic.send(value=SWEEP, partition=partition)
+
+
+@app.timer(interval=BLOCK_TICK_S, on_leader=True)
+async def tick_blocks() -> None:
+    """A tick per partition: where the join is idle, its keeper closes the past buckets."""
+    for partition in range(settings.topic_partitions):
+        await sweep_topic.send(value=BLOCK_TICK, partition=partition)
 
 
 @app.agent(sweep_topic)
 async def sweep(stream: faust.StreamT) -> None:
-    """Drop the pairs of this record's partition that waited past ``join_ttl_s``."""
+    """Drop the pairs of this record's partition that waited past ``join_ttl_s``; on a
+    tick, close the buckets of a partition the join has read to its end."""
     async for event in stream.events():
         partition = event.message.partition
         now = time.time()
+        if event.value == BLOCK_TICK:
+            if read_to_end(partition):
+                BlockKeeper(join_table, partition).idle(now)
+            await send_blocks(partition)
+            continue
         # A backlog (records sent while no worker ran) needs one sweep, not one each.
         if now - _last_sweep.get(partition, 0.0) < SWEEP_S / 2:
             continue

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from refinery.common.events import ExampleEvent, FeedbackEvent, PredictionEvent, parse_versioned
+from refinery.monitor.blocks import is_keeper_key
 
 _EXAMPLE_NS = uuid.UUID("5d1f6c2e-8a4b-4f5e-9a63-0c7d2b9e1f40")
 
@@ -101,13 +102,6 @@ def _newer(a: FeedbackEvent, b: FeedbackEvent) -> bool:
     return key_a > (b.occurred_at, b.event_id)
 
 
-def forwards(state: JoinState, prediction: PredictionEvent) -> bool:
-    """Does this prediction go to the drift windows? A new one does, and so does the same
-    event redelivered after a crash (the table may have kept it while the forward was
-    lost); the windows drop a prediction id they already hold."""
-    return state.prediction is None or state.prediction.event_id == prediction.event_id
-
-
 def on_prediction(state: JoinState, prediction: PredictionEvent, now: float) -> list[ExampleEvent]:
     """Record a prediction; emit examples for feedback that was waiting for it."""
     if state.prediction is not None:
@@ -161,7 +155,7 @@ def stale_keys(
     """
     stale = []
     for key, raw in entries:
-        if not raw or not expired(raw, now, ttl_s):
+        if is_keeper_key(key) or not raw or not expired(raw, now, ttl_s):
             continue
         source = raw.get("partition")
         if source is None:

@@ -29,6 +29,11 @@ class MonitorMetrics:
         self.examples = Counter(
             "refinery_monitor_examples", "Labeled examples written (joined ratings)", registry=r
         )
+        self.window_rows = Counter(
+            "refinery_monitor_window_rows",
+            "Predictions this worker's block keepers gathered for the drift windows",
+            registry=r,
+        )
         self.join_keys = Gauge(
             "refinery_monitor_join_keys", "Join state entries this worker holds", registry=r
         )

@@ -59,6 +59,10 @@ class SkippedRecords:
         self._first.setdefault(tp, offset)
         self._next[tp] = offset + 1
 
+    def next_offset(self, tp: TP) -> int | None:
+        """The offset after the last record of ``tp`` an agent saw since the assignment."""
+        return self._next.get(tp)
+
     def forget_positions(self) -> None:
         """On a rebalance: a partition starts anew where its group committed."""
         self._next.clear()

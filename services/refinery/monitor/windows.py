@@ -1,27 +1,32 @@
 """Reference and current windows of traffic, kept in a key-value store (a faust table).
 
-The join agents (one per partition, on any worker) forward a small record per new
-prediction and per rating to one single-partition topic, so exactly one worker sees the
-whole stream in order and owns the windows. Its state lives in a changelog-backed table
-under small keys (one row per key), so a restarted worker resumes mid-window:
+The rows come in blocks (refinery/monitor/blocks.py): each partition's keeper, beside the
+join on whichever worker reads that partition, gathers its predictions by their time and
+sends a block per bucket (in parts when busy). One worker owns this single-partition topic
+and takes the blocks in a fixed order, bucket then partition then part, once every
+partition has closed the bucket: the order of predictions, and so every window, depends on
+each partition's own order only, however many workers share the join. The rows stay in the
+blocks; a window is a list of slices of them. Ratings come one by one, as the join pairs
+them. The state lives in a changelog-backed table under small keys, so a restarted worker
+resumes mid-window:
 
-``meta``              the window state (:class:`WindowState`): phase, counts, thumbs, the
-                      window index, the trigger policy's state, the closed window's outbox
-``ref:<i>``           the i-th reference row
-``cur:<i>``           the i-th row of the open window
-``id:<prediction>``   which window holds a prediction (a replayed one is not added again)
-``rated:<feedback>``  the window, event id and rating of a feedback id (a re-rating
-                      replaces its earlier one; the same rating replayed is ignored)
+``meta``                the window state (:class:`WindowState`): phase, counts, thumbs, the
+                        window index, the slices, each partition's progress, the trigger
+                        policy's state, the closed window's outbox
+``blk:<b>:<p>:<part>``  the rows of a block: bucket ``b``, partition ``p``
+``rated:<feedback>``    the window, event id and rating of a feedback id (a re-rating
+                        replaces its earlier one; the same rating replayed is ignored)
 
 faust is at-least-once, so the same record can come twice: the windows re-read what they
-applied before a crash (skipped by topic offset, ``position``), and the join re-forwards
-what it processed before a crash (skipped by prediction and rating event id, for the
-reference, the open window and the last closed one). ``meta`` is written last and alone
-commits a record: rows and id entries written by a record that crashed before its commit
-carry a later ``seq`` and count as absent. A close is one ``meta`` write too (the next
-window, the trigger decision, and an outbox with the alert and trigger to send), so a
-crash before it closes the same window again with the same ids, and a crash after it sends
-the outbox again; consumers dedup by event id.
+applied before a crash (skipped by topic offset, ``position``), a keeper may send a block
+again (skipped by bucket and part), and a prediction whose join state was lost comes again
+in a later block (skipped by id, for the reference, the open window and the last closed
+one). ``meta`` is written last and alone commits a record: a block or rated entry written by
+a record that crashed before its commit is written again alike, or carries a later ``seq``
+and counts as absent. A close is one ``meta`` write too (the next window, the trigger
+decision, and an outbox with the alert and trigger to send), so a crash before it closes
+the same window again, and a crash after it sends the outbox again; consumers dedup by
+event id.
 
 The reference is the first ``reference_size`` predictions the champion answered after its
 promotion (the monitor's first version seen, before any promotion). Predictions of other
@@ -31,6 +36,8 @@ versions (still in flight during a switch) belong to no window. A window closes 
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -53,8 +60,11 @@ REFERENCE, CURRENT = "reference", "current"
 # Not copied as they are (lists and dicts are copied, so a change is only a change once
 # committed, never in the stored value).
 _NESTED = ("trigger", "outbox", "ref_thumbs", "cur_thumbs", "ref_keys", "cur_keys")
-#: ``meta`` layout: 1 had no ids, positions or outbox, and the trigger state under ``trigger``.
-STATE_SCHEMA = 2
+_LISTS = ("ref_slices", "cur_slices", "prev_slices", "pending")  # of lists: copied deeper
+_DICTS = ("through", "last")
+#: ``meta`` layout: 1 had no ids, positions or outbox, and the trigger state under ``trigger``;
+#: 2 kept a row per prediction (``ref:<i>``, ``cur:<i>``) and an id entry per prediction.
+STATE_SCHEMA = 3
 
 
 def prediction_record(p: PredictionEvent, task: TaskObjective) -> dict[str, Any]:
@@ -99,6 +109,7 @@ class Change(Enum):
     """What a record did to the windows (the worker logs some of them)."""
 
     NONE = "none"  # a tick, or a prediction of another version
+    WAITING = "waiting"  # a block kept until every partition has closed its bucket
     REPLAYED = "replayed"  # applied before: re-read, or re-forwarded by the join
     ADDED = "added"
     REFERENCE_FULL = "reference_full"  # the prediction that completed the reference
@@ -119,6 +130,7 @@ class ClosedWindow:
     current_thumbs: ThumbsCount
     start: datetime
     end: datetime
+    digest: str = ""  # of the current window's prediction ids, in order (the log names it)
 
 
 @dataclass(frozen=True)
@@ -166,7 +178,18 @@ class WindowState:
     ref_keys: dict[str, list[int]] = field(default_factory=dict)
     cur_keys: dict[str, list[int]] = field(default_factory=dict)
     seq: int = -1  # position of the last record applied (its offset in the window topic)
+    step: int = -1  # ratings applied: a rated entry of a later step was never committed
     previous: str | None = None  # the last closed window, whose ids are still kept
+    # Rows as slices [block key, start, end] of blocks: the reference, the open window and
+    # the last closed one (its ids still count, for a prediction that comes again).
+    ref_slices: list[list[Any]] = field(default_factory=list)
+    cur_slices: list[list[Any]] = field(default_factory=list)
+    prev_slices: list[list[Any]] = field(default_factory=list)
+    # Per partition: the last bucket it closed, and the last block [bucket, part] it sent.
+    through: dict[str, int] = field(default_factory=dict)
+    last: dict[str, list[int]] = field(default_factory=dict)
+    pending: list[list[int]] = field(default_factory=list)  # blocks kept, [bucket, p, part]
+    offset: int = 0  # rows of the first pending block already taken
     trigger: TriggerState = field(default_factory=TriggerState)
     outbox: Outbox | None = None
 
@@ -188,6 +211,11 @@ class WindowState:
             epoch=self.epoch + 1,
             index=self.index,
             seq=self.seq,
+            step=self.step,
+            through=self.through,
+            last=self.last,
+            pending=self.pending,
+            offset=self.offset,
             trigger=self.trigger,
             outbox=self.outbox,
         )
@@ -197,7 +225,9 @@ class WindowState:
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": STATE_SCHEMA,
-            **{k: v for k, v in self.__dict__.items() if k not in _NESTED},
+            **{k: v for k, v in self.__dict__.items() if k not in _NESTED + _LISTS + _DICTS},
+            **{k: [list(x) for x in getattr(self, k)] for k in _LISTS},
+            **{k: dict(getattr(self, k)) for k in _DICTS},
             "ref_thumbs": list(self.ref_thumbs),
             "cur_thumbs": list(self.cur_thumbs),
             "ref_keys": {k: list(v) for k, v in self.ref_keys.items()},
@@ -213,10 +243,17 @@ class WindowState:
         """``legacy_trigger``: the ``trigger`` row of a schema-1 table."""
         if not raw:
             return cls(trigger=TriggerState.from_json(legacy_trigger))
-        plain = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and k not in _NESTED}
+        nested = _NESTED + _LISTS + _DICTS
+        plain = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and k not in nested}
         outbox = raw.get("outbox")
         return cls(
             **plain,
+            ref_slices=[list(x) for x in raw.get("ref_slices", [])],
+            cur_slices=[list(x) for x in raw.get("cur_slices", [])],
+            prev_slices=[list(x) for x in raw.get("prev_slices", [])],
+            pending=[list(x) for x in raw.get("pending", [])],
+            through=dict(raw.get("through", {})),
+            last={k: list(v) for k, v in raw.get("last", {}).items()},
             # Copies: a change is only a change once committed, never in the stored value.
             ref_thumbs=list(raw["ref_thumbs"]),
             cur_thumbs=list(raw["cur_thumbs"]),
@@ -228,18 +265,32 @@ class WindowState:
 
 
 class DriftWindows:
-    """The window state machine over ``store``; every change is written back as a key."""
+    """The window state machine over ``store``; every change is written back as a key.
+
+    ``partitions``: how many partitions the traffic has, each sending its blocks.
+    """
 
     def __init__(
-        self, store: MutableMapping[str, Any], spec: DriftSpec, max_key_share: float = 1.0
+        self,
+        store: MutableMapping[str, Any],
+        spec: DriftSpec,
+        max_key_share: float = 1.0,
+        partitions: int = 1,
     ) -> None:
         self.store = store
         self.spec = spec
         self.max_key_share = max_key_share  # of a trigger's new labels (task feedback section)
+        self.partitions = partitions
+        self._ids: tuple[tuple[Any, ...], set[str]] | None = None  # (slices, their ids)
+        self._base = -1  # the committed ``step`` when the record being applied began
+        self._written: set[str] = set()  # rated entries it wrote
 
     @property
     def state(self) -> WindowState:
-        return WindowState.from_json(self.store.get("meta"), self.store.get("trigger"))
+        raw = self.store.get("meta")
+        if raw and raw.get("schema", 1) < STATE_SCHEMA and "slices_migrated" not in raw:
+            raw = self._migrate(raw)
+        return WindowState.from_json(raw, self.store.get("trigger"))
 
     @property
     def outbox(self) -> Outbox | None:
@@ -250,30 +301,46 @@ class DriftWindows:
         self.store["meta"] = state.to_json()
 
     def _entry(self, key: str, state: WindowState) -> dict[str, Any] | None:
-        """The id entry at ``key`` if a committed record wrote it for a live window.
-
-        ``state.seq`` is the position of the record being applied: an entry of that
-        position or later was written by a record that crashed before its commit.
-        """
+        """The rated entry at ``key`` if a committed record (or the one being applied)
+        wrote it for a live window: one of a later step was written by a record that
+        crashed before its commit. Layout 2 named the record's position instead."""
         entry = self.store.get(key)
         # Entries of schema 1 have no "gen": a re-rating from before an upgrade adds.
-        if not entry or entry.get("gen") not in state.live or entry["seq"] >= state.seq:
+        if not entry or entry.get("gen") not in state.live:
             return None
-        return dict(entry)
+        if key in self._written:
+            return dict(entry)
+        committed = entry["step"] <= self._base if "step" in entry else entry["seq"] < state.seq
+        return dict(entry) if committed else None
 
     def apply(self, record: dict[str, Any], now: float, position: int | None = None) -> Change:
         """One record from the window topic (``now``: processing time, seconds).
 
         ``position``: the record's offset in the window topic; one at or before the last
         record applied is a re-read after a crash and changes nothing. None (tests): next.
+        A block's rows are taken until a window is :meth:`due`; :meth:`absorb` takes the
+        rest once it is closed.
         """
+        self._written = set()
+        try:
+            return self._apply(record, now, position)
+        except BaseException:
+            self._ids = None  # it may hold ids of rows the crash left uncommitted
+            raise
+
+    def _apply(self, record: dict[str, Any], now: float, position: int | None) -> Change:
         state = self.state
+        self._base = state.step
         if position is not None and position <= state.seq:
             return Change.REPLAYED
         state.seq = state.seq + 1 if position is None else position
         kind = record["kind"]
-        if kind == "prediction":
-            change = self._on_prediction(state, record, now)
+        if kind == "block":
+            change = self._on_block(state, record, now)
+        elif kind == "prediction":  # forwarded one by one by a worker of layout 2
+            key = f"blk:single:{state.seq}:0"
+            self.store[key] = [record]
+            change = self._on_row(state, key, 0, record, now)
         elif kind == "rating":
             change = self._on_rating(state, record)
         elif kind == "reset":
@@ -292,30 +359,100 @@ class DriftWindows:
             self._collect(state)
         return change
 
-    def _on_prediction(self, state: WindowState, record: dict[str, Any], now: float) -> Change:
+    def absorb(self, now: float) -> Change:
+        """Take the rows of blocks every partition has closed, until a window is due."""
+        self._written = set()
+        try:
+            state = self.state
+            self._base = state.step
+            change = self._absorb(state, now)
+            self._commit(state)
+        except BaseException:
+            self._ids = None
+            raise
+        return change
+
+    def _on_block(self, state: WindowState, record: dict[str, Any], now: float) -> Change:
+        partition = str(record["partition"])
+        mark = [record["round"], record["part"]]
+        last = state.last.get(partition)
+        if last is not None and mark <= last:
+            return Change.REPLAYED  # the keeper sent it again
+        state.last[partition] = mark
+        state.through[partition] = max(record["through"], state.through.get(partition, -1))
+        if record["predictions"]:
+            self.store[_block_key(record)] = record["predictions"]
+            bisect.insort(state.pending, [record["round"], record["partition"], record["part"]])
+        change = self._absorb(state, now)
+        return Change.WAITING if change is Change.NONE else change
+
+    def _ready(self, state: WindowState) -> int | None:
+        """The last bucket every partition has closed (None: one has sent nothing yet)."""
+        marks = [state.through.get(str(p)) for p in range(self.partitions)]
+        return None if None in marks else min(m for m in marks if m is not None)
+
+    def _absorb(self, state: WindowState, now: float) -> Change:
+        change, ready = Change.NONE, self._ready(state)
+        while state.pending and ready is not None and state.pending[0][0] <= ready:
+            key = "blk:{}:{}:{}".format(*state.pending[0])
+            rows = self.store[key]
+            while state.offset < len(rows):
+                if self._due(state, now):
+                    return change
+                row_change = self._on_row(state, key, state.offset, rows[state.offset], now)
+                state.offset += 1
+                if row_change is Change.REFERENCE_FULL or (
+                    row_change is Change.ADDED and change is Change.NONE
+                ):
+                    change = row_change
+            state.pending.pop(0)
+            state.offset = 0
+        return change
+
+    def _on_row(
+        self, state: WindowState, key: str, i: int, row: dict[str, Any], now: float
+    ) -> Change:
+        if row.get("kind") == "rating":  # paired in this partition after the rows before it
+            return self._on_rating(state, row)
         if state.version is None:
-            state.version = record["model_version"]  # first start: adopt what is served
-        if record["model_version"] != state.version:
+            state.version = row["model_version"]  # first start: adopt what is served
+        if row["model_version"] != state.version:
             return Change.NONE
-        prediction_id = record.get("prediction_id")  # absent in records of schema 1
-        id_key = f"id:{prediction_id}"
-        if prediction_id is not None and self._entry(id_key, state) is not None:
-            return Change.REPLAYED
-        generation, change = state.generation, Change.ADDED
+        ids = self._live_ids(state)
+        prediction_id = row.get("prediction_id")
+        if prediction_id in ids:
+            return Change.REPLAYED  # it came again in a later block
+        change = Change.ADDED
         if state.phase == REFERENCE:
-            self.store[f"ref:{state.ref_n}"] = record["row"]
+            _extend(state.ref_slices, key, i)
             state.ref_n += 1
             if state.ref_n >= self.spec.reference_size:
                 state.phase, change = CURRENT, Change.REFERENCE_FULL
         else:
             if state.cur_n == 0:
-                state.cur_opened_at, state.cur_start = now, record["at"]
-            self.store[f"cur:{state.cur_n}"] = record["row"]
+                state.cur_opened_at, state.cur_start = now, row["at"]
+            _extend(state.cur_slices, key, i)
             state.cur_n += 1
-            state.cur_end = record["at"]
+            state.cur_end = row["at"]
         if prediction_id is not None:
-            self.store[id_key] = {"gen": generation, "seq": state.seq}
+            ids.add(prediction_id)
         return change
+
+    def _live_ids(self, state: WindowState) -> set[str]:
+        """The prediction ids of the reference, the open window and the last closed one,
+        read from their blocks once and kept while the slices grow."""
+        base = (state.epoch, state.index, tuple(map(tuple, state.prev_slices)))
+        if self._ids is None or self._ids[0] != base:
+            ids = {
+                row["prediction_id"]
+                for row in self._rows(state.ref_slices + state.cur_slices + state.prev_slices)
+                if row.get("prediction_id")
+            }
+            self._ids = (base, ids)
+        return self._ids[1]
+
+    def _rows(self, slices: list[list[Any]]) -> list[dict[str, Any]]:
+        return [row for key, start, end in slices for row in self.store[key][start:end]]
 
     def _on_rating(self, state: WindowState, record: dict[str, Any]) -> Change:
         key = f"rated:{record['feedback_id']}"
@@ -346,9 +483,11 @@ class DriftWindows:
             if previous and previous.get("refining"):
                 on_champion_rating(state.trigger, previous["down"], previous["key_id"], sign=-1)
             on_champion_rating(state.trigger, record["down"], key_id)
+        state.step += 1
+        self._written.add(key)
         self.store[key] = {
             "gen": generation,
-            "seq": state.seq,
+            "step": state.step,
             "event": event,
             "down": record["down"],
             "counted": counted,
@@ -358,7 +497,9 @@ class DriftWindows:
         return Change.RATED
 
     def due(self, now: float) -> bool:
-        state = self.state
+        return self._due(self.state, now)
+
+    def _due(self, state: WindowState, now: float) -> bool:
         if state.phase != CURRENT or state.cur_n == 0:
             return False
         opened = now if state.cur_opened_at is None else state.cur_opened_at
@@ -370,11 +511,14 @@ class DriftWindows:
         state = self.state
         if state.version is None or state.cur_start is None or state.cur_end is None:
             raise ValueError(f"window {state.index} is empty: nothing to close")
+        current = self._rows(state.cur_slices)
+        ids = "\n".join(r.get("prediction_id") or "" for r in current)
         return ClosedWindow(
             index=state.index,
             version=state.version,
-            reference=[_row(self.store[f"ref:{i}"]) for i in range(state.ref_n)],
-            current=[_row(self.store[f"cur:{i}"]) for i in range(state.cur_n)],
+            reference=[_row(r["row"]) for r in self._rows(state.ref_slices)],
+            current=[_row(r["row"]) for r in current],
+            digest=hashlib.sha256(ids.encode()).hexdigest()[:12],
             reference_thumbs=ThumbsCount.of(state.ref_thumbs, state.ref_keys),
             current_thumbs=ThumbsCount.of(state.cur_thumbs, state.cur_keys),
             start=datetime.fromisoformat(state.cur_start),
@@ -402,6 +546,7 @@ class DriftWindows:
         ) or on_refinement_window(self.spec, state.trigger, closed.version, closed.end)
         state.outbox = Outbox(closed.index, alert, trigger)
         state.previous = state.generation
+        state.prev_slices, state.cur_slices = state.cur_slices, []
         state.index += 1
         state.cur_n, state.cur_opened_at, state.cur_start, state.cur_end = 0, None, None, None
         state.cur_thumbs, state.cur_keys = [0, 0], {}
@@ -417,14 +562,42 @@ class DriftWindows:
             self._commit(state)
 
     def _collect(self, state: WindowState) -> None:
-        """Delete the rows and id entries the committed ``state`` no longer reads. A crash
-        before this ends leaves keys it ignores; the next close or reset deletes them."""
-        live, rows = state.live, {"ref": state.ref_n, "cur": state.cur_n}
+        """Delete the blocks and rated entries the committed ``state`` no longer reads. A
+        crash before this ends leaves keys it ignores; the next close or reset deletes them."""
+        live = state.live
+        blocks = {s[0] for s in state.ref_slices + state.cur_slices + state.prev_slices}
+        blocks |= {"blk:{}:{}:{}".format(*b) for b in state.pending}
         for key in list(self.store):
-            kind, _, rest = key.partition(":")
+            kind = key.partition(":")[0]
             if (
-                (kind in rows and int(rest) >= rows[kind])
-                or (kind in ("id", "rated") and self.store[key].get("gen") not in live)
+                (kind == "blk" and key not in blocks)
+                or (kind == "rated" and self.store[key].get("gen") not in live)
+                or kind in ("ref", "cur", "id")  # rows and ids of layout 2 (migrated)
                 or key == "trigger"  # schema 1 kept the trigger state here; meta has it now
             ):
                 del self.store[key]
+
+    def _migrate(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """A table of layout 1 or 2 (a row per key): its rows become two blocks, once."""
+        raw = dict(raw)
+        for kind, count in (("ref", raw.get("ref_n", 0)), ("cur", raw.get("cur_n", 0))):
+            key = f"blk:{kind}:layout2:0"
+            if count and key not in self.store:
+                self.store[key] = [
+                    {"prediction_id": None, "row": self.store[f"{kind}:{i}"]} for i in range(count)
+                ]
+            raw[f"{kind}_slices"] = [[key, 0, count]] if count else []
+        raw["slices_migrated"] = True
+        return raw
+
+
+def _block_key(record: dict[str, Any]) -> str:
+    return f"blk:{record['round']}:{record['partition']}:{record['part']}"
+
+
+def _extend(slices: list[list[Any]], key: str, i: int) -> None:
+    """Row ``i`` of block ``key`` joins ``slices`` (one slice per run of rows)."""
+    if slices and slices[-1][0] == key and slices[-1][2] == i:
+        slices[-1][2] = i + 1
+    else:
+        slices.append([key, i, i + 1])

@@ -1,0 +1,130 @@
+"""The drift windows' rows, gathered where the traffic is read: one keeper per partition.
+
+The join (an agent per partition of the traffic, on whichever worker owns it) hands each
+new prediction to the keeper of its partition, which gathers the rows into blocks by the
+prediction's own time (``occurred_at``, in buckets of ``BUCKET_S``) and sends each block to
+the windows (refinery/monitor/windows.py) as one record. The windows take blocks in a fixed
+order (bucket, then partition, then part) once every partition has closed the bucket, so
+which predictions make a window depends on each partition's own order only: the same
+whether one worker or several run the join, and the per-prediction work (features, the
+rows' writes) is spread over the workers with the partitions.
+
+A bucket closes at a partition when a prediction of a later bucket arrives there, or, when
+the join has read all of the partition (``idle``), once the clock is ``IDLE_SLACK_S`` past
+it: an idle partition must not hold the windows up. One with nothing open says how far it
+is done every ``IDLE_REPEAT_S`` (an empty block), so a quiet partition costs the windows a
+record every few seconds, and a window that waits on it at most that long. A prediction of
+a bucket already closed (a gateway whose clock is behind) joins the open one. A busy bucket
+goes in parts of at most ``MAX_ROWS`` rows.
+
+The keeper's state lives in the join's table under keys of its own, so it shares the join's
+changelog partition: a join state recovered after a crash comes with the rows written before
+it (one partition of one topic, in order), and the join hands over only predictions new to
+it. A prediction whose row survived a crash while its join state did not comes twice; the
+windows drop an id they hold. A sealed block waits in an outbox key until the broker has it
+(the worker flushes the changelog first, so a block the windows have is never sealed again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+BUCKET_S = 1.0
+IDLE_SLACK_S = 2.0  # how far behind the clock an idle partition closes its buckets
+IDLE_REPEAT_S = 5.0  # how often a partition with nothing open says how far it is done
+MAX_ROWS = 200  # per block: a record stays well under Kafka's 1 MB
+PREFIX = "~blocks"  # join table keys of the keepers (prediction ids never start with "~")
+
+
+def is_keeper_key(key: str) -> bool:
+    return key.startswith(PREFIX)
+
+
+@dataclass
+class KeeperState:
+    bucket: int | None = None  # the open bucket
+    part: int = 0  # parts of the open bucket already sealed
+    n: int = 0  # rows in the open block
+    through: int | None = None  # the last bucket closed here
+    sealed: int = 0  # blocks sealed so far: names the outbox keys
+    said_at: float = 0.0  # when it last said, with nothing open, how far it is done
+    unsent: list[int] = field(default_factory=list)  # outbox, in order
+
+
+class BlockKeeper:
+    """The open block of one partition, and its sealed blocks until the broker has them."""
+
+    def __init__(self, store: MutableMapping[str, Any], partition: int) -> None:
+        self.store = store
+        self.partition = partition
+        self.prefix = f"{PREFIX}{partition}:"
+
+    @property
+    def state(self) -> KeeperState:
+        raw = self.store.get(self.prefix + "meta")
+        return KeeperState(**{**raw, "unsent": list(raw["unsent"])}) if raw else KeeperState()
+
+    def add(self, record: dict[str, Any], at: float) -> None:
+        """A prediction new to the join (``at``: its own time, epoch seconds)."""
+        state = self.state
+        bucket = int(at // BUCKET_S)
+        if state.bucket is None:
+            state.bucket = bucket if state.through is None else max(bucket, state.through + 1)
+        elif bucket > state.bucket:
+            self._seal(state, through=bucket - 1)
+            state.bucket, state.part = bucket, 0
+        self.store[f"{self.prefix}row:{state.n}"] = record
+        state.n += 1
+        if state.n >= MAX_ROWS:
+            self._seal(state, through=state.bucket - 1)
+            state.part += 1
+        self._commit(state)
+
+    def idle(self, now: float) -> None:
+        """The join has read all of the partition: close the buckets the clock has passed."""
+        state = self.state
+        mark = int((now - IDLE_SLACK_S) // BUCKET_S) - 1  # the last bucket that far behind
+        if state.bucket is None:  # nothing open: say the partition is done up to ``mark``
+            if (state.through is None or state.through < mark) and (
+                now - state.said_at >= IDLE_REPEAT_S
+            ):
+                state.bucket, state.said_at = mark, now
+                self._seal(state, through=mark)
+                state.bucket = None
+                self._commit(state)
+        elif state.bucket <= mark:
+            self._seal(state, through=mark)
+            state.bucket, state.part = None, 0
+            self._commit(state)
+
+    def unsent(self) -> list[dict[str, Any]]:
+        """Sealed blocks the broker may not have, oldest first."""
+        return [self.store[f"{self.prefix}out:{i}"] for i in self.state.unsent]
+
+    def delivered(self, block: dict[str, Any]) -> None:
+        state = self.state
+        if block["sealed"] in state.unsent:
+            state.unsent.remove(block["sealed"])
+            self.store.pop(f"{self.prefix}out:{block['sealed']}", None)
+            self._commit(state)
+
+    def _seal(self, state: KeeperState, through: int) -> None:
+        assert state.bucket is not None
+        rows = [self.store.pop(f"{self.prefix}row:{i}") for i in range(state.n)]
+        self.store[f"{self.prefix}out:{state.sealed}"] = {
+            "kind": "block",
+            "partition": self.partition,
+            "round": state.bucket,
+            "part": state.part,
+            "through": through,
+            "sealed": state.sealed,
+            "predictions": rows,
+        }
+        state.unsent.append(state.sealed)
+        state.sealed += 1
+        state.n, state.through = 0, through
+
+    def _commit(self, state: KeeperState) -> None:
+        self.store[self.prefix + "meta"] = asdict(state)
