@@ -66,3 +66,19 @@ def test_an_idle_partition_closes_what_the_clock_has_passed() -> None:
     keeper.idle(now=103.5)
     [block] = keeper.unsent()
     assert (block["round"], block["through"], ids(block)) == (99, 100, ["p0"])
+
+
+def test_a_keeper_over_a_recovered_table_counts_the_open_rows_and_drops_sealed_ones() -> None:
+    """Rows are written one by one and counted in memory; a new keeper (a restart, a
+    rebalance) finds them, and deletes rows a crash left behind after their seal."""
+    store: dict[str, Any] = {}
+    keeper = BlockKeeper(store, partition=0)
+    keeper.add(row(0), at=1.0)
+    keeper.add(row(1), at=2.0)  # seals bucket 1
+    keeper.add(row(2), at=2.5)
+    keeper.add(row(3), at=2.6)
+    # A crash right after the seal's commit, before its row went: row 0 is still there.
+    recovered = BlockKeeper(store | {"~blocks0:row:0": row(0) | {"t": 1.0}}, partition=0)
+    recovered.add(row(4), at=3.0)  # seals bucket 2: rows 1-3
+    assert [ids(b) for b in recovered.unsent()] == [["p0"], ["p1", "p2", "p3"]]
+    assert [k for k in recovered.store if ":row:" in k] == ["~blocks0:row:4"]  # p4, open

@@ -348,7 +348,7 @@ def test_a_crash_while_collecting_a_closed_window_leaves_nothing_that_counts() -
     blocks = []
     for index in range(3):
         current = [predicted() for _ in range(20)]
-        blocks.append({f"blk:{r['round']}:0:0" for r in current})
+        blocks.append({f"blk:{r['round']}:-1:0" for r in current})  # as merged and taken
         for record in current:
             windows.apply(record, now=1)
         if index == 1:  # its close deletes window 0's blocks (the last closed one's stay)
@@ -499,3 +499,13 @@ def test_a_block_waits_for_every_partition_and_a_prediction_sent_again_counts_on
     windows.apply(block(0, 8, [rows[1], rows[2]]), now=0)
     windows.apply(block(1, 8, []), now=0)
     assert windows.state.ref_n == 3
+
+
+def test_a_bucket_is_taken_in_time_order_across_its_partitions() -> None:
+    """A burst: each partition's rows of one bucket interleave in time, as they were sent."""
+    windows = DriftWindows({}, SPEC, partitions=2)
+    rows = [prediction() | {"t": 50 + i / 10} for i in range(8)]
+    windows.apply(block(0, 50, rows[0::2]), now=0)  # 50.0, 50.2, ...
+    windows.apply(block(1, 50, rows[1::2]), now=0)  # 50.1, 50.3, ...
+    taken = windows._rows(windows.state.ref_slices)
+    assert [r["prediction_id"] for r in taken] == [r["prediction_id"] for r in rows]

@@ -104,6 +104,7 @@ skipped = SkippedRecords(seek=lambda tp, offset: app.consumer.seek_wait({tp: off
 @app.on_partitions_revoked.connect
 async def forget_positions(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     skipped.forget_positions()
+    keepers.clear()  # a partition may come back with its table recovered anew
 
 
 @app.on_partitions_assigned.connect
@@ -140,6 +141,14 @@ _last_sweep: dict[int, float] = {}
 SWEEP, BLOCK_TICK = b"sweep", b"tick"
 BLOCK_TICK_S = 0.5  # how often an idle partition's keeper looks at the clock
 _sending: dict[int, asyncio.Lock] = {}  # per partition: its blocks go out in order
+keepers: dict[int, BlockKeeper] = {}  # per partition this worker holds
+
+
+def keeper(partition: int) -> BlockKeeper:
+    if partition not in keepers:
+        keepers[partition] = BlockKeeper(join_table, partition)
+    return keepers[partition]
+
 
 # One partition: the windows need the whole stream, in one order, on one worker.
 window_topic = app.topic(
@@ -220,18 +229,18 @@ async def join(stream: faust.StreamT) -> None:
         now = time.time()
         # Past its TTL but not swept yet: gone all the same, whenever the sweep comes.
         state = JoinState() if expired(raw, now, settings.join_ttl_s) else JoinState.from_json(raw)
-        keeper = BlockKeeper(join_table, message.partition)
+        blocks = keeper(message.partition)
         at = parsed.occurred_at.timestamp()
         if isinstance(parsed, PredictionEvent):
             if state.prediction is None:  # new: a redelivered one has its row already
-                keeper.add(prediction_record(parsed, task_file.task), at)
+                blocks.add(prediction_record(parsed, task_file.task), at)
                 metrics.window_rows.inc()
             out = on_prediction(state, parsed, now)
         else:
             assert isinstance(parsed, FeedbackEvent)
             out = on_feedback(state, parsed, now)
         for example in out:  # in the partition's order, after the rows before them
-            keeper.add(rating_record(example), at)
+            blocks.add(rating_record(example), at)
         state.partition = message.partition  # the sweep of this partition expires it
         join_table[key] = state.to_json()  # no await since the rows: one changelog batch
         for example in out:
@@ -280,15 +289,14 @@ async def tell_ops(stream: faust.StreamT) -> None:
 async def send_blocks(partition: int) -> None:
     """The partition's sealed blocks to the windows, in order, once the changelog has the
     seals (a block the windows have is never sealed again after a crash)."""
-    keeper = BlockKeeper(join_table, partition)
     async with _sending.setdefault(partition, asyncio.Lock()):
-        blocks = keeper.unsent()
+        blocks = keeper(partition).unsent()
         if not blocks:
             return
         await app.producer.flush()
         for block in blocks:
             await (await window_topic.send(key=WINDOW_KEY, value=block))
-            keeper.delivered(block)
+            keeper(partition).delivered(block)
 
 
 def read_to_end(partition: int) -> bool:
@@ -460,7 +468,7 @@ async def sweep(stream: faust.StreamT) -> None:
         now = time.time()
         if event.value == BLOCK_TICK:
             if read_to_end(partition):
-                BlockKeeper(join_table, partition).idle(now)
+                keeper(partition).idle(now)
             await send_blocks(partition)
             continue
         # A backlog (records sent while no worker ran) needs one sweep, not one each.

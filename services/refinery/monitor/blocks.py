@@ -3,9 +3,9 @@
 The join (an agent per partition of the traffic, on whichever worker owns it) hands each
 new prediction to the keeper of its partition, which gathers the rows into blocks by the
 prediction's own time (``occurred_at``, in buckets of ``BUCKET_S``) and sends each block to
-the windows (refinery/monitor/windows.py) as one record. The windows take blocks in a fixed
-order (bucket, then partition, then part) once every partition has closed the bucket, so
-which predictions make a window depends on each partition's own order only: the same
+the windows (refinery/monitor/windows.py) as one record. The windows take a bucket once
+every partition has closed it, its rows in time order (ties in partition order), so which
+predictions make a window depends on each partition's own order only: the same
 whether one worker or several run the join, and the per-prediction work (features, the
 rows' writes) is spread over the workers with the partitions.
 
@@ -44,9 +44,11 @@ def is_keeper_key(key: str) -> bool:
 
 @dataclass
 class KeeperState:
-    bucket: int | None = None  # the open bucket
+    """What a seal commits (rows are written one by one, and only counted in memory)."""
+
+    bucket: int | None = None  # the open bucket (None: the next row opens one)
     part: int = 0  # parts of the open bucket already sealed
-    n: int = 0  # rows in the open block
+    first: int = 0  # the number of the open block's first row (rows are numbered on)
     through: int | None = None  # the last bucket closed here
     sealed: int = 0  # blocks sealed so far: names the outbox keys
     said_at: float = 0.0  # when it last said, with nothing open, how far it is done
@@ -54,33 +56,53 @@ class KeeperState:
 
 
 class BlockKeeper:
-    """The open block of one partition, and its sealed blocks until the broker has them."""
+    """The open block of one partition, and its sealed blocks until the broker has them.
+
+    A row is one write; the keeper's own state is written only when a block is sealed, and
+    a keeper made over a recovered table counts the open block's rows again from the first.
+    Keep one per partition while the worker holds it (a new one after a rebalance).
+    """
 
     def __init__(self, store: MutableMapping[str, Any], partition: int) -> None:
         self.store = store
         self.partition = partition
         self.prefix = f"{PREFIX}{partition}:"
+        self._state: KeeperState | None = None
+        self._n = 0  # rows in the open block
 
     @property
     def state(self) -> KeeperState:
-        raw = self.store.get(self.prefix + "meta")
-        return KeeperState(**{**raw, "unsent": list(raw["unsent"])}) if raw else KeeperState()
+        if self._state is None:
+            raw = self.store.get(self.prefix + "meta")
+            state = KeeperState(**{**raw, "unsent": list(raw["unsent"])}) if raw else KeeperState()
+            while f"{self.prefix}row:{state.first + self._n}" in self.store:
+                self._n += 1
+            if state.bucket is None and self._n:  # opened after the last seal: as add did
+                at = self.store[f"{self.prefix}row:{state.first}"]["t"]
+                state.bucket = self._opened(state, at)
+            gone = state.first - 1  # rows a crash kept from being deleted after their seal
+            while self.store.pop(f"{self.prefix}row:{gone}", None) is not None:
+                gone -= 1
+            self._state = state
+        return self._state
+
+    def _opened(self, state: KeeperState, at: float) -> int:
+        bucket = int(at // BUCKET_S)
+        return bucket if state.through is None else max(bucket, state.through + 1)
 
     def add(self, record: dict[str, Any], at: float) -> None:
-        """A prediction new to the join (``at``: its own time, epoch seconds)."""
+        """A prediction new to the join, or a rating it paired (``at``: the event's own
+        time, epoch seconds)."""
         state = self.state
         bucket = int(at // BUCKET_S)
         if state.bucket is None:
-            state.bucket = bucket if state.through is None else max(bucket, state.through + 1)
+            state.bucket = self._opened(state, at)
         elif bucket > state.bucket:
-            self._seal(state, through=bucket - 1)
-            state.bucket, state.part = bucket, 0
-        self.store[f"{self.prefix}row:{state.n}"] = record
-        state.n += 1
-        if state.n >= MAX_ROWS:
-            self._seal(state, through=state.bucket - 1)
-            state.part += 1
-        self._commit(state)
+            self._seal(state, through=bucket - 1, bucket=bucket, part=0)
+        self.store[f"{self.prefix}row:{state.first + self._n}"] = {**record, "t": at}
+        self._n += 1
+        if self._n >= MAX_ROWS:
+            self._seal(state, through=state.bucket - 1, bucket=state.bucket, part=state.part + 1)
 
     def idle(self, now: float) -> None:
         """The join has read all of the partition: close the buckets the clock has passed."""
@@ -91,13 +113,9 @@ class BlockKeeper:
                 now - state.said_at >= IDLE_REPEAT_S
             ):
                 state.bucket, state.said_at = mark, now
-                self._seal(state, through=mark)
-                state.bucket = None
-                self._commit(state)
+                self._seal(state, through=mark, bucket=None, part=0)
         elif state.bucket <= mark:
-            self._seal(state, through=mark)
-            state.bucket, state.part = None, 0
-            self._commit(state)
+            self._seal(state, through=mark, bucket=None, part=0)
 
     def unsent(self) -> list[dict[str, Any]]:
         """Sealed blocks the broker may not have, oldest first."""
@@ -110,9 +128,12 @@ class BlockKeeper:
             self.store.pop(f"{self.prefix}out:{block['sealed']}", None)
             self._commit(state)
 
-    def _seal(self, state: KeeperState, through: int) -> None:
+    def _seal(self, state: KeeperState, through: int, bucket: int | None, part: int) -> None:
+        """Seal the open block, then open ``bucket`` (None: the next row opens one). The
+        block and the state are written before the rows go: a crash in between leaves rows
+        below ``first``, which the next keeper deletes."""
         assert state.bucket is not None
-        rows = [self.store.pop(f"{self.prefix}row:{i}") for i in range(state.n)]
+        rows = [self.store[f"{self.prefix}row:{state.first + i}"] for i in range(self._n)]
         self.store[f"{self.prefix}out:{state.sealed}"] = {
             "kind": "block",
             "partition": self.partition,
@@ -122,9 +143,15 @@ class BlockKeeper:
             "sealed": state.sealed,
             "predictions": rows,
         }
+        old_first = state.first
         state.unsent.append(state.sealed)
         state.sealed += 1
-        state.n, state.through = 0, through
+        state.first += self._n
+        state.through, state.bucket, state.part = through, bucket, part
+        self._commit(state)
+        for number in range(old_first, state.first):
+            del self.store[f"{self.prefix}row:{number}"]
+        self._n = 0
 
     def _commit(self, state: KeeperState) -> None:
         self.store[self.prefix + "meta"] = asdict(state)

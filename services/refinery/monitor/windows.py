@@ -3,9 +3,9 @@
 The rows come in blocks (refinery/monitor/blocks.py): each partition's keeper, beside the
 join on whichever worker reads that partition, gathers its predictions by their time and
 sends a block per bucket (in parts when busy). One worker owns this single-partition topic
-and takes the blocks in a fixed order, bucket then partition then part, once every
-partition has closed the bucket: the order of predictions, and so every window, depends on
-each partition's own order only, however many workers share the join. The rows stay in the
+and takes a bucket once every partition has closed it, its rows in time order (ties in
+partition order): the order of predictions, and so every window, depends on each
+partition's own order only, however many workers share the join. The rows stay in the
 blocks; a window is a list of slices of them. Ratings come one by one, as the join pairs
 them. The state lives in a changelog-backed table under small keys, so a restarted worker
 resumes mid-window:
@@ -13,7 +13,8 @@ resumes mid-window:
 ``meta``                the window state (:class:`WindowState`): phase, counts, thumbs, the
                         window index, the slices, each partition's progress, the trigger
                         policy's state, the closed window's outbox
-``blk:<b>:<p>:<part>``  the rows of a block: bucket ``b``, partition ``p``
+``blk:<b>:<p>:<part>``  the rows of a block: bucket ``b``, partition ``p`` (``-1``: all of
+                        the bucket's blocks merged in time order, as the windows take it)
 ``rated:<feedback>``    the window, event id and rating of a feedback id (a re-rating
                         replaces its earlier one; the same rating replayed is ignored)
 
@@ -46,6 +47,7 @@ from typing import Any
 
 from refinery.common.events import AlertEvent, ExampleEvent, PredictionEvent, TriggerEvent
 from refinery.common.task import DriftSpec, TaskObjective
+from refinery.monitor.blocks import MAX_ROWS
 from refinery.monitor.drift import Row, ThumbsCount
 from refinery.monitor.triggers import (
     TriggerState,
@@ -57,6 +59,7 @@ from refinery.monitor.triggers import (
 )
 
 REFERENCE, CURRENT = "reference", "current"
+MERGED = -1  # the partition of a bucket's blocks merged in time order
 # Not copied as they are (lists and dicts are copied, so a change is only a change once
 # committed, never in the stored value).
 _NESTED = ("trigger", "outbox", "ref_thumbs", "cur_thumbs", "ref_keys", "cur_keys")
@@ -394,6 +397,8 @@ class DriftWindows:
     def _absorb(self, state: WindowState, now: float) -> Change:
         change, ready = Change.NONE, self._ready(state)
         while state.pending and ready is not None and state.pending[0][0] <= ready:
+            if state.pending[0][1] != MERGED:
+                self._merge(state)
             key = "blk:{}:{}:{}".format(*state.pending[0])
             rows = self.store[key]
             while state.offset < len(rows):
@@ -408,6 +413,22 @@ class DriftWindows:
             state.pending.pop(0)
             state.offset = 0
         return change
+
+    def _merge(self, state: WindowState) -> None:
+        """The first pending bucket's blocks, every partition's, as one block in time order
+        (ties in partition order), in parts of ``MAX_ROWS``: a burst keeps its order across
+        partitions.
+        The partitions' blocks stay until the next close or reset collects them."""
+        bucket = state.pending[0][0]
+        blocks = [b for b in state.pending if b[0] == bucket]
+        rows = [row for b in blocks for row in self.store["blk:{}:{}:{}".format(*b)]]
+        rows.sort(key=lambda row: row.get("t", 0.0))
+        merged = []
+        for part, start in enumerate(range(0, len(rows), MAX_ROWS)):  # a record < 1 MB
+            merged.append([bucket, MERGED, part])
+            self.store[f"blk:{bucket}:{MERGED}:{part}"] = rows[start : start + MAX_ROWS]
+        state.pending = merged + [b for b in state.pending if b[0] != bucket]
+        state.offset = 0
 
     def _on_row(
         self, state: WindowState, key: str, i: int, row: dict[str, Any], now: float
