@@ -3,11 +3,12 @@
 ``join`` reads predictions and feedback (co-partitioned by prediction id, so both halves
 of a pair reach the same worker), keeps the join state in a changelog-backed table, and
 writes labeled examples; invalid records go to ``<topic>.dlq``. Each new prediction's
-features go to its partition's block keeper (refinery/monitor/blocks.py, in the same
-table), which sends a block of them per second of traffic to the single-partition window
-topic; each rating goes there as it is paired. ``watch`` (on whichever worker owns that
-partition) takes the blocks in a fixed order, keeps the drift windows, runs the tests on
-each closed window, and sends alerts and retrain triggers. After a crash both replay what
+features, and each rating as it is paired, go to its partition's block keeper
+(refinery/monitor/blocks.py, in the same table), which sends a block of them per second
+of traffic to the single-partition window topic. ``watch`` (on whichever worker owns that
+partition) takes each second's blocks, once every partition has closed it, in time order,
+keeps the drift windows, runs the tests on each closed window, and sends alerts and
+retrain triggers. After a crash both replay what
 they did since their last commit: the windows drop what they hold already, and a closed
 window's messages are sent from the outbox recorded with its close.
 ``follow_models`` resets the reference when a version is promoted or rolled back.

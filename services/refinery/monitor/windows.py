@@ -343,7 +343,7 @@ class DriftWindows:
         elif kind == "prediction":  # forwarded one by one by a worker of layout 2
             key = f"blk:single:{state.seq}:0"
             self.store[key] = [record]
-            change = self._on_row(state, key, 0, record, now)
+            change = self._on_row(state, key, 0, record, now, self._live_ids(state))
         elif kind == "rating":
             change = self._on_rating(state, record)
         elif kind == "reset":
@@ -396,6 +396,7 @@ class DriftWindows:
 
     def _absorb(self, state: WindowState, now: float) -> Change:
         change, ready = Change.NONE, self._ready(state)
+        ids = self._live_ids(state)  # a window closes, and they change, only between calls
         while state.pending and ready is not None and state.pending[0][0] <= ready:
             if state.pending[0][1] != MERGED:
                 self._merge(state)
@@ -404,7 +405,8 @@ class DriftWindows:
             while state.offset < len(rows):
                 if self._due(state, now):
                     return change
-                row_change = self._on_row(state, key, state.offset, rows[state.offset], now)
+                row = rows[state.offset]
+                row_change = self._on_row(state, key, state.offset, row, now, ids)
                 state.offset += 1
                 if row_change is Change.REFERENCE_FULL or (
                     row_change is Change.ADDED and change is Change.NONE
@@ -431,7 +433,13 @@ class DriftWindows:
         state.offset = 0
 
     def _on_row(
-        self, state: WindowState, key: str, i: int, row: dict[str, Any], now: float
+        self,
+        state: WindowState,
+        key: str,
+        i: int,
+        row: dict[str, Any],
+        now: float,
+        ids: set[str],  # of the live windows: a row taken adds its own
     ) -> Change:
         if row.get("kind") == "rating":  # paired in this partition after the rows before it
             return self._on_rating(state, row)
@@ -439,7 +447,6 @@ class DriftWindows:
             state.version = row["model_version"]  # first start: adopt what is served
         if row["model_version"] != state.version:
             return Change.NONE
-        ids = self._live_ids(state)
         prediction_id = row.get("prediction_id")
         if prediction_id in ids:
             return Change.REPLAYED  # it came again in a later block
