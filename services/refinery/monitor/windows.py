@@ -291,7 +291,7 @@ class DriftWindows:
     @property
     def state(self) -> WindowState:
         raw = self.store.get("meta")
-        if raw and raw.get("schema", 1) < STATE_SCHEMA and "slices_migrated" not in raw:
+        if raw and raw.get("schema", 1) < STATE_SCHEMA:  # until the first commit rewrites it
             raw = self._migrate(raw)
         return WindowState.from_json(raw, self.store.get("trigger"))
 
@@ -615,7 +615,6 @@ class DriftWindows:
                     {"prediction_id": None, "row": self.store[f"{kind}:{i}"]} for i in range(count)
                 ]
             raw[f"{kind}_slices"] = [[key, 0, count]] if count else []
-        raw["slices_migrated"] = True
         return raw
 
 
