@@ -101,23 +101,42 @@ def make_champion(settings: Settings, info: VersionInfo, action: str, previous: 
 
 
 class Load:
-    """Clients calling the gateway in threads; records which model answered and failures."""
+    """Clients calling the gateway in threads; records which model answered and failures.
 
-    def __init__(self, settings: Settings, threads: int) -> None:
+    ``retries``: how many times a client sends a request again when the connection broke
+    before the whole answer came (what the official ``openai`` client does by default, up to
+    2 times); such requests are listed in ``retried``. An HTTP error status is never retried.
+    """
+
+    def __init__(self, settings: Settings, threads: int, retries: int = 0) -> None:
         self.settings = settings
+        self.retries = retries
         self.served: list[str] = []
         self.failures: list[str] = []
+        self.retried: list[str] = []
         self._stop = threading.Event()
         self._workers = [threading.Thread(target=self._run) for _ in range(threads)]
 
     def _run(self) -> None:
         with httpx.Client(timeout=60) as http:
             while not self._stop.is_set():
+                self._one(http)
+
+    def _one(self, http: httpx.Client) -> None:
+        for attempt in range(self.retries + 1):
+            try:
                 r = complete(http, self.settings)
-                if r.status_code == 200:
-                    self.served.append(r.json()["model"])
-                else:
-                    self.failures.append(f"{r.status_code} {r.text[:200]}")
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    return
+                self.retried.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if r.status_code == 200:
+                self.served.append(r.json()["model"])
+            else:
+                self.failures.append(f"{r.status_code} {r.text[:200]}")
+            return
 
     def wait_for(self, served_name: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
