@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import IO, ClassVar
 
+import pytest
+from evidently.ui.service.storage.local.base import LocalState
+from evidently.ui.service.storage.local.watcher import WorkspaceDirHandler
 from evidently.ui.workspace import Workspace
+from uuid6 import uuid7
+from watchdog.observers import Observer
 
 from refinery.monitor.alerts import PROJECT_NAME, AlertPublisher, Window
 from refinery.monitor.drift import ThumbsCount, detect_drift
@@ -98,21 +104,73 @@ def test_with_the_ui_an_alert_links_to_its_windows_report_there(tmp_path: Path) 
     assert len(list((tmp_path / "r").glob("drift-*.html"))) == 1  # a copy on disk too
 
 
-def test_a_snapshot_cut_short_by_a_kill_does_not_stop_the_next_worker(tmp_path: Path) -> None:
-    """A worker SIGKILLed while Evidently wrote a snapshot left half a JSON file; the next
-    worker could not open the workspace and crashed on every restart (bench/faults.py)."""
+def test_a_worker_killed_mid_write_leaves_no_partial_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot is written beside the workspace and renamed in whole: a worker killed
+    mid-write (bench/faults.py did) once left half a JSON file, which the UI and the next
+    worker refused to open."""
     publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None)
     result = detect_drift(rows("retail", 400, seed=1), rows("retail", 200, seed=4), 0.001)
-    publisher.record(result, WINDOW)
-    publisher.record(result, WINDOW)
-    [first, second] = sorted((tmp_path / "w").glob("*/snapshots/*.json"))
-    second.write_text(second.read_text()[: second.stat().st_size // 2])
+    first = publisher.record(result, WINDOW)
 
-    again = AlertPublisher(tmp_path / "r", tmp_path / "w", None)
-    runs = again.workspace.list_runs(again.project.id)
-    assert [str(r) for r in runs] == [first.stem]
-    assert [p.name for p in (tmp_path / "unreadable-snapshots").glob("*/*.json")] == [second.name]
-    again.record(result, WINDOW)  # and it goes on recording
+    def cut_short(obj: object, f: IO[str], **kwargs: object) -> None:
+        f.write(json.dumps(obj, **kwargs)[:1000])  # type: ignore[arg-type]
+        raise KeyboardInterrupt  # the kill, as far as this process can tell
+
+    monkeypatch.setattr("refinery.monitor.workspace.json.dump", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        publisher.record(result, WINDOW)
+    monkeypatch.undo()
+    assert [str(r) for r in publisher.workspace.list_runs(publisher.project.id)] == [
+        first.snapshot_id
+    ]
+    ui = Workspace.create(str(tmp_path / "w"))  # reads every snapshot, as the UI does
+    assert [str(r) for r in ui.list_runs(publisher.project.id)] == [first.snapshot_id]
+    AlertPublisher(tmp_path / "r", tmp_path / "w", None).record(result, WINDOW)
+
+
+def test_only_the_newest_windows_are_kept(tmp_path: Path) -> None:
+    """The UI holds every snapshot in memory (about 2.4 MB each): one per window, forever,
+    would end it within a day of 10-second windows. A worker never reads old ones back."""
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None, kept=2)
+    reference = rows("retail", 400, seed=1)
+    shifted = detect_drift(reference, rows("smart_home", 200, seed=3), p_value=0.001)
+    recorded = []
+    for i in range(4):
+        window = Window(i, END + timedelta(minutes=i), END + timedelta(minutes=i + 1), 200, "1")
+        recorded.append(publisher.record(shifted, window))
+        assert publisher.alert(shifted, window, recorded[-1]) is not None
+    runs = [str(r) for r in publisher.workspace.list_runs(publisher.project.id)]
+    assert sorted(runs) == sorted(r.snapshot_id for r in recorded[2:])
+    reports = sorted(p.name for p in (tmp_path / "r").glob("drift-*.html"))
+    assert reports == ["drift-20261129T120300000000.html", "drift-20261129T120400000000.html"]
+    # A file the worker cannot parse is never opened by it (Evidently's Workspace would).
+    (tmp_path / "w" / str(publisher.project.id) / "snapshots" / f"{uuid7()}.json").write_text("{")
+    AlertPublisher(tmp_path / "r", tmp_path / "w", None, kept=2).record(shifted, WINDOW)
+
+
+def test_the_ui_sees_each_window_whole_and_forgets_the_pruned(tmp_path: Path) -> None:
+    """Evidently's own watcher (the UI's) over the monitor's folder: a snapshot renamed in from
+    beside the workspace arrives as created, whole; a pruned one leaves the UI's memory."""
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None, kept=1)
+    state = LocalState.load(str(tmp_path / "w"), None)
+    observer = Observer()
+    observer.schedule(WorkspaceDirHandler(state), str(tmp_path / "w"), recursive=True)
+    observer.start()
+    try:
+        result = detect_drift(rows("retail", 400, seed=1), rows("retail", 200, seed=4), 0.001)
+        project = publisher.project.id
+        for _ in range(2):
+            recorded = publisher.record(result, WINDOW)
+            deadline = time.monotonic() + 10
+            want = [recorded.snapshot_id]
+            while [str(s) for s in state.snapshots[project]] != want:
+                assert time.monotonic() < deadline, (list(state.snapshots[project]), want)
+                time.sleep(0.05)
+    finally:
+        observer.stop()
+        observer.join()
 
 
 def test_an_alert_id_names_its_window() -> None:

@@ -171,6 +171,10 @@ class Settings(BaseSettings):
     # to their window's report there.
     evidently_ui_host: str = "127.0.0.1"
     evidently_ui_port: int = 8010
+    #: window snapshots (the UI's dashboard and reports) and drift report files kept, newest
+    #: first: the UI holds every snapshot in memory (about 2.4 MB each; 0.4 MB on disk), so
+    #: this bounds it; the long trend is in Prometheus (the monitor's metrics)
+    drift_snapshots_kept: int = Field(default=500, ge=1)
     # A prediction waits this long for feedback (and feedback for its prediction).
     join_ttl_s: float = 24 * 3600
     # Retrainer: torch threads on a CPU host (default: half the cores, at least one).

@@ -4,7 +4,6 @@ report in the UI, a saved HTML copy of it, and a Slack-compatible webhook POST."
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -14,11 +13,11 @@ from typing import Any
 
 import httpx
 from evidently.core.report import Snapshot
-from evidently.ui.workspace import Workspace
 
 from refinery.common.events import AlertEvent
 from refinery.monitor.drift import THUMBS_DOWN, DriftResult, ThumbsCount, describe
 from refinery.monitor.report import WindowLabels, dashboard, dashboard_versions, window_snapshot
+from refinery.monitor.workspace import WindowWorkspace
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +61,6 @@ def slack_payload(alert: AlertEvent) -> dict[str, Any]:
     return {"text": "\n".join(lines)}
 
 
-def set_aside_unreadable_snapshots(workspace_dir: Path) -> list[Path]:
-    """Move snapshot files that are not whole JSON out of the workspace; returns where to.
-
-    Evidently writes a snapshot in place and refuses to open a workspace holding a broken
-    one, so a worker killed mid-write (bench/faults.py did) would crash on every restart.
-    """
-    moved = []
-    for snapshot in sorted(workspace_dir.glob("*/snapshots/*.json")):
-        try:
-            with snapshot.open() as f:
-                json.load(f)
-        except (OSError, ValueError) as exc:
-            dest = workspace_dir.parent / "unreadable-snapshots" / snapshot.parent.parent.name
-            dest.mkdir(parents=True, exist_ok=True)
-            snapshot.rename(dest / snapshot.name)
-            moved.append(dest / snapshot.name)
-            log.warning("evidently: %s is unreadable (%s); moved to %s", snapshot, exc, dest)
-    return moved
-
-
 @dataclass(frozen=True)
 class Recorded:
     """A window's snapshot as the workspace holds it."""
@@ -100,14 +79,12 @@ class AlertPublisher:
         webhook_url: str | None,
         free_text: bool = False,
         ui_url: str | None = None,
+        kept: int = 500,
     ) -> None:
         reports_dir.mkdir(parents=True, exist_ok=True)
         self.reports_dir = reports_dir
-        try:
-            self.workspace = Workspace.create(str(workspace_dir))
-        except ValueError:  # a snapshot is not whole JSON: only then is each one read
-            set_aside_unreadable_snapshots(workspace_dir)
-            self.workspace = Workspace.create(str(workspace_dir))
+        self.kept = kept
+        self.workspace = WindowWorkspace(workspace_dir, kept)
         found = self.workspace.search_project(PROJECT_NAME)
         if found:
             self.project = found[0]
@@ -144,6 +121,8 @@ class AlertPublisher:
             return None
         report = self.reports_dir / f"drift-{window.end:%Y%m%dT%H%M%S%f}.html"
         recorded.snapshot.save_html(str(report))
+        for old in sorted(self.reports_dir.glob("drift-*.html"))[: -self.kept]:
+            old.unlink(missing_ok=True)  # names sort by the window's end: the oldest first
         drifted = result.drifted_columns
         critical = THUMBS_DOWN in drifted or len(drifted) * 2 >= len(result.metrics)
         return AlertEvent(

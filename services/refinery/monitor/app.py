@@ -184,6 +184,7 @@ def publisher() -> AlertPublisher:
             settings.alert_webhook_url,
             free_text=task_file.task.kind != "classification",
             ui_url=settings.evidently_ui_url,
+            kept=settings.drift_snapshots_kept,
         )
     return _publisher
 
