@@ -131,8 +131,8 @@ def test_a_worker_killed_mid_write_leaves_no_partial_snapshot(
 
 
 def test_only_the_newest_windows_are_kept(tmp_path: Path) -> None:
-    """The UI holds every snapshot in memory (about 2.4 MB each): one per window, forever,
-    would end it within a day of 10-second windows. A worker never reads old ones back."""
+    """The UI holds every snapshot in memory (2.1 MB a drifted one): one per window, forever,
+    would end it within a day of drifted 10-second windows. A worker never reads old ones back."""
     publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None, kept=2)
     reference = rows("retail", 400, seed=1)
     shifted = detect_drift(reference, rows("smart_home", 200, seed=3), p_value=0.001)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 
 import pytest
+from evidently import Dataset, Report
+from evidently.metrics import ValueDrift
 
 from refinery.common.events import PredictionEvent
 from refinery.common.settings import REPO_ROOT
 from refinery.common.task import load_task
 from refinery.demo.corpus import generate
 from refinery.monitor.drift import (
+    NUMERIC,
     THUMBS_DOWN,
     Row,
     ThumbsCount,
@@ -154,3 +158,21 @@ def test_one_key_flooding_thumbs_down_cannot_drift_the_rate() -> None:
     # The app's own users turning unhappy is drift, whatever the other keys do.
     unhappy = ThumbsCount(33, 80, (("app", 30, 60), ("small", 3, 20)))
     assert thumbs_down_p_value(mixed_ref, unhappy) < 1e-6
+
+
+def test_the_ks_p_values_are_evidentlys() -> None:
+    """The monitor runs the KS test itself (Evidently's report rendered plots it threw away):
+    the same p-values as Evidently's "ks" ValueDrift, on a stable and a shifted window."""
+    reference = rows("retail", 400, seed=1)
+    for current in (rows("retail", 200, seed=4), rows("smart_home", 200, seed=3)):
+        result = detect_drift(reference, current, p_value=0.001)
+        columns = [m.column for m in result.metrics if m.method == "ks"]
+        assert columns == list(NUMERIC)
+        snapshot = Report([ValueDrift(column=c, method="ks") for c in columns]).run(
+            Dataset.from_pandas(result.current, data_definition=result.definition),
+            Dataset.from_pandas(result.reference, data_definition=result.definition),
+        )
+        theirs = [float(m["value"]) for m in snapshot.dict()["metrics"]]
+        ours = [m.score for m in result.metrics if m.method == "ks"]
+        assert [1.0 if math.isnan(t) else t for t in theirs] == pytest.approx(ours, rel=1e-12)
+    assert any(t < 0.001 / 8 for t in ours)  # the shifted window: some column drifted

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from evidently.ui.workspace import Workspace
 
-from refinery.monitor.drift import ThumbsCount, detect_drift
+from refinery.monitor.drift import NUMERIC, ThumbsCount, detect_drift
 from refinery.monitor.report import (
     WindowLabels,
     dashboard,
@@ -61,6 +61,14 @@ def test_a_stable_window_is_tagged_stable_with_no_episode() -> None:
     result = detect_drift(rows("retail", 400, seed=1), rows("retail", 200, seed=4), 0.001)
     snapshot = window_snapshot(result, WindowLabels("1", 1, END, END, None), None)
     assert snapshot.to_snapshot_model().tags == ["v1", "stable"]
+    assert not [m for m in snapshot.dict()["metrics"] if "ValueDrift" in m["config"]["type"]]
+
+
+def test_a_drifted_window_shows_each_numeric_columns_distributions() -> None:
+    result = detect_drift(rows("retail", 400, seed=1), rows("smart_home", 200, seed=3), 0.001)
+    snapshot = window_snapshot(result, WindowLabels("1", 1, END, END, EPISODE), None)
+    drawn = [m for m in snapshot.dict()["metrics"] if "ValueDrift" in m["config"]["type"]]
+    assert [m["config"]["column"] for m in drawn] == list(NUMERIC)
 
 
 def test_the_dashboard_plots_each_model_versions_quality(tmp_path: Path) -> None:
