@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from watchdog.observers import Observer
 
 from refinery.monitor.alerts import PROJECT_NAME, AlertPublisher, Window
 from refinery.monitor.drift import ThumbsCount, detect_drift
+from refinery.monitor.workspace import STALE_PARTIAL_S
 from tests.monitor.test_drift import rows
 
 END = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -179,3 +181,16 @@ def test_an_alert_id_names_its_window() -> None:
     assert again.alert_id == WINDOW.alert_id
     assert Window(4, WINDOW.start, WINDOW.end, 200, "1").alert_id != WINDOW.alert_id
     assert Window(3, WINDOW.start, WINDOW.end, 200, "2").alert_id != WINDOW.alert_id
+
+
+def test_a_partial_snapshot_left_by_a_kill_is_cleared_once_stale(tmp_path: Path) -> None:
+    """SIGKILL skips the clean-up; the next worker removes what is old, not what another
+    worker is writing now."""
+    partial = tmp_path / ".w-partial"
+    partial.mkdir()
+    (partial / "old.json").write_text("{")
+    (partial / "now.json").write_text("{")
+    long_ago = time.time() - STALE_PARTIAL_S - 1
+    os.utime(partial / "old.json", (long_ago, long_ago))
+    AlertPublisher(tmp_path / "r", tmp_path / "w", None)
+    assert [p.name for p in partial.iterdir()] == ["now.json"]

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from evidently.core.report import Snapshot
@@ -23,6 +24,8 @@ from evidently.ui.storage.local.base import SNAPSHOTS_DIR_NAME, LocalState
 from evidently.ui.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+STALE_PARTIAL_S = 600  # a snapshot takes well under a second to write
 
 
 class WindowWorkspace(Workspace):
@@ -37,6 +40,10 @@ class WindowWorkspace(Workspace):
         # Beside the workspace, not in it: the UI's watcher ignores a file renamed from a name
         # it does not know, and sees one moved in from outside as created, whole.
         self.partial_dir = path.parent / f".{path.name}-partial"
+        # What a worker killed mid-write left (another worker may be writing one right now).
+        for stale in self.partial_dir.glob("*.json"):
+            if time.time() - stale.stat().st_mtime > STALE_PARTIAL_S:
+                stale.unlink(missing_ok=True)
 
     def _add_run(self, project_id: STR_UUID, snapshot: Snapshot) -> SnapshotID:
         snapshot_id = new_id()  # uuid7: names sort in the order they were written
