@@ -184,6 +184,8 @@ class ManagedProcess:
         pgid = self._recorded_pid()
         if pgid is None or not self._group_running(pgid):
             self.pid_file.unlink(missing_ok=True)
+            if self._proc is not None and self._proc.poll() is not None:
+                self._proc = None  # ended by another stop (another command's): reaped here
             return False
         self._signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s

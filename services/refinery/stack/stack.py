@@ -34,6 +34,16 @@ log = logging.getLogger(__name__)
 COMPONENTS = ("kafka", "mlflow", "vllm", "gateway", "monitor", "evidently", "retrainer")
 
 
+def _upper_bound(field: str) -> int:
+    return next(m.le for m in Settings.model_fields[field].metadata if hasattr(m, "le"))
+
+
+# What `down` looks for: as many replicas of each as the settings allow.
+_MOST_REPLICAS = {
+    f: _upper_bound(f) for f in ("vllm_replicas", "gateway_replicas", "monitor_workers")
+}
+
+
 @dataclass(frozen=True)
 class ProcessStatus:
     name: str
@@ -169,9 +179,12 @@ class Stack:
         stopped = []
         left = [c for c in read_wanted(self.settings) if c not in only]
         write_wanted(self.settings, left)
+        # Every replica a setting allows, not only today's count: a stack started with
+        # REFINERY_MONITOR_WORKERS=2 and stopped without it left its second worker running.
+        every = Stack(self.settings.model_copy(update=_MOST_REPLICAS))
         procs = [
             *([supervisor_process(self.settings)] if not left else []),
-            *[p for c in reversed(COMPONENTS) if c in only for p in reversed(self._handles(c))],
+            *[p for c in reversed(COMPONENTS) if c in only for p in reversed(every._handles(c))],
         ]
         for proc in (self._started.get(p.name, p) for p in procs):
             if proc.stop():
