@@ -58,8 +58,11 @@ class ModelEventListener:
                     for item in self._consumer.poll(timeout_ms=200):
                         self._handle(item)
                     if self._consumer.assignment():
-                        self._consumer.resolve_positions()
-                        self._consumer.commit()
+                        # Bounded: a gateway started beside a restarting broker once waited
+                        # here past its 60 s start-up, its group membership lapsed meanwhile;
+                        # a timeout polls again, which rejoins.
+                        self._consumer.resolve_positions(timeout_ms=10_000)
+                        self._consumer.commit(timeout_ms=10_000)
                         self.ready.set()
                 self._consumer.run(self._handle, self._stop.is_set)
             except KafkaError as exc:  # broker away: keep trying, the consumer reconnects

@@ -14,6 +14,7 @@ from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaTimeoutError
 from pydantic import ValidationError
 
 from refinery.common.events import Event, parse_versioned
@@ -150,17 +151,22 @@ class EventConsumer:
         """The (topic, partition) pairs this consumer holds now."""
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
-    def resolve_positions(self) -> dict[tuple[str, int], int]:
+    def resolve_positions(self, timeout_ms: int | None = None) -> dict[tuple[str, int], int]:
         """Fix the position of every assigned partition now (``auto_offset_reset`` applies
-        here, not lazily at a later fetch); returns them."""
-        return {
-            (tp.topic, tp.partition): self._consumer.position(tp)
-            for tp in self._consumer.assignment()
-        }
+        here, not lazily at a later fetch); returns them. ``timeout_ms`` bounds the wait
+        (KafkaTimeoutError), which is otherwise as long as the coordinator takes."""
+        positions = {}
+        for tp in self._consumer.assignment():
+            position = self._consumer.position(tp, timeout_ms=timeout_ms)
+            if position is None:
+                where = f"{tp.topic}-{tp.partition}"
+                raise KafkaTimeoutError(f"no position for {where} in {timeout_ms} ms")
+            positions[(tp.topic, tp.partition)] = position
+        return positions
 
-    def commit(self) -> None:
-        """Commit what poll() has returned so far."""
-        self._consumer.commit()
+    def commit(self, timeout_ms: int | None = None) -> None:
+        """Commit what poll() has returned so far (``timeout_ms``: KafkaTimeoutError after)."""
+        self._consumer.commit(timeout_ms=timeout_ms)
 
     def run(
         self,
