@@ -3,6 +3,7 @@ not from a disk they share with the gateway."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -59,6 +60,18 @@ def test_an_adapter_is_fetched_through_mlflows_http_api(
     )
     with pytest.raises(AdapterUnavailable, match="applies to base v1; this replica serves base v7"):
         other_base.fetch(adapter.served_name)
+
+
+def test_requests_that_ask_for_a_new_adapter_together_fetch_it_once(
+    full_stack: Settings, adapter: VersionInfo, tmp_path: Path
+) -> None:
+    """vLLM resolves a name once per request that asks for it: the first requests for a new
+    champion arrive together (two fetches once cleared each other's download)."""
+    fetcher = RegistryAdapters(full_stack.mlflow_uri, full_stack.registered_model, tmp_path)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(fetcher.fetch, [adapter.served_name] * 4))
+    assert len(set(got)) == 1 and "adapter_config.json" in _files(got[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [adapter.served_name]  # no leftovers
 
 
 def test_vllm_serves_a_registered_adapter_nobody_loaded_into_it(

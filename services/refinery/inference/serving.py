@@ -118,9 +118,15 @@ class CompletionService:
         try:
             route = await held.enter_async_context(self.router.use(request.user))
             started = time.perf_counter()
-            resp = await self.replicas.post(
-                held, _PATHS[endpoint], request.upstream_body(route.served_name)
-            )
+            body = request.upstream_body(route.served_name)
+            resp = await self.replicas.post(held, _PATHS[endpoint], body)
+            if resp.status == 404 and route.kind == "lora":
+                # Another gateway unloaded the old champion's adapter as this request
+                # reached vLLM (each gateway waits for its own requests only): sent again,
+                # the replica's resolver loads it from the registry (a promotion test on two
+                # gateways, 2026-12-01).
+                resp.release()
+                resp = await self.replicas.post(held, _PATHS[endpoint], body)
             if resp.status != 200:
                 text = await resp.text()
                 resp.release()

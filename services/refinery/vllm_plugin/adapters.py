@@ -15,6 +15,8 @@ import logging
 import os
 import re
 import shutil
+import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,6 +51,10 @@ class RegistryAdapters:
         self.base_version = base_version
         self.timeout_s = timeout_s
         self._name = re.compile(rf"{re.escape(model)}-v(\d+)")
+        # vLLM resolves a name once per request that asks for it: the first requests for a
+        # new champion arrive together, and each fetch cleared the other's download (vLLM
+        # then answered 404; a promotion test on two replicas, 2026-12-01).
+        self._fetching = threading.Lock()
 
     def version_of(self, served_name: str) -> str | None:
         """N for ``<model>-vN``; None for any other name (not ours to resolve)."""
@@ -59,6 +65,10 @@ class RegistryAdapters:
         version = self.version_of(served_name)
         if version is None:
             raise AdapterUnavailable(f"{served_name!r} is not a version of {self.model!r}")
+        with self._fetching:  # one download at a time; the waiting ones find it complete
+            return self._fetch(served_name, version)
+
+    def _fetch(self, served_name: str, version: str) -> Path:
         dest = self.cache_dir / served_name
         if (dest / ".complete").exists():
             return dest
@@ -73,14 +83,17 @@ class RegistryAdapters:
                 f"v{self.base_version}"
             )
         uri = self._get("/api/2.0/mlflow/model-versions/get-download-uri", query)["artifact_uri"]
-        staging = self.cache_dir / f".{served_name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        self._copy(uri, staging)
-        if not (staging / "adapter_config.json").exists():
-            raise AdapterUnavailable(f"{served_name} at {uri} has no adapter_config.json")
-        shutil.rmtree(dest, ignore_errors=True)
-        staging.rename(dest)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        # Its own folder per download: another process sharing the cache cannot clear it.
+        staging = Path(tempfile.mkdtemp(prefix=f".{served_name}.", dir=self.cache_dir))
+        try:
+            self._copy(uri, staging)
+            if not (staging / "adapter_config.json").exists():
+                raise AdapterUnavailable(f"{served_name} at {uri} has no adapter_config.json")
+            shutil.rmtree(dest, ignore_errors=True)
+            staging.rename(dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         (dest / ".complete").touch()
         log.info("fetched %s from %s into %s", served_name, uri, dest)
         return dest
