@@ -54,6 +54,9 @@ test-slow: setup
 
 # Speed targets live here, measured side by side in one run (never in unit tests); the run
 # writes docs/BENCHMARKS.md (bench/report.py), and fails if a bench left no figures.
+# Merged serving on (REFINERY_SERVE_MERGED): the promoted model's cost is measured merged,
+# and runtime LoRA's beside it.
+bench: export REFINERY_SERVE_MERGED = 1
 bench: setup
 	$(REFINERY) up
 	$(PY) -m bench.report --clear

@@ -26,6 +26,7 @@ import httpx
 from bench.cpu import cpu_seconds, since
 from bench.quiet import without_retraining
 from bench.report import Figure, NotLikeForLike, record
+from refinery.common.registry import MERGED_URL_TAG, ModelRegistry
 from refinery.common.settings import IMPORT_ROOT, REPO_ROOT, get_settings
 from refinery.common.task import load_task
 from refinery.demo.corpus import generate
@@ -59,6 +60,38 @@ def served_by_gateway(key: str) -> str:
     )
     r.raise_for_status()
     return str(r.json()["model"])
+
+
+def _sent_to(url: str) -> float:
+    """Requests the gateway has sent to the vLLM server at ``url`` (its /metrics)."""
+    metrics = httpx.get(f"{get_settings().gateway_url}/metrics", timeout=30).text
+    for line in metrics.splitlines():
+        if line.startswith(f'refinery_vllm_requests_total{{replica="{url}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def champion_server(key: str, timeout_s: float = 600) -> str:
+    """The vLLM server the gateway sends the champion to: with REFINERY_SERVE_MERGED=1 and a
+    LoRA champion, the deployer's merged server, once the gateway uses it; else the replica."""
+    settings = get_settings()
+    registry = ModelRegistry(settings)
+    champion = registry.champion()
+    if not settings.serve_merged or champion is None or champion.kind != "lora":
+        return settings.vllm_url
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        url = registry.get(champion.version).tags.get(MERGED_URL_TAG)
+        if url is not None:
+            before = _sent_to(url)
+            served_by_gateway(key)
+            if _sent_to(url) > before:
+                return url
+        time.sleep(2)
+    raise SystemExit(
+        f"the gateway never sent {champion.served_name} to a merged server in {timeout_s:.0f} s; "
+        f"see {settings.log_dir / 'deployer.log'}"
+    )
 
 
 Target = tuple[str, str, dict[str, str], str]  # url, model asked for, headers, model expected
@@ -100,9 +133,10 @@ def interleaved(
     return times
 
 
-def latency(n: int, key: str, max_tokens: int, served: str) -> dict[str, list[float]]:
-    """The gateway and vLLM directly, both answered by the same served model (the
-    champion, adapter or not): vLLM is asked for the name the gateway routes to."""
+def latency(n: int, key: str, max_tokens: int, served: str, server: str) -> dict[str, list[float]]:
+    """The gateway and vLLM directly, both answered by the same served model on the same
+    server (the champion, adapter or merged or not): vLLM is asked for the name the gateway
+    routes to, at ``server``, where the gateway sends it."""
     settings = get_settings()
     prompts = [e.prompt for e in generate(load_task(settings.task_file).task, n, seed=99)]
     targets: dict[str, Target] = {
@@ -112,7 +146,7 @@ def latency(n: int, key: str, max_tokens: int, served: str) -> dict[str, list[fl
             {"Authorization": f"Bearer {key}"},
             served,
         ),
-        "vllm": (f"{settings.vllm_url}/v1/completions", served, {}, served),
+        "vllm": (f"{server}/v1/completions", served, {}, served),
     }
     return interleaved(targets, prompts, max_tokens)
 
@@ -124,15 +158,20 @@ def base_of(served: str) -> str | None:
     return parent.get(served)
 
 
-def adapter_cost(n: int, served: str, base: str, max_tokens: int) -> dict[str, list[float]]:
-    """vLLM directly: the promoted adapter against its base model, same prompts."""
+def promoted_cost(
+    n: int, served: str, base: str, server: str, max_tokens: int
+) -> dict[str, list[float]]:
+    """vLLM directly: the promoted model as runtime LoRA on the replica, and merged on
+    ``server`` when that is not the replica, against its base model, same prompts."""
     settings = get_settings()
-    url = f"{settings.vllm_url}/v1/completions"
+    replica = f"{settings.vllm_url}/v1/completions"
     prompts = [e.prompt for e in generate(load_task(settings.task_file).task, n, seed=97)]
     targets: dict[str, Target] = {
-        "adapter": (url, served, {}, served),
-        "base": (url, base, {}, base),
+        "adapter": (replica, served, {}, served),
+        "base": (replica, base, {}, base),
     }
+    if server != settings.vllm_url:
+        targets["merged"] = (f"{server}/v1/completions", served, {}, served)
     return interleaved(targets, prompts, max_tokens)
 
 
@@ -175,7 +214,7 @@ async def _hammer(
 
 
 def completions_rps(
-    key: str, served: str, seconds: float, concurrency: int
+    key: str, served: str, server: str, seconds: float, concurrency: int
 ) -> tuple[dict[str, tuple[float, int]], dict[str, dict[str, float]]]:
     """Completions/s at ``concurrency`` clients, 4 tokens each, gateway and vLLM in turns
     (vLLM, gateway, vLLM, gateway) so a drift in the machine's load hits both alike; every
@@ -184,7 +223,7 @@ def completions_rps(
     settings = get_settings()
     prompts = [e.prompt for e in generate(load_task(settings.task_file).task, 200, seed=98)]
     targets = {
-        "vllm": (f"{settings.vllm_url}/v1/completions", served, {}),
+        "vllm": (f"{server}/v1/completions", served, {}),
         "gateway": (
             f"{settings.gateway_url}/v1/completions",
             settings.registered_model,
@@ -285,13 +324,16 @@ def feedback_rps(key: str, seconds: float, concurrency: int) -> dict[str, tuple[
 
 
 def measure(args: argparse.Namespace, key: str) -> tuple[str, list[Figure], int]:
-    """Every figure of this bench: (the served model, the figures, requests that failed)."""
+    """Every figure of this bench: (the served model and its server, the figures, requests
+    that failed)."""
     # Short answers (the demo's label) make the hop's fixed cost look largest; longer
     # generations show the same cost against more model time.
     served = served_by_gateway(key)
+    server = champion_server(key)
+    print(f"the gateway sends {served} to {server}")
     figures = []
     for max_tokens, n in ((4, args.requests), (64, args.requests // 2)):
-        times = latency(n, key, max_tokens, served)
+        times = latency(n, key, max_tokens, served, server)
         print(
             f"\n/v1/completions, {n} prompts, {max_tokens} tokens each (ignore_eos), "
             f"sequential, gateway and vLLM interleaved, both served by {served}"
@@ -316,7 +358,7 @@ def measure(args: argparse.Namespace, key: str) -> tuple[str, list[Figure], int]
                 )
             )
 
-    rates, cpu = completions_rps(key, served, args.seconds, args.completion_clients)
+    rates, cpu = completions_rps(key, served, server, args.seconds, args.completion_clients)
     print(f"\n/v1/completions, 4 tokens, {args.completion_clients} concurrent clients")
     for name, (value, errors) in rates.items():
         print(f"{name:<14}{value:>10.1f} req/s   errors {errors}")
@@ -347,25 +389,41 @@ def measure(args: argparse.Namespace, key: str) -> tuple[str, list[Figure], int]
         )
     )
 
-    # What a promotion costs in serving: the adapter against its base, 64 tokens.
+    # What a promotion costs in serving: the promoted model against its base, 64 tokens.
     base = base_of(served)
     if base is not None:
         n = args.requests // 3
-        times = adapter_cost(n, served, base, 64)
+        times = promoted_cost(n, served, base, server, 64)
         print(f"\nvLLM directly, {n} prompts, 64 tokens each, {served} vs its base {base}")
         for name, values in times.items():
             print(f"{name:<10}{percentile(values, 50):>10.2f} ms p50")
-        figures.append(
-            Figure(
-                "promoted model, 64 tokens, p50 on vLLM",
-                percentile(times["adapter"], 50),
-                f"its base model ({base}), same vLLM",
-                percentile(times["base"], 50),
-                "ms",
-                "<= 1.15",
-                note="runtime LoRA; no merged blue/green serving yet",
+        base_p50, lora_p50 = percentile(times["base"], 50), percentile(times["adapter"], 50)
+        lora = f"runtime LoRA on the replica {lora_p50:.0f} ms ({lora_p50 / base_p50:.2f}x)"
+        if "merged" in times:
+            figures.append(
+                Figure(
+                    "promoted model, 64 tokens, p50 on vLLM",
+                    percentile(times["merged"], 50),
+                    f"its base model ({base}) on the replica",
+                    base_p50,
+                    "ms",
+                    "<= 1.15",
+                    note="merged into its base, on the deployer's server (REFINERY_SERVE_MERGED"
+                    f"=1); {lora}, as canaries are served",
+                )
             )
-        )
+        else:
+            figures.append(
+                Figure(
+                    "promoted model, 64 tokens, p50 on vLLM",
+                    lora_p50,
+                    f"its base model ({base}), same vLLM",
+                    base_p50,
+                    "ms",
+                    "<= 1.15",
+                    note="runtime LoRA: merged serving is off (REFINERY_SERVE_MERGED=1)",
+                )
+            )
 
     rps = feedback_rps(key, args.seconds, args.concurrency)
     print(f"\nPOST /v1/feedback, {args.concurrency} concurrent clients, {args.seconds:.0f} s each")
@@ -384,7 +442,7 @@ def measure(args: argparse.Namespace, key: str) -> tuple[str, list[Figure], int]
         )
     )
     errors = sum(e for _, e in rps.values()) + sum(e for _, e in rates.values())
-    return served, figures, errors
+    return f"{served} from {server}", figures, errors
 
 
 def main() -> int:

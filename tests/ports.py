@@ -56,4 +56,5 @@ def ports(block: int) -> dict[str, Any]:
         "retrainer_metrics_port": base + 60,
         "evidently_ui_port": base + 70,
         "postgres_port": base + 80,
+        "vllm_merged_port": base + 90,  # + slot (0, 1)
     }

@@ -108,9 +108,12 @@ class Load:
     2 times); such requests are listed in ``retried``. An HTTP error status is never retried.
     """
 
-    def __init__(self, settings: Settings, threads: int, retries: int = 0) -> None:
+    def __init__(
+        self, settings: Settings, threads: int, retries: int = 0, pause_s: float = 0.0
+    ) -> None:
         self.settings = settings
         self.retries = retries
+        self.pause_s = pause_s  # between one client's requests: leaves the cores some room
         self.served: list[str] = []
         self.failures: list[str] = []
         self.retried: list[str] = []
@@ -121,6 +124,7 @@ class Load:
         with httpx.Client(timeout=60) as http:
             while not self._stop.is_set():
                 self._one(http)
+                self._stop.wait(self.pause_s)
 
     def _one(self, http: httpx.Client) -> None:
         for attempt in range(self.retries + 1):

@@ -28,6 +28,8 @@ CANARY_SHARE_TAG = "canary_share"
 CANARY_MODE_TAG = "canary_mode"  # live or shadow
 # The version's gate-metric score (0-1) on the golden set when it was registered.
 GOLDEN_SCORE_TAG = "golden_score"
+# The url of a vLLM server serving the version merged into its base (refinery/deployer).
+MERGED_URL_TAG = "merged_url"
 
 
 @dataclass(frozen=True)

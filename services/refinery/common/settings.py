@@ -126,6 +126,22 @@ class Settings(BaseSettings):
     vllm_gpu_memory_utilization: float = Field(default=0.5, gt=0.05, le=0.95)
     # The name vLLM serves the base model under; adapters get <model>-v<version>.
     served_model_name: str = "refinery-base"
+    #: serve the champion at base speed: a deployer (refinery/deployer) merges its adapter
+    #: into the base weights and runs them on a vLLM server of their own, blue/green on
+    #: vllm_merged_port and the port after it; the gateway sends champion traffic there once
+    #: it answers, and runtime LoRA on the replicas above still serves canaries and stands in
+    #: whenever the merged server does not answer
+    serve_merged: bool = False
+    vllm_merged_port: int = 8120
+    #: VLLM_CPU_OMP_THREADS_BIND of the merged servers (CPU only): vLLM's "auto" pins them
+    #: to the same cores as the replicas (idle but for canaries once a merged server takes
+    #: the champion's traffic); on a host with cores to spare, give them their own ("4-7").
+    #: Unpinned ("nobind") its threads fought its own API server here: 4-token answers at
+    #: p50 52 ms, p99 424 ms, against 21 and 65 ms pinned (bench/gateway.py)
+    vllm_merged_cpu_bind: str = "auto"
+    #: how long a retired merged server keeps answering after its version lost the
+    #: champion (gateways look again every route_reconcile_s)
+    merged_drain_s: float = Field(default=30.0, ge=0)
 
     # Gateway (refinery/inference)
     gateway_host: str = "127.0.0.1"

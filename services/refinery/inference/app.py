@@ -95,10 +95,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.replicas = Replicas(
         settings.vllm_urls, timeout=aiohttp.ClientTimeout(total=300, connect=5)
     )
-    replica_metrics = ReplicaMetrics(state.replicas)
-    state.metrics.registry.register(replica_metrics)
     registry = ModelRegistry(settings)
     state.router = ModelRouter(settings, registry, state.replicas)
+    replica_metrics = ReplicaMetrics(lambda: [*state.replicas.all, *state.router.merged_servers()])
+    state.metrics.registry.register(replica_metrics)
     outbox_path = settings.var_dir / "gateway" / f"outbox-{settings.gateway_port}.db"
     state.outbox = Outbox(outbox_path, settings.outbox_max_events)
     timeout_ms = int(settings.feedback_ack_timeout_s * 1000)
@@ -157,6 +157,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.feedback_producer.close(timeout_s=5)
         state.outbox.close()
         await state.replicas.close()
+        await state.router.close()
         state.metrics.registry.unregister(replica_metrics)
 
 

@@ -31,6 +31,12 @@ class GatewayMetrics:
             "Predictions waiting for Kafka",
             registry=self.registry,
         )
+        self.merged_fallbacks = Counter(
+            "refinery_merged_fallbacks",
+            "Champion requests the merged server did not take (down, or no longer serving "
+            "that version), answered by runtime LoRA on the replicas instead",
+            registry=self.registry,
+        )
         self.model_version = Gauge(
             "refinery_served_model_version",
             "Registry version being served",

@@ -65,6 +65,7 @@ class Replicas:
             )
             for url in urls
         ]
+        self.timeout = timeout
         self.rest_s = rest_s
         self._turn = itertools.count()
 
@@ -134,7 +135,7 @@ def _release(replica: Replica) -> None:
 class ReplicaMetrics(Collector):
     """Per replica, read at scrape time: requests sent, requests in flight, resting or not."""
 
-    def __init__(self, replicas: Replicas) -> None:
+    def __init__(self, replicas: Callable[[], Iterable[Replica]]) -> None:
         self.replicas = replicas
 
     def collect(self) -> Iterable[Metric]:
@@ -154,7 +155,7 @@ class ReplicaMetrics(Collector):
             labels=["replica"],
         )
         now = time.monotonic()
-        for r in self.replicas.all:
+        for r in self.replicas():
             sent.add_metric([r.url], r.sent)
             inflight.add_metric([r.url], r.outstanding)
             resting.add_metric([r.url], 1.0 if r.resting_until > now else 0.0)

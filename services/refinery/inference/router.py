@@ -10,6 +10,10 @@ The registry's ``champion`` alias is the only truth: model events make the route
 route's adapter; one that restarted without it loads it again on the next reconcile, or on
 the first request that names it, by itself.
 
+A champion whose ``merged_url`` tag names a vLLM server that serves it (the deployer's
+blue/green merged weights, at base speed) is sent there; its adapter stays loaded on the
+replicas, which answer whenever that server does not.
+
 A ``canary`` alias adds a second route: the users whose id hashes under the canary's
 share get it, the same users on every gateway and every request (sticky), so one user
 sees one model; requests without a user id are drawn at random. A canary in ``shadow``
@@ -26,7 +30,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import aiohttp
@@ -34,6 +38,7 @@ import aiohttp
 from refinery.common.registry import (
     CANARY_MODE_TAG,
     CANARY_SHARE_TAG,
+    MERGED_URL_TAG,
     ModelRegistry,
     VersionInfo,
 )
@@ -53,6 +58,8 @@ class Route:
     kind: str
     served_name: str
     arm: Literal["champion", "canary"] = "champion"
+    #: a vLLM server of its own serving the version merged into its base (refinery/deployer)
+    merged_url: str | None = None
 
 
 def in_canary(user: str | None, canary_version: str, share: float) -> bool:
@@ -84,6 +91,20 @@ class ModelRouter:
         self.canary_shadow = False  # answers on the side, never returned
         #: the canary version the last reconcile read ("" none; None: never read)
         self.canary_version: str | None = None
+        self._merged: dict[str, Replicas] = {}  # by url: the merged servers routes name
+
+    def merged(self, url: str) -> Replicas:
+        """The merged server at ``url``, as a one-replica pool."""
+        if url not in self._merged:
+            self._merged[url] = Replicas([url], self.replicas.timeout, rest_s=self.replicas.rest_s)
+        return self._merged[url]
+
+    def merged_servers(self) -> list[Replica]:
+        return [r for pool in self._merged.values() for r in pool.all]
+
+    async def close(self) -> None:
+        for pool in self._merged.values():
+            await pool.close()
 
     def route_for(self, info: VersionInfo) -> Route:
         served = self.settings.served_model_name if info.kind == "base" else info.served_name
@@ -177,11 +198,14 @@ class ModelRouter:
     async def switch_to(self, info: VersionInfo) -> Route:
         """Serve ``info`` from now on (its adapter loaded if vLLM lacks it); idempotent."""
         async with self._switch_lock:
-            new = self.route_for(info)
             old = self.current
-            if old == new:
+            new = await self._with_merged(self.route_for(info), info)
+            if old is not None and replace(old, merged_url=new.merged_url) == new:
                 if new.kind == "lora":
                     await self._ensure_loaded(new.served_name)
+                if new != old:
+                    log.info("router: %s now via %s", new.served_name, new.merged_url or "LoRA")
+                    self.current = new
                 return new
             base = await asyncio.to_thread(self.registry.serving_base, info)
             if self.base_version is None:
@@ -199,6 +223,21 @@ class ModelRouter:
             if old is not None and old.served_name != new.served_name:
                 asyncio.get_running_loop().create_task(self._retire(old))
             return new
+
+    async def _with_merged(self, route: Route, info: VersionInfo) -> Route:
+        """``route`` sent to the merged server its version's tag names, when that server
+        serves it now (asked at every reconcile); else to the replicas (runtime LoRA)."""
+        url = info.tags.get(MERGED_URL_TAG) if route.kind == "lora" else None
+        if url is None:
+            return route
+        try:
+            serves = route.served_name in await _models(self.merged(url).all[0])
+        except (TimeoutError, aiohttp.ClientError, UpstreamError):
+            serves = False
+        if not serves:
+            log.warning("router: %s does not serve %s; runtime LoRA", url, route.served_name)
+            return route
+        return replace(route, merged_url=url)
 
     async def _ensure_loaded(self, served_name: str) -> None:
         """Have every reachable vLLM replica that lacks ``served_name`` load it: one

@@ -17,6 +17,7 @@ from refinery.inference.exceptions import (
     BadRequest,
     GatewayError,
     NotFound,
+    Unavailable,
     UpstreamError,
 )
 from refinery.inference.ids import PredictionIds
@@ -119,7 +120,9 @@ class CompletionService:
             route = await held.enter_async_context(self.router.use(request.user))
             started = time.perf_counter()
             body = request.upstream_body(route.served_name)
-            resp = await self.replicas.post(held, _PATHS[endpoint], body)
+            resp = await self._post_merged(held, route, _PATHS[endpoint], body)
+            if resp is None:
+                resp = await self.replicas.post(held, _PATHS[endpoint], body)
             if resp.status == 404 and route.kind == "lora":
                 # Another gateway unloaded the old champion's adapter as this request
                 # reached vLLM (each gateway waits for its own requests only): sent again,
@@ -135,6 +138,24 @@ class CompletionService:
             await held.aclose()
             raise
         return route, resp, held, started
+
+    async def _post_merged(
+        self, held: AsyncExitStack, route: Route, path: str, body: dict[str, Any]
+    ) -> aiohttp.ClientResponse | None:
+        """The answer of the route's merged server (refinery/deployer); None when it has
+        none, is down, or no longer serves the version (404): the replicas answer then."""
+        if route.merged_url is None:
+            return None
+        try:
+            resp = await self.router.merged(route.merged_url).post(held, path, body)
+        except Unavailable:
+            self.metrics.merged_fallbacks.inc()
+            return None
+        if resp.status == 404:
+            resp.release()
+            self.metrics.merged_fallbacks.inc()
+            return None
+        return resp
 
     async def _relay(
         self,

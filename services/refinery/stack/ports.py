@@ -56,6 +56,9 @@ def listener_ports(settings: Settings) -> dict[str, int]:
         ports["balancer"] = settings.balancer_port
     for i in range(settings.monitor_workers):
         ports[f"{replica_name('monitor', i)} metrics"] = settings.monitor_metrics_port + i
+    if settings.serve_merged:
+        for slot in range(2):
+            ports[f"vllm-merged-{slot}"] = settings.vllm_merged_port + slot
     ports["evidently ui"] = settings.evidently_ui_port
     ports["retrainer metrics"] = settings.retrainer_metrics_port
     return ports

@@ -12,6 +12,7 @@ from refinery.common.registry import CANARY_SHARE_TAG, ModelRegistry, VersionInf
 from refinery.common.settings import Settings
 from refinery.common.task import load_task
 from refinery.stack.balancer import balancer_process, balancer_url
+from refinery.stack.deployer import deployer_process, merged_slots
 from refinery.stack.evidently_ui import evidently_ui_process
 from refinery.stack.gateway import ensure_local_secrets, gateway_process
 from refinery.stack.kafka import KafkaCluster
@@ -27,11 +28,20 @@ from refinery.stack.supervisor import (
     supervisor_process,
     write_wanted,
 )
-from refinery.stack.vllm import vllm_process
+from refinery.stack.vllm import merged_url, vllm_process
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("kafka", "mlflow", "vllm", "gateway", "monitor", "evidently", "retrainer")
+COMPONENTS = (
+    "kafka",
+    "mlflow",
+    "vllm",
+    "gateway",
+    "deployer",
+    "monitor",
+    "evidently",
+    "retrainer",
+)
 
 
 def _upper_bound(field: str) -> int:
@@ -101,6 +111,9 @@ class Stack:
                 gateway.spawn()
             for gateway in gateways:
                 gateway.wait_healthy()
+        if "deployer" in only:
+            for proc in self._handles("deployer"):  # merged serving on: it starts its servers
+                self._keep(proc).start()
         if "monitor" in only:
             workers = [self._keep(p) for p in self._handles("monitor")]
             for worker in workers:  # they share the partitions once all have joined
@@ -137,6 +150,7 @@ class Stack:
                 monitor_process(s, replica_name("monitor", i), s.monitor_metrics_port + i)
                 for i in range(s.monitor_workers)
             ],
+            "deployer": lambda: [deployer_process(s)] if s.serve_merged else [],
             "evidently": lambda: [evidently_ui_process(s)],
             "retrainer": lambda: [retrainer_process(s)],
         }[component]()
@@ -181,11 +195,14 @@ class Stack:
         write_wanted(self.settings, left)
         # Every replica a setting allows, not only today's count: a stack started with
         # REFINERY_MONITOR_WORKERS=2 and stopped without it left its second worker running.
-        every = Stack(self.settings.model_copy(update=_MOST_REPLICAS))
+        every = Stack(self.settings.model_copy(update={**_MOST_REPLICAS, "serve_merged": True}))
         procs = [
             *([supervisor_process(self.settings)] if not left else []),
             *[p for c in reversed(COMPONENTS) if c in only for p in reversed(every._handles(c))],
         ]
+        if "deployer" in only:  # after the deployer, which would start them again
+            at = next((i for i, p in enumerate(procs) if p.name == "deployer"), len(procs))
+            procs[at + 1 : at + 1] = merged_slots(self.settings)
         for proc in (self._started.get(p.name, p) for p in procs):
             if proc.stop():
                 stopped.append(proc.name)
@@ -223,6 +240,10 @@ class Stack:
             rows.append(self._row(gateway_process(s, i), url))
         if s.gateway_replicas > 1:
             rows.append(self._row(balancer_process(s), balancer_url(s)))
+        if s.serve_merged or deployer_process(s).pid() is not None:
+            rows.append(self._row(deployer_process(s), "merges and serves the champion"))
+            for slot, proc in enumerate(merged_slots(s)):
+                rows.append(self._row(proc, merged_url(s, slot)))
         for worker in self._handles("monitor"):
             rows.append(self._row(worker, f"faust app {s.monitor_app_id}"))
         rows.append(self._row(evidently_ui_process(s), s.evidently_ui_url))

@@ -51,17 +51,65 @@ def vllm_process(
 
     Without ``model_dir`` the handle can check and stop a running server but not start one.
     """
-    name, port = replica_name("vllm", replica), settings.vllm_port + replica
-    url = f"http://{settings.vllm_host}:{port}"
+    if model_dir is not None and settings.vllm_max_lora_rank not in VLLM_LORA_RANKS:
+        raise ConfigError(
+            f"REFINERY_VLLM_MAX_LORA_RANK={settings.vllm_max_lora_rank} is not one vLLM "
+            f"accepts; use one of {VLLM_LORA_RANKS}"
+        )
     env = {
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
-        "HF_HUB_OFFLINE": "1",
         # refinery.vllm_plugin: where adapters come from, and where this replica keeps them
         "REFINERY_MLFLOW_URI": settings.mlflow_uri,
         "REFINERY_REGISTERED_MODEL": settings.registered_model,
         "REFINERY_ADAPTER_CACHE_DIR": str(adapter_cache_dir(settings, replica)),
         "REFINERY_SERVED_BASE_VERSION": base_version or "",
     }
+    lora = [
+        *("--enable-lora", "--max-loras", str(settings.vllm_max_loras)),
+        *("--max-lora-rank", str(settings.vllm_max_lora_rank)),
+    ]
+    return _server(
+        settings,
+        replica_name("vllm", replica),
+        settings.vllm_port + replica,
+        model_dir,
+        settings.served_model_name,
+        lora,
+        env,
+    )
+
+
+def merged_url(settings: Settings, slot: int) -> str:
+    return f"http://{settings.vllm_host}:{settings.vllm_merged_port + slot}"
+
+
+def merged_vllm_process(
+    settings: Settings, slot: int, model_dir: Path | None = None, served_name: str = ""
+) -> ManagedProcess:
+    """Blue/green slot ``slot`` (0 or 1, on ``vllm_merged_port + slot``): a champion's
+    merged weights (refinery/deployer) under its own served name, without LoRA, so it
+    serves at the base model's speed."""
+    return _server(
+        settings,
+        f"vllm-merged-{slot}",
+        settings.vllm_merged_port + slot,
+        model_dir,
+        served_name,
+        [],
+        {"VLLM_CPU_OMP_THREADS_BIND": settings.vllm_merged_cpu_bind},
+    )
+
+
+def _server(
+    settings: Settings,
+    name: str,
+    port: int,
+    model_dir: Path | None,
+    served_name: str,
+    extra_args: list[str],
+    extra_env: dict[str, str],
+) -> ManagedProcess:
+    url = f"http://{settings.vllm_host}:{port}"
     if model_dir is None:
         return ManagedProcess(
             name=name,
@@ -76,11 +124,7 @@ def vllm_process(
             f"REFINERY_VLLM_PYTHON={python} is not a python of the vLLM venv; "
             "run `make setup` (infra/setup.sh builds it and records the path)"
         )
-    if settings.vllm_max_lora_rank not in VLLM_LORA_RANKS:
-        raise ConfigError(
-            f"REFINERY_VLLM_MAX_LORA_RANK={settings.vllm_max_lora_rank} is not one vLLM "
-            f"accepts; use one of {VLLM_LORA_RANKS}"
-        )
+    env = {"HF_HUB_OFFLINE": "1", **extra_env}
     argv = [
         str(python),
         "-m",
@@ -88,18 +132,14 @@ def vllm_process(
         "--model",
         str(model_dir.resolve()),
         "--served-model-name",
-        settings.served_model_name,
+        served_name,
         "--host",
         settings.vllm_host,
         "--port",
         str(port),
         "--max-model-len",
         str(_max_model_len(model_dir, settings.vllm_max_model_len)),
-        "--enable-lora",
-        "--max-loras",
-        str(settings.vllm_max_loras),
-        "--max-lora-rank",
-        str(settings.vllm_max_lora_rank),
+        *extra_args,
         "--generation-config",
         "vllm",  # sampling defaults come from the request, not the model's folder
     ]
