@@ -10,15 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
 from refinery.common.registry import MERGED_URL_TAG, ModelRegistry, VersionInfo
 from refinery.common.settings import Settings
 from refinery.stack.deployer import deployer_process, merged_slots
 from refinery.stack.vllm import merged_url
 from tests.inference.helpers import PROMPT, Load, make_champion, register_adapter
-
-pytestmark = pytest.mark.slow
 
 
 def _gateway_metric(settings: Settings, series: str) -> float:
