@@ -63,11 +63,16 @@ class MergedDeployer:
         live = None
         if wanted is not None:
             live = next((s for s, name in serving.items() if name == wanted.served_name), None)
+            tagged = wanted.tags.get(MERGED_URL_TAG)  # read with the alias: no second look
             if live is None:
+                if tagged is not None:  # a server it named is gone: LoRA serves meanwhile
+                    self._untag(wanted.version)
+                    tagged = None
                 live = self._start(wanted, serving)
                 serving[live] = wanted.served_name
             self._retiring.pop(live, None)
-            self._tag(wanted, merged_url(self.settings, live))
+            if tagged != merged_url(self.settings, live):
+                self._tag(wanted, merged_url(self.settings, live))
         for slot, name in serving.items():
             if slot != live and name is not None:
                 self._retire(slot, name)
@@ -77,11 +82,6 @@ class MergedDeployer:
         first (stopped now: its version lost the champion before this one won it)."""
         free = [s for s in SLOTS if serving[s] is None]
         slot = free[0] if free else min(SLOTS, key=lambda s: self._retiring.get(s, 0.0))
-        stale = self.registry.get(champion.version).tags.get(MERGED_URL_TAG)
-        if stale is not None:  # a server it named is gone: the gateways use LoRA meanwhile
-            self.registry.client.delete_model_version_tag(
-                self.registry.name, champion.version, MERGED_URL_TAG
-            )
         started = time.monotonic()
         models_dir = self.settings.models_dir
         base = self.registry.local_copy(self.registry.serving_base(champion), models_dir)
@@ -102,11 +102,13 @@ class MergedDeployer:
         return slot
 
     def _tag(self, info: VersionInfo, url: str) -> None:
-        if self.registry.get(info.version).tags.get(MERGED_URL_TAG) != url:
-            self.registry.client.set_model_version_tag(
-                self.registry.name, info.version, MERGED_URL_TAG, url
-            )
-            log.info("deployer: %s tagged %s=%s", info.served_name, MERGED_URL_TAG, url)
+        self.registry.client.set_model_version_tag(
+            self.registry.name, info.version, MERGED_URL_TAG, url
+        )
+        log.info("deployer: %s tagged %s=%s", info.served_name, MERGED_URL_TAG, url)
+
+    def _untag(self, version: str) -> None:
+        self.registry.client.delete_model_version_tag(self.registry.name, version, MERGED_URL_TAG)
 
     def _retire(self, slot: int, served_name: str) -> None:
         """Untag the slot's version, and stop the slot ``merged_drain_s`` later."""
@@ -116,9 +118,7 @@ class MergedDeployer:
             url = merged_url(self.settings, slot)
             try:
                 if self.registry.get(version).tags.get(MERGED_URL_TAG) == url:
-                    self.registry.client.delete_model_version_tag(
-                        self.registry.name, version, MERGED_URL_TAG
-                    )
+                    self._untag(version)
             except Exception as exc:  # a version deleted from the registry has no tag to drop
                 log.warning("deployer: could not untag %s: %s", served_name, exc)
             self._retiring[slot] = now + self.settings.merged_drain_s
