@@ -182,7 +182,10 @@ def _ci_run(test_body: str, tmp_path: Path, slow: bool = False) -> subprocess.Co
     marker = "import pytest\n@pytest.mark.slow\n" if slow else ""
     probe.write_text(f"{marker}def test_probe():\n    {test_body}\n")
     env = {**os.environ, "PYTEST_ARGS": str(probe)}
-    env.pop("PYTHONPATH", None)
+    # As CI runs it: not under this make's command-line variables (`make test
+    # PYTEST_ARGS=...` passes them down in MAKEFLAGS, over the probe's).
+    for name in ("PYTHONPATH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+        env.pop(name, None)
     return subprocess.run(
         ["bash", str(REPO_ROOT / ".ci" / "run")],
         env=env,

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -245,6 +246,33 @@ class ManagedProcess:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def module_process(
+    name: str,
+    module: str,
+    ready: str,
+    *,
+    run_dir: Path,
+    log_dir: Path,
+    env: dict[str, str],
+    startup_timeout_s: float = 60,
+    stop_timeout_s: float = 10,
+) -> ManagedProcess:
+    """``python -m module``, healthy once it logged ``ready`` since its last start: the
+    processes without a port of their own (the retrainer, the deployer, the supervisor)."""
+    proc = ManagedProcess(
+        name=name,
+        argv=[sys.executable, "-m", module],
+        run_dir=run_dir,
+        log_dir=log_dir,
+        health=lambda: False,
+        env=env,
+        startup_timeout_s=startup_timeout_s,
+        stop_timeout_s=stop_timeout_s,
+    )
+    proc.health = lambda: logged_since_last_start(proc, ready)
+    return proc
 
 
 def logged_since_last_start(proc: ManagedProcess, line: str) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from refinery.common import decisions
 from refinery.common.settings import Settings, get_settings
-from refinery.stack.process import ManagedProcess, logged_since_last_start
+from refinery.stack.process import ManagedProcess, module_process
 
 log = logging.getLogger(__name__)
 
@@ -141,19 +140,15 @@ class Supervisor:
 
 
 def supervisor_process(settings: Settings) -> ManagedProcess:
-    proc = ManagedProcess(
-        name="supervisor",
-        argv=[sys.executable, "-m", "refinery.stack.supervisor"],
+    # It may be in the middle of starting something at a stop: that start is abandoned.
+    return module_process(
+        "supervisor",
+        "refinery.stack.supervisor",
+        READY,
         run_dir=settings.run_dir,
         log_dir=settings.log_dir,
-        health=lambda: False,
         env=settings.process_env(),
-        startup_timeout_s=60,
-        # It may be in the middle of starting something: that start is abandoned.
-        stop_timeout_s=10,
     )
-    proc.health = lambda: logged_since_last_start(proc, READY)
-    return proc
 
 
 def main() -> None:
