@@ -16,7 +16,7 @@ help:
 	@echo "              (TASK=tasks/reply.yaml or tasks/reply-chat.yaml: the free-text task)"
 	@echo "make test   - set up, run the test suite (real Kafka, MLflow, vLLM)"
 	@echo "make test-slow - the slow suites: closed loops per task kind, own models, failover"
-	@echo "make bench  - gateway vs vLLM, feedback vs bare FastAPI, monitor vs bare faust, training vs"
+	@echo "make bench  - gateway vs vLLM, vLLM spin limit vs its own, feedback vs bare FastAPI, monitor vs bare faust, training vs"
 	@echo "              a plain Trainer, side by side; writes docs/BENCHMARKS.md"
 	@echo "make faults - faults on real processes under traffic (docs/RELIABILITY.md; ~25 min)"
 	@echo "make soak   - a rate ladder and a 20-minute soak with one retraining (~30 min)"
@@ -61,6 +61,7 @@ bench: setup
 	$(REFINERY) up
 	$(PY) -m bench.report --clear
 	$(PY) -m bench.gateway
+	$(PY) -m bench.vllm_spin
 	$(PY) -m bench.monitor
 	$(PY) -m bench.retrainer
 	$(PY) -m bench.report

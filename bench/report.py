@@ -22,7 +22,7 @@ from pathlib import Path
 
 from refinery.common.settings import REPO_ROOT, get_settings
 
-BENCHES = ("gateway", "monitor", "retrainer")  # in the order `make bench` runs them
+BENCHES = ("gateway", "vllm_spin", "monitor", "retrainer")  # in the order `make bench` runs them
 REPORT = REPO_ROOT / "docs" / "BENCHMARKS.md"
 COMMAND = "make bench"
 _COMPARE = {"<=": operator.le, ">=": operator.ge}

@@ -129,3 +129,15 @@ def test_lora_adapter_loads_at_runtime_and_changes_output(
         timeout=60,
     )
     assert gone.status_code == 404
+
+
+def test_vllm_spins_briefly_after_a_message_on_the_cpu(full_stack: Settings) -> None:
+    """The plugin limits vLLM's spin after each message in its engine core and its worker
+    (refinery/vllm_plugin/spin.py); bench/vllm_spin.py measures what that saves."""
+    if full_stack.vllm_backend != "cpu":
+        pytest.skip("the limit applies on the CPU backend only")
+    log = (full_stack.log_dir / "vllm.log").read_text(errors="replace")
+    since_start = log[log.rfind("\n--- ") :]
+    told = [line for line in since_start.splitlines() if "readers spin 0.010 s" in line]
+    assert any("EngineCore" in line for line in told), since_start[-3000:]
+    assert any("Worker" in line for line in told), since_start[-3000:]

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     #: how long vLLM may take to fetch an adapter from the registry and load it
     adapter_load_timeout_s: float = 120.0
     vllm_kvcache_gib: int = 1
+    #: seconds vLLM's engine core and worker spin after a message before they sleep on a
+    #: socket (refinery/vllm_plugin/spin.py). None: 0.01 on the CPU backend (vLLM's own
+    #: 1 s spun ~1.1 cores at 5 requests/s: 220 ms of CPU a request against 35-40 ms, at
+    #: the same latency), vLLM's own on a GPU, whose host has cores to spare
+    vllm_spin_s: float | None = Field(default=None, ge=0)
     #: vLLM's share of GPU memory (weights + KV cache): the rest is the retrainer's when it
     #: trains on the same GPU (REFINERY_VLLM_BACKEND=gpu only)
     vllm_gpu_memory_utilization: float = Field(default=0.5, gt=0.05, le=0.95)

@@ -16,6 +16,10 @@ from refinery.common.exceptions import ConfigError
 from refinery.common.settings import Settings
 from refinery.stack.ports import replica_name
 from refinery.stack.process import ManagedProcess
+from refinery.vllm_plugin.spin import ENV as SPIN_ENV
+
+#: vLLM's spin after a message on the CPU backend (Settings.vllm_spin_s)
+CPU_SPIN_S = 0.01
 
 # vLLM accepts only these LoRA ranks for --max-lora-rank.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -125,6 +129,11 @@ def _server(
             "run `make setup` (infra/setup.sh builds it and records the path)"
         )
     env = {"HF_HUB_OFFLINE": "1", **extra_env}
+    spin = settings.vllm_spin_s
+    if spin is None and settings.vllm_backend == "cpu":
+        spin = CPU_SPIN_S
+    if spin is not None:
+        env[SPIN_ENV] = str(spin)
     argv = [
         str(python),
         "-m",

@@ -11,6 +11,7 @@ vLLM). Inactive unless ``REFINERY_MLFLOW_URI`` is set, so a vLLM started for any
 else is unchanged. Environment: ``REFINERY_MLFLOW_URI``, ``REFINERY_REGISTERED_MODEL``,
 ``REFINERY_ADAPTER_CACHE_DIR`` (this replica's cache), ``REFINERY_SERVED_BASE_VERSION``
 (adapters for another base are refused), ``MLFLOW_TRACKING_TOKEN`` (optional bearer).
+``REFINERY_VLLM_SPIN_S`` (spin.py) applies to any vLLM it is installed in.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from refinery.vllm_plugin.adapters import AdapterUnavailable, RegistryAdapters
+from refinery.vllm_plugin.spin import limit_spin
 
 log = logging.getLogger("vllm.refinery")
 
@@ -46,6 +48,7 @@ def adapters_from_env() -> RegistryAdapters | None:
 
 def register() -> None:
     """vLLM's entry point (called in each of its processes; registering twice is harmless)."""
+    limit_spin()
     found = adapters_from_env()
     if found is None:
         return

@@ -1,0 +1,136 @@
+"""vLLM's spin after a message: vLLM's own 1 s against the stack's CPU default, side by side.
+
+One vLLM server at a time on the champion's base model (no LoRA, on the merged slots' port
++ 10), each
+given the same load: 60 sequential 4-token completions (latency), then 5 requests/s for
+20 s (the CPU its processes used per request, from /proc), twice in turns. The stack's
+setting (``REFINERY_VLLM_SPIN_S``, refinery/vllm_plugin/spin.py) is the value; vLLM's own
+spin the baseline. Run it with the stack up (``make bench`` does); it records its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.report import Figure, record
+from refinery.common.registry import ModelRegistry
+from refinery.common.settings import Settings, get_settings
+from refinery.stack.process import _group_members
+from refinery.stack.vllm import CPU_SPIN_S, merged_vllm_process
+
+VLLM_OWN_SPIN_S = 1.0  # shm_broadcast.SpinCondition's busy_loop_s in vLLM 0.32
+SERVED = "spin-bench"
+BODY = {"model": SERVED, "prompt": "Ticket: my lamp will not pair\nTeam:", "max_tokens": 4}
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure(settings: Settings, model_dir: Path, spin_s: float, rate: float) -> tuple[float, float]:
+    """Sequential p50 (ms) and CPU ms per request at ``rate`` of one server spinning ``spin_s``."""
+    var = Path(tempfile.mkdtemp(prefix="refinery-bench-spin-"))
+    port = settings.vllm_merged_port + 10  # past the blue/green slots; checked free at start
+    own = settings.model_copy(
+        update={"var_dir": var, "vllm_merged_port": port, "vllm_spin_s": spin_s}
+    )
+    server = merged_vllm_process(own, 0, model_dir, SERVED)
+    server.start()
+    try:
+        url = f"http://{own.vllm_host}:{port}/v1/completions"
+        pid = server.pid()
+        assert pid is not None
+        pids = _group_members(os.getpgid(pid))
+        with httpx.Client(timeout=30) as client:
+            for _ in range(5):  # warm
+                client.post(url, json=BODY).raise_for_status()
+            latencies = []
+            for _ in range(60):
+                started = time.perf_counter()
+                client.post(url, json=BODY).raise_for_status()
+                latencies.append((time.perf_counter() - started) * 1000)
+            cpu_before, began, sent = _cpu_seconds(pids), time.monotonic(), 0
+            while time.monotonic() - began < 20:
+                client.post(url, json=BODY).raise_for_status()
+                sent += 1
+                time.sleep(max(0.0, began + sent / rate - time.monotonic()))
+            cpu_ms = (_cpu_seconds(pids) - cpu_before) / sent * 1000
+        return statistics.median(latencies), cpu_ms
+    finally:
+        server.stop()
+
+
+def champion_base(settings: Settings) -> Path:
+    registry = ModelRegistry(settings)
+    champion = registry.champion()
+    if champion is None:
+        raise SystemExit("no champion: run `make demo` or `./refinery up` first")
+    return registry.local_copy(registry.serving_base(champion), settings.models_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=5.0, help="requests/s for the CPU figure")
+    parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--model-dir", type=Path, help="default: the champion's base model")
+    args = parser.parse_args()
+    settings = get_settings()
+    if settings.vllm_backend != "cpu":
+        print("the spin limit is the CPU backend's default; nothing to compare here")
+        return
+    model_dir = args.model_dir or champion_base(settings)
+    spin = settings.vllm_spin_s if settings.vllm_spin_s is not None else CPU_SPIN_S
+    runs: dict[float, list[tuple[float, float]]] = {spin: [], VLLM_OWN_SPIN_S: []}
+    for turn in range(args.turns):
+        for spin_s in runs:
+            p50, cpu_ms = measure(settings, model_dir, spin_s, args.rate)
+            runs[spin_s].append((p50, cpu_ms))
+            print(
+                f"turn {turn + 1}, spin {spin_s:g} s: p50 {p50:.1f} ms, CPU {cpu_ms:.1f} ms/request"
+            )
+    ours, theirs = runs[spin], runs[VLLM_OWN_SPIN_S]
+    mean = statistics.fmean
+    figures = [
+        Figure(
+            f"vLLM CPU per request at {args.rate:g} req/s, spin {spin:g} s",
+            mean(c for _, c in ours),
+            "vLLM's own spin (1 s)",
+            mean(c for _, c in theirs),
+            "ms",
+            note="engine core + worker, from /proc; the rest of a CPU host gets the difference",
+        ),
+        Figure(
+            f"vLLM p50, 4 tokens, sequential, spin {spin:g} s",
+            mean(p for p, _ in ours),
+            "vLLM's own spin (1 s)",
+            mean(p for p, _ in theirs),
+            "ms",
+            target="<= 1.10",
+        ),
+    ]
+    for f in figures:
+        print(f"{f.name}: {f.value:.1f} vs {f.baseline:.1f} {f.unit} ({f.ratio:.3f}x)")
+    record(
+        "vllm_spin",
+        figures,
+        f"one server at a time on the champion's base, {args.turns} turns each, "
+        f"{args.rate:g} req/s for 20 s",
+    )
+
+
+if __name__ == "__main__":
+    main()
