@@ -67,6 +67,9 @@ def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
         alert = publisher.alert(shifted, WINDOW, recorded[1])
         assert alert is not None and not Webhook.received  # posted once the close is recorded
         publisher.notify(alert)
+        # The copy on disk the alert links to comes after it (the worker writes it once
+        # the alert is out), whole: no partial file is left beside it.
+        copy = publisher.save_copy(recorded[1], WINDOW)
     finally:
         server.shutdown()
         server.server_close()
@@ -74,7 +77,8 @@ def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
     assert alert.severity == "critical" and "thumbs_down_rate" in alert.drifted_columns
     assert alert.report_url is not None
     report = Path(alert.report_url.removeprefix("file://"))
-    assert report.exists() and report.stat().st_size > 10_000
+    assert report == copy.resolve() and report.stat().st_size > 10_000
+    assert [p.name for p in report.parent.iterdir()] == [report.name]
     [payload] = Webhook.received
     assert "segment" in str(payload["text"]) and str(alert.report_url) in str(payload["text"])
     workspace = Workspace.create(str(tmp_path / "workspace"))
@@ -103,6 +107,7 @@ def test_with_the_ui_an_alert_links_to_its_windows_report_there(tmp_path: Path) 
     project = publisher.project.id
     assert alert.report_url == f"http://ui:8010/projects/{project}/reports/{recorded.snapshot_id}"
     assert [str(r) for r in publisher.workspace.list_runs(project)] == [recorded.snapshot_id]
+    publisher.save_copy(recorded, WINDOW)
     assert len(list((tmp_path / "r").glob("drift-*.html"))) == 1  # a copy on disk too
 
 
@@ -143,6 +148,7 @@ def test_only_the_newest_windows_are_kept(tmp_path: Path) -> None:
         window = Window(i, END + timedelta(minutes=i), END + timedelta(minutes=i + 1), 200, "1")
         recorded.append(publisher.record(shifted, window))
         assert publisher.alert(shifted, window, recorded[-1]) is not None
+        publisher.save_copy(recorded[-1], window)
     runs = [str(r) for r in publisher.workspace.list_runs(publisher.project.id)]
     assert sorted(runs) == sorted(r.snapshot_id for r in recorded[2:])
     reports = sorted(p.name for p in (tmp_path / "r").glob("drift-*.html"))

@@ -162,7 +162,10 @@ def test_shift_alerts_within_a_window_stable_traffic_does_not_and_drift_triggers
     # Each links to its window's report in the Evidently UI, with a copy on disk.
     project = f"{settings.evidently_ui_url}/projects/"
     assert all(str(a.report_url).startswith(project) for a in alerts), alerts[0].report_url
-    copies = list((settings.var_dir / "monitor" / "reports").glob("drift-*.html"))
+    # The copies follow the alerts (the worker renders them once the alerts are out).
+    reports, deadline = settings.var_dir / "monitor" / "reports", time.monotonic() + 60
+    while len(copies := list(reports.glob("drift-*.html"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert len(copies) == 2 and all(c.stat().st_size > 10_000 for c in copies)
     assert len(Webhook.received) == 2 and "prompt_oov_share" in str(Webhook.received[0]["text"])
 

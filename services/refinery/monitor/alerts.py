@@ -114,15 +114,12 @@ class AlertPublisher:
         return f"{self.ui_url}/projects/{self.project.id}/reports/{recorded.snapshot_id}"
 
     def alert(self, result: DriftResult, window: Window, recorded: Recorded) -> AlertEvent | None:
-        """An alert for a drifted window (None if nothing drifted), its report saved; the
-        worker sends it (and :meth:`notify`) once the window's close is recorded. The link
-        is the report in the UI, or the saved copy when no UI is configured."""
+        """An alert for a drifted window (None if nothing drifted); the worker sends it (and
+        :meth:`notify`) once the window's close is recorded, then writes the report's copy
+        on disk (:meth:`save_copy`). The link is the report in the UI, or that copy when no
+        UI is configured."""
         if not result.drifted_columns:
             return None
-        report = self.reports_dir / f"drift-{window.end:%Y%m%dT%H%M%S%f}.html"
-        recorded.snapshot.save_html(str(report))
-        for old in sorted(self.reports_dir.glob("drift-*.html"))[: -self.kept]:
-            old.unlink(missing_ok=True)  # names sort by the window's end: the oldest first
         drifted = result.drifted_columns
         critical = THUMBS_DOWN in drifted or len(drifted) * 2 >= len(result.metrics)
         return AlertEvent(
@@ -133,9 +130,29 @@ class AlertPublisher:
             drifted_columns=drifted,
             metrics=result.metrics,
             reference_version=window.reference_version,
-            report_url=self.report_url(recorded) if self.ui_url else report.resolve().as_uri(),
+            report_url=(
+                self.report_url(recorded)
+                if self.ui_url
+                else self.copy_path(window).resolve().as_uri()
+            ),
             severity="critical" if critical else "warning",
         )
+
+    def copy_path(self, window: Window) -> Path:
+        # Names sort by the window's end: the oldest first.
+        return self.reports_dir / f"drift-{window.end:%Y%m%dT%H%M%S%f}.html"
+
+    def save_copy(self, recorded: Recorded, window: Window) -> Path:
+        """A drifted window's report as one HTML file, written whole (renamed in); only the
+        newest ``kept`` stay. Rendering takes seconds on a busy host (4-11 s beside the
+        loaded stack), so the worker does it after the window's alert and trigger are out."""
+        path = self.copy_path(window)
+        partial = path.with_name(path.name + ".part")
+        recorded.snapshot.save_html(str(partial))
+        partial.replace(path)
+        for old in sorted(self.reports_dir.glob("drift-*.html"))[: -self.kept]:
+            old.unlink(missing_ok=True)
+        return path
 
     def notify(self, alert: AlertEvent) -> None:
         """The Slack-compatible webhook POST, if one is configured."""

@@ -43,7 +43,7 @@ from refinery.common.metrics import serve_metrics
 from refinery.common.settings import get_settings
 from refinery.common.task import load_task
 from refinery.common.topics import DLQ_SUFFIX, Stream, Topics
-from refinery.monitor.alerts import AlertPublisher, Window, post_webhook
+from refinery.monitor.alerts import AlertPublisher, Recorded, Window, post_webhook
 from refinery.monitor.blocks import BlockKeeper
 from refinery.monitor.drift import alarm_ratio, describe, detect_drift, warm_up
 from refinery.monitor.join import (
@@ -173,6 +173,10 @@ LAG_S = 30.0  # how often the worker measures its group's consumer lag
 # Time-closed windows need a clock in the stream: every worker ticks; extra ticks are harmless.
 TICK_S = min(5.0, spec.window_minutes * 60 / 4)
 _publisher: AlertPublisher | None = None
+#: Drifted windows' report copies, rendered one at a time after their alerts and triggers
+#: went out (seconds each on a busy host: the next window's close must not wait for one).
+#: Bounded: a worker that cannot keep up waits at the put, as it did inline.
+report_copies: asyncio.Queue[tuple[Recorded, Window]] = asyncio.Queue(maxsize=8)
 
 
 def publisher() -> AlertPublisher:
@@ -355,6 +359,23 @@ async def warm_up_drift() -> None:
 
 
 @app.task
+async def write_report_copies() -> None:
+    """The copies on disk of drifted windows' reports (AlertPublisher.save_copy): best
+    effort, the snapshot in the Evidently workspace is the record."""
+    while True:
+        recorded, window = await report_copies.get()
+        started = time.monotonic()
+        try:
+            path = await asyncio.to_thread(publisher().save_copy, recorded, window)
+        except Exception:
+            log.exception("report copy of window %d not written", window.index)
+            continue
+        log.info(
+            "report copy of window %d in %.1f s: %s", window.index, time.monotonic() - started, path
+        )
+
+
+@app.task
 async def expose_metrics() -> None:
     serve_metrics(metrics.registry, settings.metrics_host, settings.monitor_metrics_port, "monitor")
 
@@ -403,11 +424,11 @@ async def close_window(windows: DriftWindows) -> None:
         thumbs=closed.current_thumbs,
     )
     recorded = await asyncio.to_thread(publisher().record, result, window)
-    alert = await asyncio.to_thread(publisher().alert, result, window, recorded)
+    alert = publisher().alert(result, window, recorded)
     lowest = min(result.metrics, key=alarm_ratio)
     log.info(
         "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s "
-        "(tests %.1f s, record and report %.1f s), rows %s",
+        "(tests %.1f s, record %.1f s), rows %s",
         closed.index,
         closed.version,
         len(closed.current),
@@ -424,6 +445,8 @@ async def close_window(windows: DriftWindows) -> None:
         result.metrics, len(closed.current), closed.end.timestamp(), time.monotonic() - started
     )
     await deliver(windows, windows.close(closed, result.drifted_columns, alert))
+    if alert is not None:
+        await report_copies.put((recorded, window))
 
 
 async def deliver(windows: DriftWindows, outbox: Outbox) -> None:

@@ -42,7 +42,7 @@ class MonitorMetrics:
         )
         self.window_seconds = Histogram(
             "refinery_monitor_window_test_seconds",
-            "Time to test, record and report one closed window",
+            "Time to test and record one closed window (its report copy is written after)",
             buckets=WINDOW_SECONDS_BUCKETS,
             registry=r,
         )
