@@ -33,6 +33,8 @@ def test_the_report_needs_every_bench_of_the_run(
     assert report.main() == 1 and not (tmp_path / "BENCHMARKS.md").exists()
 
     report.record("retrainer", [Figure("sft", 95.0, "plain", 100.0, "examples/s")], "r")
+    assert report.main() == 1  # vllm_spin left none
+    report.record("vllm_spin", [Figure("cpu", 36.0, "vLLM's own", 217.0, "ms")], "s")
     assert report.main() == 0
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert (

@@ -31,7 +31,10 @@ def limit_spin() -> None:
         shm_broadcast,
     )
 
-    condition = shm_broadcast.SpinCondition
+    condition = getattr(shm_broadcast, "SpinCondition", None)
+    if condition is None:  # another vLLM than 0.32's queues: nothing of ours to shorten
+        log.warning("refinery: %s ignored: this vLLM has no SpinCondition", ENV)
+        return
     if getattr(condition, "_refinery_spin_s", None) == seconds:
         return
     original = getattr(condition, "_refinery_original_wait", condition.wait)
