@@ -11,7 +11,6 @@ spin the baseline. Run it with the stack up (``make bench`` does); it records it
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -19,26 +18,21 @@ from pathlib import Path
 
 import httpx
 
+from bench.cpu import cpu_seconds
 from bench.report import Figure, record
 from refinery.common.registry import ModelRegistry
 from refinery.common.settings import Settings, get_settings
-from refinery.stack.process import _group_members
 from refinery.stack.vllm import CPU_SPIN_S, merged_vllm_process
 
 VLLM_OWN_SPIN_S = 1.0  # shm_broadcast.SpinCondition's busy_loop_s in vLLM 0.32
 SERVED = "spin-bench"
+SERVER = "vllm-merged-0"  # its process name (pid file) under the bench's own var dir
 BODY = {"model": SERVED, "prompt": "Ticket: my lamp will not pair\nTeam:", "max_tokens": 4}
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / os.sysconf("SC_CLK_TCK")
+def _spent(settings: Settings) -> float:
+    """CPU seconds of the server's whole process group (engine core and worker included)."""
+    return cpu_seconds(settings.run_dir)[SERVER]
 
 
 def measure(settings: Settings, model_dir: Path, spin_s: float, rate: float) -> tuple[float, float]:
@@ -49,12 +43,10 @@ def measure(settings: Settings, model_dir: Path, spin_s: float, rate: float) -> 
         update={"var_dir": var, "vllm_merged_port": port, "vllm_spin_s": spin_s}
     )
     server = merged_vllm_process(own, 0, model_dir, SERVED)
+    assert server.name == SERVER
     server.start()
     try:
         url = f"http://{own.vllm_host}:{port}/v1/completions"
-        pid = server.pid()
-        assert pid is not None
-        pids = _group_members(os.getpgid(pid))
         with httpx.Client(timeout=30) as client:
             for _ in range(5):  # warm
                 client.post(url, json=BODY).raise_for_status()
@@ -63,12 +55,12 @@ def measure(settings: Settings, model_dir: Path, spin_s: float, rate: float) -> 
                 started = time.perf_counter()
                 client.post(url, json=BODY).raise_for_status()
                 latencies.append((time.perf_counter() - started) * 1000)
-            cpu_before, began, sent = _cpu_seconds(pids), time.monotonic(), 0
+            cpu_before, began, sent = _spent(own), time.monotonic(), 0
             while time.monotonic() - began < 20:
                 client.post(url, json=BODY).raise_for_status()
                 sent += 1
                 time.sleep(max(0.0, began + sent / rate - time.monotonic()))
-            cpu_ms = (_cpu_seconds(pids) - cpu_before) / sent * 1000
+            cpu_ms = (_spent(own) - cpu_before) / sent * 1000
         return statistics.median(latencies), cpu_ms
     finally:
         server.stop()
