@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 
 
 class ModelEventListener:
-    """A thread consuming model events; each gateway instance has its own consumer group."""
+    """A thread following model events from every partition of the topic, without a
+    consumer group: it reads only what is published after it started (the registry's
+    champion, read once ``ready`` is set, covers everything before), so it has no offsets to
+    keep, and no membership to join, lose or wait out after a restart. With a group of its
+    own, a gateway once hung at start-up after a rebalance in kafka-python (no heartbeat,
+    no rejoin), and a SIGKILLed one waited for its dead member to expire."""
 
     def __init__(
         self,
@@ -31,21 +36,9 @@ class ModelEventListener:
         self.router = router
         self.loop = loop
         self._stop = threading.Event()
-        #: set once partitions are assigned: from then on no model event can slip past
+        #: set once every partition's position is fixed: no later model event can slip past
         self.ready = threading.Event()
-        # "latest": the registry's champion, read after `ready`, covers everything before.
-        self._consumer = EventConsumer(
-            settings,
-            [Stream.MODELS],
-            group_id=f"gateway-{settings.gateway_host}-{settings.gateway_port}",
-            auto_offset_reset="latest",
-            # A restarted gateway joins the group its killed predecessor still holds, and
-            # starts only once the coordinator drops that member: after the session timeout
-            # (kafka-python's default 45 s kept a SIGKILLed gateway down 49 s in
-            # bench/faults.py). 6 s is the broker's smallest allowed.
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=2000,
-        )
+        self._consumer = EventConsumer(settings, [Stream.MODELS], group_id=None)
         self._thread = threading.Thread(target=self._run, name="model-events", daemon=True)
 
     def start(self) -> None:
@@ -54,16 +47,9 @@ class ModelEventListener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                while not self.ready.is_set() and not self._stop.is_set():
-                    for item in self._consumer.poll(timeout_ms=200):
-                        self._handle(item)
-                    if self._consumer.assignment():
-                        # Bounded: a gateway started beside a restarting broker once waited
-                        # here past its 60 s start-up, its group membership lapsed meanwhile;
-                        # a timeout polls again, which rejoins.
-                        self._consumer.resolve_positions(timeout_ms=10_000)
-                        self._consumer.commit(timeout_ms=10_000)
-                        self.ready.set()
+                if not self.ready.is_set():
+                    self._consumer.assign_all(timeout_ms=10_000)
+                    self.ready.set()
                 self._consumer.run(self._handle, self._stop.is_set)
             except KafkaError as exc:  # broker away: keep trying, the consumer reconnects
                 log.warning("model events: %s; retrying", exc)

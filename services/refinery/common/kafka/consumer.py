@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaTimeoutError
 from pydantic import ValidationError
@@ -91,13 +91,14 @@ def parse_event(stream: Stream, value: bytes | None) -> Event:
 
 
 class EventConsumer:
-    """Reads validated events of some streams in one consumer group."""
+    """Reads validated events of some streams, in a consumer group or (``group_id=None``)
+    from every partition at once, placed by ``assign_all``."""
 
     def __init__(
         self,
         settings: Settings,
         streams: Iterable[Stream],
-        group_id: str,
+        group_id: str | None,
         producer: EventProducer | None = None,
         **kafka_options: Any,
     ) -> None:
@@ -110,7 +111,8 @@ class EventConsumer:
             "auto_offset_reset": "earliest",
         }
         options.update(kafka_options)
-        self._consumer = KafkaConsumer(*[self.topics.name(s) for s in self.streams], **options)
+        subscribed = [self.topics.name(s) for s in self.streams] if group_id is not None else []
+        self._consumer = KafkaConsumer(*subscribed, **options)
         self._own_producer = producer is None
         self._producer = producer or EventProducer(settings)
         self.dead_lettered = 0
@@ -164,9 +166,26 @@ class EventConsumer:
             positions[(tp.topic, tp.partition)] = position
         return positions
 
+    def assign_all(self, timeout_ms: int) -> None:
+        """Without a group: take every partition of the streams, each read from its end, the
+        positions fixed now, so whatever is appended from here on is read. No membership to
+        join, so none to lose: a reader that only follows what happens next needs none."""
+        partitions = []
+        for stream in self.streams:
+            topic = self.topics.name(stream)
+            found = self._consumer.partitions_for_topic(topic)
+            if not found:
+                raise KafkaTimeoutError(f"no partitions of {topic}")
+            partitions += [TopicPartition(topic, p) for p in sorted(found)]
+        self._consumer.assign(partitions)
+        self._consumer.seek_to_end()
+        self.resolve_positions(timeout_ms)
+
     def commit(self, timeout_ms: int | None = None) -> None:
-        """Commit what poll() has returned so far (``timeout_ms``: KafkaTimeoutError after)."""
-        self._consumer.commit(timeout_ms=timeout_ms)
+        """Commit what poll() has returned so far (``timeout_ms``: KafkaTimeoutError after);
+        without a group there is nothing to commit to."""
+        if self._consumer.config["group_id"] is not None:
+            self._consumer.commit(timeout_ms=timeout_ms)
 
     def run(
         self,
