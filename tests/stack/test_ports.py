@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -120,3 +121,16 @@ def test_a_restart_ends_the_orphans_of_the_last_instance(tmp_path: Path) -> None
         assert _children_of_group(old) == []
     finally:
         proc.stop()
+
+
+def test_a_process_stopped_through_another_handle_is_reaped(tmp_path: Path) -> None:
+    """A fixture's Stack may be dropped while its processes run on, and another handle stop
+    them: the exit status is collected all the same (no zombie), and the dropped handle
+    leaves nothing for the garbage collector to warn about."""
+    started = _sleeper(tmp_path)
+    pid = _started_with_child(started)
+    del started
+    gc.collect()  # under the suite's warnings-as-errors: a running, unreaped Popen warns here
+    assert _sleeper(tmp_path).stop()
+    state = Path(f"/proc/{pid}/stat")
+    assert not state.exists(), f"pid {pid} left as {state.read_text().split()[2]}"

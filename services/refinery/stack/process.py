@@ -18,6 +18,25 @@ from refinery.stack.ports import describe_holders, ensure_free
 
 log = logging.getLogger(__name__)
 
+# Every child this Python process started, by pid, until its exit status is collected: a
+# handle may be dropped while its process runs on (a fixture's Stack, a command's), and
+# whichever handle stops that process later reaps it here, leaving no zombie, nor an
+# unreaped Popen for the garbage collector to warn about.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap_child(pid: int | None, timeout_s: float | None) -> None:
+    """Collect the exit status of our child ``pid``: wait up to ``timeout_s``, or with
+    None only if it has ended already. Not ours (another command's): nothing to do."""
+    child = _CHILDREN.get(pid) if pid is not None else None
+    if child is None:
+        return
+    if timeout_s is not None:
+        child.wait(timeout=timeout_s)
+    elif child.poll() is None:
+        return
+    del _CHILDREN[child.pid]
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -119,9 +138,9 @@ class ManagedProcess:
         come up together, like a KRaft quorum). Returns True if it started it."""
         if self.pid() is not None:
             return False
-        if self._proc is not None:  # ours, and it died on its own: collect its exit status
-            self._proc.poll()
-            self._proc = None
+        for pid in list(_CHILDREN):  # ours that ended on their own: collect their status
+            _reap_child(pid, None)
+        self._proc = None
         if not self.argv:
             raise ProcessError(f"{self.name}: no command to start it with")
         self._end_orphans()
@@ -142,7 +161,7 @@ class ManagedProcess:
                 cwd=self.cwd,
                 start_new_session=True,
             )
-        self._proc = proc
+        self._proc = _CHILDREN[proc.pid] = proc
         self.pid_file.write_text(f"{proc.pid}\n")
         log.info("%s: started pid %d, log %s", self.name, proc.pid, self.log_file)
         return True
@@ -185,8 +204,11 @@ class ManagedProcess:
         pgid = self._recorded_pid()
         if pgid is None or not self._group_running(pgid):
             self.pid_file.unlink(missing_ok=True)
+            # Ended by another stop (another handle's, another command's): reaped here.
+            _reap_child(pgid, None)
             if self._proc is not None and self._proc.poll() is not None:
-                self._proc = None  # ended by another stop (another command's): reaped here
+                _reap_child(self._proc.pid, None)
+                self._proc = None
             return False
         self._signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
@@ -196,7 +218,7 @@ class ManagedProcess:
         if self.last_stop_forced:
             log.warning("%s: no exit after SIGTERM, killing", self.name)
             self._kill_group(pgid)
-        self._reap()
+        self._reap(pgid)
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -205,7 +227,7 @@ class ManagedProcess:
         pgid = self._recorded_pid()
         if pgid is not None:
             self._kill_group(pgid)
-            self._reap()
+            self._reap(pgid)
             self.pid_file.unlink(missing_ok=True)
 
     def kill_leader(self) -> None:
@@ -216,7 +238,7 @@ class ManagedProcess:
             os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.05)
-            self._reap()
+            self._reap(pid)
 
     def _end_orphans(self) -> None:
         """Before a start: end what is left of the last instance's group (ports, memory)."""
@@ -231,10 +253,12 @@ class ManagedProcess:
         while self._group_running(pgid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def _reap(self) -> None:
-        if self._proc is not None:
-            self._proc.wait(timeout=self.stop_timeout_s)
-            self._proc = None
+    def _reap(self, pid: int) -> None:
+        """Collect ``pid`` (stopped by us) and this handle's own child, if another one."""
+        own = self._proc.pid if self._proc is not None else pid
+        for child in {pid, own}:
+            _reap_child(child, self.stop_timeout_s)
+        self._proc = None
 
     @staticmethod
     def _signal_group(pid: int, sig: signal.Signals) -> None:
