@@ -1,4 +1,6 @@
-"""A gateway on three Kafka nodes keeps taking feedback when a partition leader dies."""
+"""A gateway on three Kafka nodes (every partition on all three, min ISR 2) keeps taking
+feedback when a partition leader dies, and refuses it, never acknowledging, when a second
+node dies too."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from refinery.common.events import FeedbackEvent, PredictionEvent
 from refinery.common.kafka import ensure_topics, wait_for_broker
@@ -122,6 +125,27 @@ def _probe_readiness(settings: Settings, traffic: Traffic, stop: threading.Event
             stop.wait(1.0)
 
 
+def _replication(settings: Settings, stream: Stream) -> tuple[set[int], str]:
+    """The replica counts of ``stream``'s partitions, and its min.insync.replicas."""
+    topic = Topics.from_settings(settings).name(stream)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        [described] = admin.describe_topics([topic])
+        # Asked of any broker: one that has not applied the new topic's metadata yet
+        # answers without its configs for a moment.
+        deadline = time.monotonic() + 30
+        while True:
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+            configs = admin.describe_configs([resource])["topic"][topic]
+            if "min.insync.replicas" in configs or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        admin.close()
+    replicas = {len(p["replica_nodes"]) for p in described["partitions"]}
+    return replicas, configs.get("min.insync.replicas", {}).get("value", "")
+
+
 def _controller_leading_predictions(settings: Settings) -> tuple[int, list[int]]:
     """The active KRaft controller, and the predictions partitions it leads."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
@@ -167,6 +191,7 @@ def cluster(serving: Settings, tmp_path: Path) -> Iterator[tuple[Settings, list[
             proc.wait_healthy()
         wait_for_broker(settings.kafka_bootstrap, timeout_s=90, min_brokers=3)
         ensure_topics(settings)
+        assert _replication(settings, Stream.FEEDBACK) == ({3}, "2")
         yield settings, procs
     finally:
         # A throwaway cluster: with a voter dead, the last node cannot shut down cleanly
@@ -231,6 +256,18 @@ def test_feedback_survives_the_death_of_a_partition_leader(
                     if line.startswith("refinery_prediction_log_backlog "):
                         backlog = float(line.split()[1])
                 time.sleep(0.5)
+        _check_failover(settings, traffic, killed_at, victim, led, ready, backlog)
+
+        # A second node dies: one replica left, below min ISR 2. A rating is refused (503,
+        # Retry-After) within the ack timeout; acks=all never completes, so none is lost.
+        procs[next(i for i in range(3) if i != victim - 1)].kill()
+        with httpx.Client(base_url=settings.gateway_url, headers=HEADERS, timeout=60) as http:
+            refused = http.post(
+                "/v1/feedback",
+                json={"prediction_id": traffic.predictions[-1], "rating": "up", "user": "last"},
+            )
+        assert refused.status_code == 503, refused.text
+        assert refused.headers.get("Retry-After"), refused.headers
     finally:
         stop.set()
         for thread in threads:
@@ -238,6 +275,18 @@ def test_feedback_survives_the_death_of_a_partition_leader(
                 thread.join()
         gateway.stop()
 
+
+def _check_failover(
+    settings: Settings,
+    traffic: Traffic,
+    killed_at: float,
+    victim: int,
+    led: list[int],
+    ready: httpx.Response,
+    backlog: float,
+) -> None:
+    """Refused for a few seconds at most, ready again, and every acknowledged rating and
+    answered prediction in Kafka."""
     after = sorted(
         (t - killed_at, done - killed_at, s) for t, done, s, _ in traffic.feedback if t >= killed_at
     )
