@@ -44,6 +44,7 @@ class Flood:
     corrections: int = 0
     rate_limited: int = 0  # 429s waited out
     started_at: float = 0.0
+    ended_at: float = 0.0  # the last rating acknowledged (or refused)
     errors: list[str] = field(default_factory=list)
 
 
@@ -111,6 +112,7 @@ async def flood(settings: Settings, task: TaskObjective, n: int, wrong: int) -> 
                 report.accepted += 1
             else:
                 report.errors.append(rated.text[:200])
+    report.ended_at = time.time()
     return report
 
 
@@ -143,10 +145,18 @@ def test_a_flood_from_one_key_neither_triggers_nor_promotes(flood_stack: Setting
     assert champion is not None
     # The app: honest users on the product line the champion knows, no shift.
     config = SimulationConfig(
-        rate=8, shift_at_s=10_000, shift_share=0.0, max_duration_s=150, after_promotion_s=0
+        rate=8, shift_at_s=10_000, shift_share=0.0, max_duration_s=240, after_promotion_s=0
     )
+    attack = Flood()
 
-    async def app_and_flood() -> tuple[Simulation, Flood]:
+    def watched(sim: Simulation) -> bool:
+        """Once the flood is in, long enough for it to trigger if it could: its 300 wrong
+        corrections pass min_new_labels (150) at once, and two drifted windows of 60
+        predictions take ~15 s at 8 requests/s; 45 s is three times that."""
+        return attack.ended_at > 0 and time.time() > attack.ended_at + 45
+
+    async def app_and_flood() -> Simulation:
+        nonlocal attack
         app = asyncio.create_task(
             simulate(
                 settings.gateway_url,
@@ -154,14 +164,16 @@ def test_a_flood_from_one_key_neither_triggers_nor_promotes(flood_stack: Setting
                 settings.registered_model,
                 task_file.task,
                 config,
+                done=watched,
             )
         )
         await asyncio.sleep(35)  # the monitor's reference (120 predictions) is full
         attack = await flood(settings, task_file.task, n=500, wrong=300)
-        return await app, attack
+        return await app
 
-    sim, attack = asyncio.run(app_and_flood())
-    print(f"flood {attack}")
+    sim = asyncio.run(app_and_flood())
+
+    print(f"flood {attack}; app traffic {time.time() - sim.started_at:.0f} s")
     assert (attack.answered, attack.accepted, attack.corrections) == (500, 500, 300), attack.errors
     assert attack.rate_limited > 0  # 500 ratings at once from one key: over 50/s, burst 100
 
