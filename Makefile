@@ -44,8 +44,12 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 # pytest's 5 (no test selected: PYTEST_ARGS named only slow tests, or only fast ones) is
 # not a failure of either target.
+# On two workers (pytest-xdist), each with a session stack and a port plan of its own
+# (tests/ports.py), a file's tests all on one: the suite mostly waits on the processes it
+# starts (on one worker it kept ~0.9 of the 2 cores busy), and two took 0.67x the time.
+TEST_WORKERS ?= 2
 test: setup lint
-	$(PYTEST) -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # Whole closed loops and other suites that start stacks of their own; .ci/run runs both.
 # -rP: what the loops print (timeline, quality by phase and domain) shows for a pass too.

@@ -3,7 +3,8 @@
 Every block lies below the kernel's ephemeral range (``tests/stack/test_ports.py`` checks
 it against the range read at run time), so no outgoing connection of the suite can take a
 listener's port. ``REFINERY_TEST_PORT_BASE`` moves the whole plan, so two suites can run
-side by side on one machine.
+side by side on one machine; under pytest-xdist each worker (gw0, gw1, ...) has a plan of
+its own, ``WORKER_SPAN`` further on.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-BASE = int(os.environ.get("REFINERY_TEST_PORT_BASE", "21000"))
 BLOCK = 100
+WORKER_SPAN = 10 * BLOCK  # room for ten blocks a worker
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+BASE = int(os.environ.get("REFINERY_TEST_PORT_BASE", "21000")) + WORKER * WORKER_SPAN
 
 # One block per stack (or cluster) the suite starts; add a name here for a new one.
 SESSION = 0  # tests/conftest.py: Kafka, MLflow, vLLM, gateway of the whole session
 LOOP = 1  # tests/demo/test_closed_loop.py: the closed loop on a stack of its own
 CLI = 2  # tests/cli/test_cli.py: `refinery up/status/down`
 KAFKA_RESTART = 3  # tests/stack/test_kafka.py: one node restarted
-KAFKA_THREE = 4  # tests/stack/test_kafka.py: three nodes
 FAILOVER = 5  # tests/inference/test_failover.py: a gateway on three Kafka nodes
 OWN_MODEL = 6  # tests/retrainer/test_own_model.py: vLLM serving a user's architecture
 FLOOD = 7  # tests/demo/test_flood.py: one key floods ratings while an app runs
@@ -30,13 +32,13 @@ ALL_BLOCKS = (
     LOOP,
     CLI,
     KAFKA_RESTART,
-    KAFKA_THREE,
     FAILOVER,
     OWN_MODEL,
     FLOOD,
     KAFKA_ADDRESS,
     POSTGRES,
 )
+assert (max(ALL_BLOCKS) + 1) * BLOCK <= WORKER_SPAN, "a worker's plan overlaps the next one's"
 
 
 def ports(block: int) -> dict[str, Any]:

@@ -15,7 +15,13 @@ from refinery.common.registry import MERGED_URL_TAG, ModelRegistry, VersionInfo
 from refinery.common.settings import Settings
 from refinery.stack.deployer import deployer_process, merged_slots
 from refinery.stack.vllm import merged_url
-from tests.inference.helpers import PROMPT, Load, make_champion, register_adapter
+from tests.inference.helpers import (
+    PROMPT,
+    Load,
+    make_champion,
+    register_adapter,
+    serve_the_base_again,
+)
 
 
 def _gateway_metric(settings: Settings, series: str) -> float:
@@ -96,4 +102,4 @@ def test_each_champion_is_served_merged_blue_green_with_no_failed_request(
         deployer.stop()
         for slot in merged_slots(settings):
             slot.stop()
-        registry.set_alias("champion", "1")
+        serve_the_base_again(full_stack, "merged serving tests done: the base serves again")

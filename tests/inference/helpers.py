@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from refinery.common.events import Event
 from refinery.common.kafka import EventConsumer, EventProducer
-from refinery.common.promotion import model_event
+from refinery.common.promotion import model_event, promote
 from refinery.common.registry import CHAMPION, ModelRegistry, VersionInfo
 from refinery.common.settings import Settings
 from refinery.common.topics import Stream
@@ -85,6 +85,20 @@ def complete(http: httpx.Client, settings: Settings) -> httpx.Response:
             "temperature": 0,
         },
     )
+
+
+def serve_the_base_again(settings: Settings, why: str) -> None:
+    """Champion v1 again, promoted as ops would, and the session's gateway answering with
+    it: what every test on the session's stack starts from, whichever ran before it (under
+    pytest-xdist a worker's files come in no fixed order)."""
+    registry = ModelRegistry(settings)
+    if registry.champion() != registry.get("1"):
+        promote(settings, "1", reasons=[why])
+    deadline = time.monotonic() + 120
+    with httpx.Client(timeout=60) as http:
+        while (served := complete(http, settings).json()["model"]) != settings.served_model_name:
+            assert time.monotonic() < deadline, f"still serving {served}"
+            time.sleep(0.5)
 
 
 def announce(settings: Settings, info: VersionInfo, action: str, previous: str) -> None:

@@ -15,7 +15,13 @@ import pytest
 from refinery.common.registry import ModelRegistry, VersionInfo
 from refinery.common.settings import Settings
 from refinery.stack.stack import Stack
-from tests.inference.helpers import ADMIN, Load, make_champion, register_adapter
+from tests.inference.helpers import (
+    ADMIN,
+    Load,
+    make_champion,
+    register_adapter,
+    serve_the_base_again,
+)
 
 
 def _answered(vllm_url: str) -> float:
@@ -124,7 +130,7 @@ def test_a_promotion_switches_every_replica_with_no_failed_request(
             make_champion(two_replicas, base, "rolled_back", previous=adapter.version)
             load.wait_for(two_replicas.served_model_name)
     finally:
-        registry.set_alias("champion", "1")
+        serve_the_base_again(two_replicas, "replica tests done: the base serves again")
     assert load.failures == []
     switch_at = load.served.index(adapter.served_name)
     assert set(load.served[:switch_at]) == {two_replicas.served_model_name}

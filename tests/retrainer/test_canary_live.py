@@ -31,7 +31,7 @@ from refinery.inference.router import in_canary
 from refinery.inference.routes.completions import ARM_HEADER
 from refinery.retrainer.canary_watch import run_canary
 from tests.conftest import API_KEYS, run_cli
-from tests.inference.helpers import read_events, register_adapter
+from tests.inference.helpers import read_events, register_adapter, serve_the_base_again
 
 SPEC = CanarySpec(share=0.5, min_per_arm=25, max_minutes=4)
 HEADERS = {"Authorization": f"Bearer {API_KEYS['admin']}"}
@@ -120,9 +120,7 @@ def adapters(full_stack: Settings, tmp_path: Path) -> Iterator[tuple[VersionInfo
     bad = register_adapter(full_stack, base_dir, tmp_path / "bad")
     good = register_adapter(full_stack, base_dir, tmp_path / "good", identity=True)
     yield bad, good
-    if registry.champion() != registry.get("1"):
-        promote(full_stack, "1", reasons=["canary tests done: the base serves again"])
-        _wait_served(full_stack, full_stack.served_model_name)
+    serve_the_base_again(full_stack, "canary tests done: the base serves again")
 
 
 def test_a_canary_worse_live_is_rolled_back_with_no_failed_request(

@@ -29,7 +29,7 @@ from refinery.retrainer.record import OUTCOME_TAG
 from refinery.retrainer.splits import split
 from refinery.stack.stack import Stack
 from tests.conftest import API_KEYS, TEST_TASK, run_cli
-from tests.inference.helpers import read_events
+from tests.inference.helpers import read_events, serve_the_base_again
 from tests.metrics import promtool_lint, scrape, scrape_until, value
 
 TASK = load_task(TEST_TASK)
@@ -95,6 +95,7 @@ def retrainer_up(stack: Stack, full_stack: Settings) -> Iterator[Settings]:
     send_examples(full_stack, feedback_events(500, seed=41))
     stack.up(("retrainer",))
     yield full_stack
+    serve_the_base_again(full_stack, "retrainer tests done: the base serves again")
 
 
 def test_killed_mid_training_resumes_promotes_once_and_the_gateway_serves_it(
