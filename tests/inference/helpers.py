@@ -94,10 +94,15 @@ def serve_the_base_again(settings: Settings, why: str) -> None:
     registry = ModelRegistry(settings)
     if registry.champion() != registry.get("1"):
         promote(settings, "1", reasons=[why])
-    deadline = time.monotonic() + 120
+    wait_served(settings, settings.served_model_name)
+
+
+def wait_served(settings: Settings, served_name: str, timeout_s: float = 120) -> None:
+    """Until the gateway answers with ``served_name``."""
+    deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=60) as http:
-        while (served := complete(http, settings).json()["model"]) != settings.served_model_name:
-            assert time.monotonic() < deadline, f"still serving {served}"
+        while (served := complete(http, settings).json()["model"]) != served_name:
+            assert time.monotonic() < deadline, f"{served_name} never served (still {served})"
             time.sleep(0.5)
 
 

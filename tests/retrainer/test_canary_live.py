@@ -31,7 +31,12 @@ from refinery.inference.router import in_canary
 from refinery.inference.routes.completions import ARM_HEADER
 from refinery.retrainer.canary_watch import run_canary
 from tests.conftest import API_KEYS, run_cli
-from tests.inference.helpers import read_events, register_adapter, serve_the_base_again
+from tests.inference.helpers import (
+    read_events,
+    register_adapter,
+    serve_the_base_again,
+    wait_served,
+)
 
 SPEC = CanarySpec(share=0.5, min_per_arm=25, max_minutes=4)
 HEADERS = {"Authorization": f"Bearer {API_KEYS['admin']}"}
@@ -104,13 +109,6 @@ def _answer(settings: Settings, user: str) -> httpx.Response:
     )
 
 
-def _wait_served(settings: Settings, served_name: str) -> None:
-    deadline = time.monotonic() + 120
-    while _answer(settings, "probe").json()["model"] != served_name:
-        assert time.monotonic() < deadline, f"{served_name} never served"
-        time.sleep(0.5)
-
-
 @pytest.fixture
 def adapters(full_stack: Settings, tmp_path: Path) -> Iterator[tuple[VersionInfo, VersionInfo]]:
     """A bad adapter (random weights) and a good one (the base's answers), champion v1
@@ -180,7 +178,7 @@ def test_a_canary_better_live_is_promoted_by_the_sequential_test(
 ) -> None:
     bad, good = adapters
     promote(full_stack, bad.version)  # a champion that answers badly...
-    _wait_served(full_stack, bad.served_name)
+    wait_served(full_stack, bad.served_name)
     with _traffic(full_stack) as done:
         time.sleep(3)
         status, why = _run_canary(full_stack, good)  # ...and a canary that answers well
