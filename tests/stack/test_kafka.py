@@ -5,15 +5,19 @@ tests/inference/test_failover.py."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.producer.future import RecordMetadata
 
 from refinery.common.events import FeedbackEvent
-from refinery.common.kafka import EventProducer, ensure_topics, wait_for_broker
+from refinery.common.exceptions import EventValidationError
+from refinery.common.kafka import EventProducer, RenewingProducer, ensure_topics, wait_for_broker
 from refinery.common.kafka.consumer import parse_event
 from refinery.common.settings import Settings
 from refinery.common.topics import Stream, Topics
@@ -131,3 +135,42 @@ def test_a_broker_binds_every_interface_and_advertises_a_routable_address(
         assert got == [event]
     finally:
         proc.stop()
+
+
+def test_concurrent_acknowledged_sends_share_a_hand_over_and_a_bad_one_fails_alone(
+    kafka_stack: Settings,
+) -> None:
+    """The gateway's path for ratings: requests' records go to the producer together (one
+    worker-thread hop), each is acknowledged on its own, and an invalid event fails only its
+    own request."""
+    settings = kafka_stack.model_copy(update={"topic_prefix": f"batch-{uuid.uuid4().hex[:8]}"})
+    ensure_topics(settings)
+    producer = RenewingProducer(lambda: EventProducer(settings))
+    batches: list[int] = []
+    send_batch = producer._send_batch
+
+    def counted(batch: list[Any], loop: asyncio.AbstractEventLoop) -> None:
+        batches.append(len(batch))
+        send_batch(batch, loop)
+
+    producer._send_batch = counted  # type: ignore[method-assign]
+    good = [
+        FeedbackEvent(feedback_id=f"f{i}", prediction_id=str(uuid.uuid4()), rating="up")
+        for i in range(20)
+    ]
+    bad = FeedbackEvent.model_construct(feedback_id="bad", prediction_id="p", rating="meh")
+
+    async def send_all() -> list[Any]:
+        sends = [producer.send_acknowledged(Stream.FEEDBACK, e, e.prediction_id) for e in good]
+        sends.insert(7, producer.send_acknowledged(Stream.FEEDBACK, bad, "p"))
+        return await asyncio.gather(*sends, return_exceptions=True)
+
+    try:
+        outcomes = asyncio.run(send_all())
+    finally:
+        producer.close(timeout_s=10)
+    failed = outcomes.pop(7)
+    assert isinstance(failed, EventValidationError), failed
+    assert all(isinstance(meta, RecordMetadata) for meta in outcomes), outcomes
+    assert len({(meta.partition, meta.offset) for meta in outcomes}) == len(good)
+    assert batches == [len(good) + 1], f"one hand-over for the 21 concurrent sends: {batches}"
