@@ -102,7 +102,7 @@ class _Queued:
     key: str | None
     deadline: float
     acked: asyncio.Future[RecordMetadata]
-    producer: EventProducer | None = None  # the one it was handed to (discarded if it fails)
+    producer: EventProducer | None = None  # the one that took it (discarded if acks fail)
 
     def settle(self, outcome: RecordMetadata | BaseException) -> None:
         """On the loop; a timed-out wait has cancelled the future already."""
@@ -187,17 +187,17 @@ class RenewingProducer:
                 loop.call_soon_threadsafe(queued.settle, exc)
             return
         for i, queued in enumerate(batch):
-            queued.producer = producer
             try:
                 sent = producer.send(queued.stream, queued.event, queued.key)
             except KafkaError as exc:
-                self._discard(producer, exc)
+                self._discard(producer, exc)  # here, before the next batch can be handed it
                 for failed in batch[i:]:
                     loop.call_soon_threadsafe(failed.settle, exc)
                 return
             except Exception as exc:  # EventValidationError: a bug of the caller's
                 loop.call_soon_threadsafe(queued.settle, exc)
                 continue
+            queued.producer = producer  # a failed acknowledgement discards it
             sent.add_callback(lambda meta, q=queued: loop.call_soon_threadsafe(q.settle, meta))
             sent.add_errback(lambda exc, q=queued: loop.call_soon_threadsafe(q.settle, exc))
 
