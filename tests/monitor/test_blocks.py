@@ -1,11 +1,15 @@
-"""A partition's block keeper over a plain dict (the worker keeps it in the join's table)."""
+"""A partition's block keeper over a plain dict (the worker keeps it in the join's table),
+and the join states that carry its open rows."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from refinery.monitor import blocks
 from refinery.monitor.blocks import BlockKeeper, is_keeper_key
+from refinery.monitor.join import JoinState
+from tests.monitor.test_join import prediction
 
 
 def row(n: int) -> dict[str, Any]:
@@ -68,17 +72,45 @@ def test_an_idle_partition_closes_what_the_clock_has_passed() -> None:
     assert (block["round"], block["through"], ids(block)) == (99, 100, ["p0"])
 
 
-def test_a_keeper_over_a_recovered_table_counts_the_open_rows_and_drops_sealed_ones() -> None:
-    """Rows are written one by one and counted in memory; a new keeper (a restart, a
-    rebalance) finds them, and deletes rows a crash left behind after their seal."""
+def test_a_keeper_over_a_recovered_table_finds_its_open_rows_in_the_join_states() -> None:
+    """The open block's rows are in memory and in the join states that carry them: a new
+    keeper (a restart, a rebalance) takes those not sealed yet, in their order."""
+    store: dict[str, Any] = {}
+    keeper = BlockKeeper(store, partition=0)
+    times = (1.0, 2.0, 2.5, 2.6)
+    numbers = [keeper.add(row(n), at=at) for n, at in enumerate(times)]
+    assert [keeper.is_open(n) for n in numbers] == [False, True, True, True]  # bucket 1 sealed
+    assert not any(":row:" in key for key in store)  # no write per row
+    # As the join states carry them: p0's state still names its sealed row.
+    carried = [(n, times[i], row(i)) for i, n in enumerate(numbers)]
+    recovered = BlockKeeper(dict(store), partition=0, recover=lambda: reversed(carried))
+    assert recovered.add(row(4), at=3.0) == numbers[-1] + 1  # seals bucket 2: rows 1-3
+    assert [ids(b) for b in recovered.unsent()] == [["p0"], ["p1", "p2", "p3"]]
+    assert [r["t"] for r in recovered.unsent()[1]["predictions"]] == [2.0, 2.5, 2.6]
+
+
+def test_rows_an_older_keeper_wrote_one_by_one_are_sealed_and_then_deleted() -> None:
+    """Before the rows rode with the join states, each was a key of its own: a keeper after
+    the upgrade seals the open ones, and deletes those a crash left after their seal."""
     store: dict[str, Any] = {}
     keeper = BlockKeeper(store, partition=0)
     keeper.add(row(0), at=1.0)
-    keeper.add(row(1), at=2.0)  # seals bucket 1
-    keeper.add(row(2), at=2.5)
-    keeper.add(row(3), at=2.6)
-    # A crash right after the seal's commit, before its row went: row 0 is still there.
-    recovered = BlockKeeper(store | {"~blocks0:row:0": row(0) | {"t": 1.0}}, partition=0)
-    recovered.add(row(4), at=3.0)  # seals bucket 2: rows 1-3
-    assert [ids(b) for b in recovered.unsent()] == [["p0"], ["p1", "p2", "p3"]]
-    assert [k for k in recovered.store if ":row:" in k] == ["~blocks0:row:4"]  # p4, open
+    keeper.add(row(1), at=2.0)  # seals bucket 1: row 0; row 1 is open
+    store["~blocks0:row:0"] = row(0) | {"t": 1.0}  # the older keeper had not deleted it yet
+    store["~blocks0:row:1"] = row(1) | {"t": 2.0}
+    recovered = BlockKeeper(store, partition=0)
+    recovered.add(row(2), at=3.0)  # seals bucket 2
+    assert [ids(b) for b in recovered.unsent()] == [["p0"], ["p1"]]
+    assert not any(":row:" in key for key in store)
+
+
+def test_a_join_state_carries_its_rows_through_the_table() -> None:
+    """What the join writes with a state and a keeper recovers from it: the rating's record
+    as it was, the prediction's own made again from the prediction."""
+    state = JoinState(prediction=prediction("p7"), partition=3)
+    rating = {"kind": "rating", "event_id": "e1"}
+    state.rows = [[4, 10.5, None], [9, 11.0, rating]]
+    raw = json.loads(json.dumps(state.to_json()))  # as the changelog holds it
+    made = JoinState.from_json(raw).open_rows(lambda p: {"prediction_id": p.prediction_id})
+    assert made == [(4, 10.5, {"prediction_id": "p7"}), (9, 11.0, rating)]
+    assert "rows" not in JoinState(prediction=prediction("p8")).to_json()  # none: no field

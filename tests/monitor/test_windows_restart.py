@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -87,11 +88,21 @@ class WindowTopic:
         deadline = time.monotonic() + 60
         while not done(self.records):
             assert time.monotonic() < deadline, f"not forwarded to the windows: {what}"
-            for batch in self.consumer.poll(timeout_ms=500).values():
-                for record in (json.loads(message.value) for message in batch):
-                    # A block's predictions and ratings, as the windows take them.
-                    is_block = record["kind"] == "block"
-                    self.records += record["predictions"] if is_block else [record]
+            self._poll()
+
+    def drain(self) -> None:
+        """Read on until a poll finds nothing new."""
+        while self._poll():
+            pass
+
+    def _poll(self) -> int:
+        batches = self.consumer.poll(timeout_ms=500).values()
+        for batch in batches:
+            for record in (json.loads(message.value) for message in batch):
+                # A block's predictions and ratings, as the windows take them.
+                is_block = record["kind"] == "block"
+                self.records += record["predictions"] if is_block else [record]
+        return sum(len(batch) for batch in batches)
 
     def wait_for_ratings(self, traffic: Traffic) -> None:
         want = {fb.feedback_id for _, fb in traffic if fb is not None}
@@ -204,5 +215,60 @@ def test_a_killed_worker_counts_each_prediction_once_and_closes_a_window_once(
         alerts = alerts_of(settings)
         assert {a.event_id for a in alerts} == {first[0].event_id}
         print(f"kill/restart test: {time.monotonic() - started:.1f}s")
+    finally:
+        forwarded.close()
+
+
+def wait_in_changelog(settings: Settings, keys: set[str]) -> None:
+    """Until the join table's changelog has a state carrying drift rows for each of ``keys``."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap.split(","))
+    topic = f"{settings.monitor_app_id}-join-changelog"
+    consumer.assign([TopicPartition(topic, p) for p in range(settings.topic_partitions)])
+    consumer.seek_to_beginning()
+    seen: set[str] = set()
+    deadline = time.monotonic() + 60
+    try:
+        while not keys <= seen:
+            assert time.monotonic() < deadline, f"not in the changelog: {sorted(keys - seen)}"
+            for batch in consumer.poll(timeout_ms=500).values():
+                seen |= {
+                    json.loads(r.key)
+                    for r in batch
+                    if r.value is not None and json.loads(r.value).get("rows")
+                }
+    finally:
+        consumer.close()
+
+
+def test_a_killed_worker_finds_the_open_blocks_rows_in_the_join_states(
+    restart_worker: tuple[Settings, ManagedProcess],
+) -> None:
+    """The open block's rows live in memory and in the join states that carry them: a worker
+    killed with blocks open seals them, after the restart, with every row once."""
+    settings, worker = restart_worker
+    forwarded = WindowTopic(settings)
+    try:
+        # An hour ahead: no later prediction and no idle clock closes their buckets.
+        ahead = [
+            p.model_copy(update={"occurred_at": p.occurred_at + timedelta(hours=1)})
+            for p, _ in synthetic_traffic(TASK, "1", 40, domain="retail", seed=43)
+        ]
+        send(settings, [(p, None) for p in ahead])
+        wait_in_changelog(settings, {p.prediction_id for p in ahead})
+        restart(worker)  # SIGKILL: the open blocks were never written apart from the states
+        later = [
+            p.model_copy(update={"occurred_at": p.occurred_at + timedelta(hours=2)})
+            for p, _ in synthetic_traffic(TASK, "1", 40, domain="retail", seed=44)
+        ]
+        send(settings, [(p, None) for p in later])  # seals the hour-ahead blocks
+        wanted = {p.prediction_id for p in ahead}
+
+        def ahead_rows(records: list[dict[str, Any]]) -> list[str]:
+            return [r["prediction_id"] for r in records if r.get("prediction_id") in wanted]
+
+        forwarded.wait(lambda rs: set(ahead_rows(rs)) == wanted, "the hour-ahead predictions")
+        time.sleep(2)  # a row sent twice would come in the same seal, or soon after
+        forwarded.drain()
+        assert sorted(ahead_rows(forwarded.records)) == sorted(wanted)
     finally:
         forwarded.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -44,7 +45,7 @@ from refinery.common.settings import get_settings
 from refinery.common.task import load_task
 from refinery.common.topics import DLQ_SUFFIX, Stream, Topics
 from refinery.monitor.alerts import AlertPublisher, Recorded, Window, post_webhook
-from refinery.monitor.blocks import BlockKeeper
+from refinery.monitor.blocks import BlockKeeper, OpenRow, is_keeper_key
 from refinery.monitor.drift import alarm_ratio, describe, detect_drift, warm_up
 from refinery.monitor.join import (
     JoinState,
@@ -147,8 +148,24 @@ keepers: dict[int, BlockKeeper] = {}  # per partition this worker holds
 
 def keeper(partition: int) -> BlockKeeper:
     if partition not in keepers:
-        keepers[partition] = BlockKeeper(join_table, partition)
+        keepers[partition] = BlockKeeper(join_table, partition, lambda: open_rows(partition))
     return keepers[partition]
+
+
+def prediction_row(prediction: PredictionEvent) -> dict[str, Any]:
+    return prediction_record(prediction, task_file.task)
+
+
+def open_rows(partition: int) -> Iterator[OpenRow]:
+    """The drift rows the join states of ``partition`` carry (a keeper made over a
+    recovered table finds its open block in them)."""
+    for key, raw in join_table.items():
+        if raw and raw.get("rows") and raw.get("partition") == partition and not is_keeper_key(key):
+            yield from JoinState.from_json(raw).open_rows(prediction_row)
+
+
+def carries_open_rows(raw: dict[str, Any] | None, blocks: BlockKeeper) -> bool:
+    return any(blocks.is_open(row[0]) for row in (raw or {}).get("rows", ()))
 
 
 # One partition: the windows need the whole stream, in one order, on one worker.
@@ -233,22 +250,29 @@ async def join(stream: faust.StreamT) -> None:
         metrics.events.labels(stream=stream_kind.value, outcome="read").inc()
         raw = join_table.get(key)
         now = time.time()
-        # Past its TTL but not swept yet: gone all the same, whenever the sweep comes.
-        state = JoinState() if expired(raw, now, settings.join_ttl_s) else JoinState.from_json(raw)
         blocks = keeper(message.partition)
+        state = JoinState.from_json(raw)
+        if expired(raw, now, settings.join_ttl_s):
+            # Past its TTL but not swept yet: gone all the same, whenever the sweep comes;
+            # the rows it carries for the open block (a TTL of seconds) stay with it.
+            rows = state.open_rows(prediction_row)
+            state = JoinState(rows=[list(row) for row in rows if blocks.is_open(row[0])])
         at = parsed.occurred_at.timestamp()
         if isinstance(parsed, PredictionEvent):
             if state.prediction is None:  # new: a redelivered one has its row already
-                blocks.add(prediction_record(parsed, task_file.task), at)
+                state.rows.append([blocks.add(prediction_row(parsed), at), at, None])
                 metrics.window_rows.inc()
             out = on_prediction(state, parsed, now)
         else:
             assert isinstance(parsed, FeedbackEvent)
             out = on_feedback(state, parsed, now)
         for example in out:  # in the partition's order, after the rows before them
-            blocks.add(rating_record(example), at)
+            record = rating_record(example)
+            state.rows.append([blocks.add(record, at), at, record])
+        # The rows go with the state (one changelog record) until their block is sealed.
+        state.rows = [row for row in state.rows if blocks.is_open(row[0])]
         state.partition = message.partition  # the sweep of this partition expires it
-        join_table[key] = state.to_json()  # no await since the rows: one changelog batch
+        join_table[key] = state.to_json()
         for example in out:
             await examples.send(key=example.feedback_id.encode(), value=example.to_bytes())
             metrics.examples.inc()
@@ -500,9 +524,13 @@ async def sweep(stream: faust.StreamT) -> None:
         if now - _last_sweep.get(partition, 0.0) < SWEEP_S / 2:
             continue
         _last_sweep[partition] = now
-        stale = stale_keys(
-            join_table.items(), partition, now, settings.join_ttl_s, recovered_partition
-        )
+        stale = [
+            key
+            for key in stale_keys(
+                join_table.items(), partition, now, settings.join_ttl_s, recovered_partition
+            )
+            if not carries_open_rows(join_table[key], keeper(partition))  # gone once sealed
+        ]
         for key in stale:
             join_table.pop(key, None)  # the tombstone goes to changelog partition P
         if stale:

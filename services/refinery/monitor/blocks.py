@@ -18,16 +18,19 @@ a bucket already closed (a gateway whose clock is behind) joins the open one. A 
 goes in parts of at most ``MAX_ROWS`` rows.
 
 The keeper's state lives in the join's table under keys of its own, so it shares the join's
-changelog partition: a join state recovered after a crash comes with the rows written before
-it (one partition of one topic, in order), and the join hands over only predictions new to
-it. A prediction whose row survived a crash while its join state did not comes twice; the
-windows drop an id they hold. A sealed block waits in an outbox key until the broker has it
-(the worker flushes the changelog first, so a block the windows have is never sealed again).
+changelog partition. The open block's rows are kept in memory only: each is carried by the
+join state it came from (``JoinState.rows``, written by the join anyway), so a prediction
+costs the changelog one record, not three (its state, a row, the row's deletion after the
+seal). A keeper made after a crash or a rebalance finds its open rows again in the join
+states of its partition (``recover``): a state and the rows it carries are one write, so a
+state recovered comes with its rows, and a prediction whose state was lost is new to the join
+again and gets a new row. A sealed block waits in an outbox key until the broker has it (the
+worker flushes the changelog first, so a block the windows have is never sealed again).
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +40,10 @@ IDLE_REPEAT_S = 5.0  # how often a partition with nothing open says how far it i
 MAX_ROWS = 200  # per block: a record stays well under Kafka's 1 MB
 PREFIX = "~blocks"  # join table keys of the keepers (prediction ids never start with "~")
 
+#: A row of the open block as the join state carrying it keeps it: its number, the event's
+#: time, and the record.
+OpenRow = tuple[int, float, dict[str, Any]]
+
 
 def is_keeper_key(key: str) -> bool:
     return key.startswith(PREFIX)
@@ -44,7 +51,7 @@ def is_keeper_key(key: str) -> bool:
 
 @dataclass
 class KeeperState:
-    """What a seal commits (rows are written one by one, and only counted in memory)."""
+    """What a seal commits (the open block's rows are the join states')."""
 
     bucket: int | None = None  # the open bucket (None: the next row opens one)
     part: int = 0  # parts of the open bucket already sealed
@@ -55,54 +62,85 @@ class KeeperState:
     unsent: list[int] = field(default_factory=list)  # outbox, in order
 
 
+def _nothing() -> Iterable[OpenRow]:
+    return ()
+
+
 class BlockKeeper:
     """The open block of one partition, and its sealed blocks until the broker has them.
 
-    A row is one write; the keeper's own state is written only when a block is sealed, and
-    a keeper made over a recovered table counts the open block's rows again from the first.
-    Keep one per partition while the worker holds it (a new one after a rebalance).
+    ``add`` numbers each row; the join keeps the number (and the record, or what makes it)
+    in the join state it writes next, until ``is_open`` says the row's block is sealed.
+    ``recover`` gives the rows the partition's join states carry, for a keeper made over a
+    recovered table. Keep one per partition while the worker holds it (a new one after a
+    rebalance).
     """
 
-    def __init__(self, store: MutableMapping[str, Any], partition: int) -> None:
+    def __init__(
+        self,
+        store: MutableMapping[str, Any],
+        partition: int,
+        recover: Callable[[], Iterable[OpenRow]] = _nothing,
+    ) -> None:
         self.store = store
         self.partition = partition
         self.prefix = f"{PREFIX}{partition}:"
+        self._recover = recover
         self._state: KeeperState | None = None
-        self._n = 0  # rows in the open block
+        self._rows: list[dict[str, Any]] = []  # the open block's, in order
+        self._next = 0  # the next row's number
+        self._written: list[str] = []  # rows an older version wrote under keys of their own
 
     @property
     def state(self) -> KeeperState:
         if self._state is None:
             raw = self.store.get(self.prefix + "meta")
             state = KeeperState(**{**raw, "unsent": list(raw["unsent"])}) if raw else KeeperState()
-            while f"{self.prefix}row:{state.first + self._n}" in self.store:
-                self._n += 1
-            if state.bucket is None and self._n:  # opened after the last seal: as add did
-                at = self.store[f"{self.prefix}row:{state.first}"]["t"]
-                state.bucket = self._opened(state, at)
-            gone = state.first - 1  # rows a crash kept from being deleted after their seal
-            while self.store.pop(f"{self.prefix}row:{gone}", None) is not None:
-                gone -= 1
+            recovered = self._recover()
+            found = {n: {**record, "t": at} for n, at, record in recovered if n >= state.first}
+            self._read_written_rows(state, found)
+            self._rows = [found[n] for n in sorted(found)]
+            self._next = max(found, default=state.first - 1) + 1
+            if state.bucket is None and self._rows:  # opened after the last seal: as add did
+                state.bucket = self._opened(state, self._rows[0]["t"])
             self._state = state
         return self._state
+
+    def _read_written_rows(self, state: KeeperState, found: dict[int, dict[str, Any]]) -> None:
+        """Rows a keeper before this one wrote one by one (``row:<n>`` keys): the open ones
+        join ``found`` and go at the next seal, sealed ones a crash left behind go now."""
+        n = state.first
+        while (written := self.store.get(f"{self.prefix}row:{n}")) is not None:
+            found[n] = written
+            self._written.append(f"{self.prefix}row:{n}")
+            n += 1
+        gone = state.first - 1
+        while self.store.pop(f"{self.prefix}row:{gone}", None) is not None:
+            gone -= 1
 
     def _opened(self, state: KeeperState, at: float) -> int:
         bucket = int(at // BUCKET_S)
         return bucket if state.through is None else max(bucket, state.through + 1)
 
-    def add(self, record: dict[str, Any], at: float) -> None:
+    def add(self, record: dict[str, Any], at: float) -> int:
         """A prediction new to the join, or a rating it paired (``at``: the event's own
-        time, epoch seconds)."""
+        time, epoch seconds). Returns the row's number, for the join state to carry."""
         state = self.state
         bucket = int(at // BUCKET_S)
         if state.bucket is None:
             state.bucket = self._opened(state, at)
         elif bucket > state.bucket:
             self._seal(state, through=bucket - 1, bucket=bucket, part=0)
-        self.store[f"{self.prefix}row:{state.first + self._n}"] = {**record, "t": at}
-        self._n += 1
-        if self._n >= MAX_ROWS:
+        number = self._next
+        self._rows.append({**record, "t": at})
+        self._next += 1
+        if len(self._rows) >= MAX_ROWS:
             self._seal(state, through=state.bucket - 1, bucket=state.bucket, part=state.part + 1)
+        return number
+
+    def is_open(self, number: int) -> bool:
+        """Is row ``number`` in the open block (not sealed yet)?"""
+        return number >= self.state.first
 
     def idle(self, now: float) -> None:
         """The join has read all of the partition: close the buckets the clock has passed."""
@@ -129,11 +167,10 @@ class BlockKeeper:
             self._commit(state)
 
     def _seal(self, state: KeeperState, through: int, bucket: int | None, part: int) -> None:
-        """Seal the open block, then open ``bucket`` (None: the next row opens one). The
-        block and the state are written before the rows go: a crash in between leaves rows
-        below ``first``, which the next keeper deletes."""
+        """Seal the open block, then open ``bucket`` (None: the next row opens one): the
+        block and the state in one commit each, the rows' join states untouched (their
+        numbers are below ``first`` from now on)."""
         assert state.bucket is not None
-        rows = [self.store[f"{self.prefix}row:{state.first + i}"] for i in range(self._n)]
         self.store[f"{self.prefix}out:{state.sealed}"] = {
             "kind": "block",
             "partition": self.partition,
@@ -141,17 +178,16 @@ class BlockKeeper:
             "part": state.part,
             "through": through,
             "sealed": state.sealed,
-            "predictions": rows,
+            "predictions": self._rows,
         }
-        old_first = state.first
         state.unsent.append(state.sealed)
         state.sealed += 1
-        state.first += self._n
+        state.first = self._next
         state.through, state.bucket, state.part = through, bucket, part
         self._commit(state)
-        for number in range(old_first, state.first):
-            del self.store[f"{self.prefix}row:{number}"]
-        self._n = 0
+        for key in self._written:
+            del self.store[key]
+        self._rows, self._written = [], []
 
     def _commit(self, state: KeeperState) -> None:
         self.store[self.prefix + "meta"] = asdict(state)

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from refinery.common.events import ExampleEvent, FeedbackEvent, PredictionEvent, parse_versioned
-from refinery.monitor.blocks import is_keeper_key
+from refinery.monitor.blocks import OpenRow, is_keeper_key
 
 _EXAMPLE_NS = uuid.UUID("5d1f6c2e-8a4b-4f5e-9a63-0c7d2b9e1f40")
 
@@ -53,21 +53,42 @@ def make_example(prediction: PredictionEvent, feedback: FeedbackEvent) -> Exampl
 class JoinState:
     """What one prediction id holds in the table: the prediction, and the newest rating
     per feedback id (a user's re-rating replaces their earlier one), with the source
-    partition it came from (the sweep of that partition expires it)."""
+    partition it came from (the sweep of that partition expires it), and the drift rows it
+    gave its partition's block keeper that are not sealed in a block yet
+    (refinery/monitor/blocks.py: written with the state, not apart)."""
 
     prediction: PredictionEvent | None = None
     feedback: dict[str, FeedbackEvent] = field(default_factory=dict)
     touched_at: float = 0.0
     # None in states written before the field existed: see ``stale_keys``.
     partition: int | None = None
+    # [row number, event time, record], the record None for the prediction's own row (made
+    # again from ``prediction``: see ``open_rows``).
+    rows: list[list[Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        raw: dict[str, Any] = {
             "prediction": self.prediction.model_dump(mode="json") if self.prediction else None,
             "feedback": {k: v.model_dump(mode="json") for k, v in self.feedback.items()},
             "touched_at": self.touched_at,
             "partition": self.partition,
         }
+        if self.rows:
+            raw["rows"] = self.rows
+        return raw
+
+    def open_rows(
+        self, prediction_row: Callable[[PredictionEvent], dict[str, Any]]
+    ) -> list[OpenRow]:
+        """The rows this state carries, each with its record (``prediction_row`` makes the
+        prediction's own)."""
+        rows: list[OpenRow] = []
+        for n, at, record in self.rows:
+            if record is None:
+                assert self.prediction is not None, "a prediction's row without the prediction"
+                record = prediction_row(self.prediction)
+            rows.append((n, at, record))
+        return rows
 
     @classmethod
     def from_json(cls, raw: dict[str, Any] | None) -> JoinState:
@@ -79,6 +100,7 @@ class JoinState:
             feedback={k: _feedback(v) for k, v in raw["feedback"].items()},
             touched_at=float(raw.get("touched_at", 0.0)),
             partition=raw.get("partition"),
+            rows=[list(row) for row in raw.get("rows", ())],
         )
 
 
