@@ -23,7 +23,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import faust
@@ -44,7 +43,7 @@ from refinery.common.metrics import serve_metrics
 from refinery.common.settings import get_settings
 from refinery.common.task import load_task
 from refinery.common.topics import DLQ_SUFFIX, Stream, Topics
-from refinery.monitor.alerts import AlertPublisher, Recorded, Window, post_webhook
+from refinery.monitor.alerts import Window, post_webhook, slack_payload
 from refinery.monitor.blocks import BlockKeeper, OpenRow, is_keeper_key
 from refinery.monitor.drift import alarm_ratio, describe, detect_drift, warm_up
 from refinery.monitor.join import (
@@ -56,7 +55,7 @@ from refinery.monitor.join import (
     sweep_interval,
 )
 from refinery.monitor.metrics import MonitorMetrics
-from refinery.monitor.report import WindowLabels, window_snapshot
+from refinery.monitor.recorder import PublisherConfig, Reported, ReportProcess
 from refinery.monitor.rereads import SkippedRecords, commit_past_duplicate_acks
 from refinery.monitor.triggers import OPERATIONAL_COLUMNS
 from refinery.monitor.windows import (
@@ -189,25 +188,20 @@ metrics.watch_join_state(lambda: len(join_table))
 LAG_S = 30.0  # how often the worker measures its group's consumer lag
 # Time-closed windows need a clock in the stream: every worker ticks; extra ticks are harmless.
 TICK_S = min(5.0, spec.window_minutes * 60 / 4)
-_publisher: AlertPublisher | None = None
+#: The windows' Evidently records and report copies, in a process beside the worker.
+reports = ReportProcess(
+    PublisherConfig(
+        settings.var_dir / "monitor" / "reports",
+        settings.evidently_workspace,
+        free_text=task_file.task.kind != "classification",
+        ui_url=settings.evidently_ui_url,
+        kept=settings.drift_snapshots_kept,
+    )
+)
 #: Drifted windows' report copies, rendered one at a time after their alerts and triggers
 #: went out (seconds each on a busy host: the next window's close must not wait for one).
 #: Bounded: a worker that cannot keep up waits at the put, as it did inline.
-report_copies: asyncio.Queue[tuple[Recorded, Window]] = asyncio.Queue(maxsize=8)
-
-
-def publisher() -> AlertPublisher:
-    global _publisher
-    if _publisher is None:  # on first use: only the worker owning the windows needs one
-        _publisher = AlertPublisher(
-            settings.var_dir / "monitor" / "reports",
-            settings.evidently_workspace,
-            settings.alert_webhook_url,
-            free_text=task_file.task.kind != "classification",
-            ui_url=settings.evidently_ui_url,
-            kept=settings.drift_snapshots_kept,
-        )
-    return _publisher
+report_copies: asyncio.Queue[tuple[Reported, Window]] = asyncio.Queue(maxsize=8)
 
 
 async def dead_letter(message: Any, exc: Exception) -> None:
@@ -369,16 +363,10 @@ async def watch(stream: faust.StreamT) -> None:
 @app.task
 async def warm_up_drift() -> None:
     """The drift tests' imports, model and first report, before the first window needs them."""
-    scratch = settings.var_dir / "monitor" / "warm-up.html"
-    scratch.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    log.info("report process started, pid %d", await reports.start())
     result = await asyncio.to_thread(warm_up, task_file.task.kind != "classification")
-    now = datetime.now(UTC)
-    report = await asyncio.to_thread(
-        window_snapshot, result, WindowLabels("0", 0, now, now, None), None
-    )
-    await asyncio.to_thread(report.save_html, str(scratch))
-    await asyncio.to_thread(publisher)  # the Evidently workspace, opened once
+    await reports.warm_up(result, settings.var_dir / "monitor" / "warm-up.html")
     log.info("drift tests warmed up in %.1f s", time.monotonic() - started)
 
 
@@ -387,10 +375,10 @@ async def write_report_copies() -> None:
     """The copies on disk of drifted windows' reports (AlertPublisher.save_copy): best
     effort, the snapshot in the Evidently workspace is the record."""
     while True:
-        recorded, window = await report_copies.get()
+        reported, window = await report_copies.get()
         started = time.monotonic()
         try:
-            path = await asyncio.to_thread(publisher().save_copy, recorded, window)
+            path = await reports.save_copy(reported, window)
         except Exception:
             log.exception("report copy of window %d not written", window.index)
             continue
@@ -447,8 +435,8 @@ async def close_window(windows: DriftWindows) -> None:
         episode=(windows.state.trigger.drift_began or closed.start) if episodic else None,
         thumbs=closed.current_thumbs,
     )
-    recorded = await asyncio.to_thread(publisher().record, result, window)
-    alert = publisher().alert(result, window, recorded)
+    reported = await reports.record(result, window)
+    alert = reported.alert
     lowest = min(result.metrics, key=alarm_ratio)
     log.info(
         "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s "
@@ -470,7 +458,7 @@ async def close_window(windows: DriftWindows) -> None:
     )
     await deliver(windows, windows.close(closed, result.drifted_columns, alert))
     if alert is not None:
-        await report_copies.put((recorded, window))
+        await report_copies.put((reported, window))
 
 
 async def deliver(windows: DriftWindows, outbox: Outbox) -> None:
@@ -482,7 +470,8 @@ async def deliver(windows: DriftWindows, outbox: Outbox) -> None:
                 key=outbox.alert.reference_version.encode(), value=outbox.alert.to_bytes()
             )
         )
-        await asyncio.to_thread(publisher().notify, outbox.alert)
+        payload = slack_payload(outbox.alert)
+        await asyncio.to_thread(post_webhook, settings.alert_webhook_url, payload)
     if outbox.trigger is not None:
         log.info("trigger %s: %s", outbox.trigger.trigger_id, outbox.trigger.reason)
         await (
