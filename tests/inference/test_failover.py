@@ -130,14 +130,15 @@ def _replication(settings: Settings, stream: Stream) -> tuple[set[int], str]:
     topic = Topics.from_settings(settings).name(stream)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
-        [described] = admin.describe_topics([topic])
         # Asked of any broker: one that has not applied the new topic's metadata yet
-        # answers without its configs for a moment.
+        # answers without its partitions or its configs for a moment.
         deadline = time.monotonic() + 30
         while True:
+            [described] = admin.describe_topics([topic])
             resource = ConfigResource(ConfigResourceType.TOPIC, topic)
             configs = admin.describe_configs([resource])["topic"][topic]
-            if "min.insync.replicas" in configs or time.monotonic() > deadline:
+            known = described["partitions"] and "min.insync.replicas" in configs
+            if known or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
     finally:
