@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,8 @@ def test_drift_feedback_retraining_and_recovery(
 
     champion_after = registry.champion()
     assert champion_after is not None and champion_after.version != champion_before.version
-    promoted = [r.version for r in timeline.rounds if r.outcome == "promoted"]
+    # Read again: a refinement round may have promoted another version since the first read.
+    promoted = [r.version for r in build_timeline(settings, sim).rounds if r.outcome == "promoted"]
     assert champion_after.version in promoted
     drifted = quality["after drift"]["smart_home"]
     recovered = quality[f"after v{first.version}"]["smart_home"]
@@ -181,9 +183,16 @@ def test_drift_feedback_retraining_and_recovery(
     assert {e.prediction_id for e in logged if isinstance(e, PredictionEvent)} == answered
 
     # Every vLLM replica serves the promoted version; what each monitor worker did.
-    served = champion_after.served_name if champion_after.kind == "lora" else None
     for url in settings.vllm_urls:
-        names = {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]}
+        deadline = time.monotonic() + 60  # a version promoted just now reaches it in seconds
+        while True:
+            champion = registry.champion()  # a refinement round may have promoted since
+            assert champion is not None
+            served = champion.served_name if champion.kind == "lora" else None
+            names = {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]}
+            if served is None or served in names or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert served is None or served in names, (url, names)
     for i in range(settings.monitor_workers):
         print(f"monitor worker {i + 1}: {_worker_work(settings.monitor_metrics_port + i)}")
