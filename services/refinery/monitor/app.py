@@ -147,7 +147,9 @@ keepers: dict[int, BlockKeeper] = {}  # per partition this worker holds
 
 def keeper(partition: int) -> BlockKeeper:
     if partition not in keepers:
-        keepers[partition] = BlockKeeper(join_table, partition, lambda: open_rows(partition))
+        keepers[partition] = BlockKeeper(
+            join_table, partition, lambda: rows_in_join_states(partition)
+        )
     return keepers[partition]
 
 
@@ -155,7 +157,7 @@ def prediction_row(prediction: PredictionEvent) -> dict[str, Any]:
     return prediction_record(prediction, task_file.task)
 
 
-def open_rows(partition: int) -> Iterator[OpenRow]:
+def rows_in_join_states(partition: int) -> Iterator[OpenRow]:
     """The drift rows the join states of ``partition`` carry (a keeper made over a
     recovered table finds its open block in them)."""
     for key, raw in join_table.items():
