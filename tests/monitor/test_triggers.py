@@ -10,6 +10,7 @@ from refinery.monitor.drift import ThumbsCount
 from refinery.monitor.triggers import (
     TriggerState,
     on_champion_rating,
+    on_labels,
     on_promotion,
     on_refinement_window,
     on_rejection,
@@ -104,6 +105,26 @@ def test_deciding_on_the_same_window_again_gives_the_same_event() -> None:
     first = decide(state, 5)
     assert decide(replayed, 5) == first
     assert decide(state, 40) != first  # a later window of the episode asks anew
+
+
+def test_a_persisted_drift_waiting_for_labels_asks_as_soon_as_they_are_in() -> None:
+    """Between windows: no trigger before the drift persisted, one the moment the labels
+    are in (not at the next close), then the cooldown as after a close."""
+    spec = SPEC.model_copy(update={"min_new_labels": 100})
+    state = TriggerState(examples_since_training=500, labels_in_episode=500)
+    assert on_labels(spec, state, "1", at(0)) is None  # no episode yet
+    on_window(spec, state, "1", at(0), ["segment"])
+    assert on_labels(spec, state, "1", at(1)) is None  # one drifted window: not persisted
+    state.labels_in_episode = 0
+    on_window(spec, state, "1", at(5), ["segment"])  # persisted, waiting for labels
+    state.labels_in_episode = 99
+    assert on_labels(spec, state, "1", at(6)) is None
+    state.labels_in_episode = 100
+    asked = on_labels(spec, state, "1", at(7))
+    assert asked is not None and asked.window_end == at(7) and asked.window_start == at(0)
+    assert asked.evidence["labels_counted"] == 100
+    assert on_labels(spec, state, "1", at(8)) is None  # the cooldown holds, between windows
+    assert on_window(spec, state, "1", at(10), ["segment"]) is None  # and at the close
 
 
 # -- retries after a rejection ------------------------------------------------------------

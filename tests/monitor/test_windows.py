@@ -446,6 +446,44 @@ def test_a_rejection_lets_the_drift_ask_again_through_the_windows() -> None:
     assert retry is not None and retry.trigger_id == f"{drift.trigger_id}-retry1"
 
 
+def test_a_persisted_drift_asks_when_its_last_label_comes_not_at_the_next_close() -> None:
+    """The trigger goes in the outbox with the rating that completes the labels, mid-window;
+    sent (delivered), the close asks nothing more; not sent yet, the close carries it."""
+    spec = SPEC.model_copy(update={"persist_windows": 2, "min_new_labels": 10})
+
+    def drifted(windows: DriftWindows, ups: int = 0) -> Any:
+        for i in range(spec.window_size):
+            windows.apply(predicted(), now=1)
+            windows.apply(rated(f"{windows.state.index}-{i}", down=i >= ups), now=1)
+        return windows.close(windows.closing(), ["segment"], None)
+
+    for deliver in (True, False):
+        windows = DriftWindows({}, spec)
+        for _ in range(spec.reference_size):
+            windows.apply(predicted(), now=0)
+        assert drifted(windows).trigger is None  # the episode's first window
+        sent = drifted(windows)
+        assert sent.trigger is None  # persisted, but no label yet
+        windows.delivered(sent)
+        index = windows.state.index
+        for i in range(9):
+            windows.apply(predicted(), now=2)
+            windows.apply(rated(f"late-{i}", down=False), now=2)
+        assert windows.outbox is None  # 9 labels
+        windows.apply(predicted(), now=2)
+        windows.apply(rated("late-9", down=False), now=2)
+        asked = windows.outbox  # the 10th label: asked at once, in the open window
+        assert asked is not None and asked.index == index and asked.trigger is not None
+        assert asked.alert is None and asked.trigger.evidence["labels_counted"] == 10
+        if deliver:
+            windows.delivered(asked)
+            assert windows.outbox is None
+        while windows.state.cur_n < spec.window_size:
+            windows.apply(predicted(), now=2)
+        closed = windows.close(windows.closing(), ["segment"], None)
+        assert closed.trigger == (None if deliver else asked.trigger)
+
+
 def block(partition: int, bucket: int, rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     return {
         "kind": "block",

@@ -10,7 +10,8 @@ partition) takes each second's blocks, once every partition has closed it, in ti
 keeps the drift windows, runs the tests on each closed window, and sends alerts and
 retrain triggers. After a crash both replay what
 they did since their last commit: the windows drop what they hold already, and a closed
-window's messages are sent from the outbox recorded with its close.
+window's messages (or a trigger whose labels came between windows) are sent from the
+outbox recorded with them.
 ``follow_models`` resets the reference when a version is promoted or rolled back.
 ``sweep`` expires join state, one partition per record of the sweep topic, and on a tick
 closes the blocks of a partition the join has read to its end. ``tell_ops``
@@ -355,6 +356,8 @@ async def watch(stream: faust.StreamT) -> None:
                 log.info("windows: reference reset to v%s", event.value["model_version"])
             elif change is Change.REFERENCE_FULL:
                 log.info("windows: reference of v%s complete", windows.state.version)
+            if (asked := windows.outbox) is not None:  # a trigger its labels completed
+                await deliver(windows, asked)
             if not windows.due(now):
                 break
             await close_window(windows)

@@ -162,6 +162,36 @@ def on_window(
     state.drifted_columns = sorted(set(state.drifted_columns) | set(drifted_columns))
     if state.consecutive < spec.persist_windows:
         return None
+    return _ask(spec, state, reference_version, window_end, max_key_share, reference_thumbs)
+
+
+def on_labels(
+    spec: DriftSpec,
+    state: TriggerState,
+    reference_version: str,
+    at: datetime,
+    max_key_share: float = 1.0,
+    reference_thumbs: ThumbsCount | None = None,
+) -> TriggerEvent | None:
+    """Between windows (``at``: the newest prediction's time): an episode whose drift has
+    persisted and that waited only for labels (or for a retry's doubled labels) asks as
+    soon as they are in, not at the next window's close, which at low traffic can be
+    minutes away (``window_minutes``)."""
+    if state.episode_start is None or state.consecutive < spec.persist_windows:
+        return None
+    return _ask(spec, state, reference_version, at, max_key_share, reference_thumbs)
+
+
+def _ask(
+    spec: DriftSpec,
+    state: TriggerState,
+    reference_version: str,
+    window_end: datetime,
+    max_key_share: float,
+    reference_thumbs: ThumbsCount | None,
+) -> TriggerEvent | None:
+    """A persisted episode's trigger, once it has the examples and labels and is out of
+    its cooldown (or its retry is due)."""
     if state.examples_since_training < spec.min_examples:
         return None
     labels = (

@@ -27,7 +27,9 @@ a record that crashed before its commit is written again alike, or carries a lat
 and counts as absent. A close is one ``meta`` write too (the next window, the trigger
 decision, and an outbox with the alert and trigger to send), so a crash before it closes
 the same window again, and a crash after it sends the outbox again; consumers dedup by
-event id.
+event id. A drift that has persisted and waits only for labels does not wait for the next
+close: the record that brings the last label writes the trigger to the outbox with its
+``meta``.
 
 The reference is the first ``reference_size`` predictions the champion answered after its
 promotion (the monitor's first version seen, before any promotion). Predictions of other
@@ -52,6 +54,7 @@ from refinery.monitor.drift import Row, ThumbsCount
 from refinery.monitor.triggers import (
     TriggerState,
     on_champion_rating,
+    on_labels,
     on_promotion,
     on_refinement_window,
     on_rejection,
@@ -138,8 +141,9 @@ class ClosedWindow:
 
 @dataclass(frozen=True)
 class Outbox:
-    """A closed window's messages, committed with the close and cleared once the broker has
-    them: a crash in between sends them again (same event ids) rather than losing them."""
+    """A closed window's messages (or a trigger whose labels came in between windows),
+    committed with the state and cleared once the broker has them: a crash in between
+    sends them again (same event ids) rather than losing them."""
 
     index: int
     alert: AlertEvent | None
@@ -357,6 +361,7 @@ class DriftWindows:
         else:
             raise ValueError(f"unknown window record kind {kind!r}")
         if change not in (Change.NONE, Change.REPLAYED):
+            self._ask_for_labels(state)
             self._commit(state)
         if change is Change.RESET:
             self._collect(state)
@@ -369,11 +374,31 @@ class DriftWindows:
             state = self.state
             self._base = state.step
             change = self._absorb(state, now)
+            self._ask_for_labels(state)
             self._commit(state)
         except BaseException:
             self._ids = None
             raise
         return change
+
+    def _ask_for_labels(self, state: WindowState) -> None:
+        """A persisted episode that waited only for labels asks once they are in, between
+        windows; its trigger goes in the outbox with the state (:meth:`close` keeps one
+        that was not sent yet)."""
+        if state.outbox is not None or state.phase != CURRENT or state.cur_end is None:
+            return
+        if state.version is None:
+            return
+        trigger = on_labels(
+            self.spec,
+            state.trigger,
+            state.version,
+            datetime.fromisoformat(state.cur_end),
+            self.max_key_share,
+            ThumbsCount.of(state.ref_thumbs, state.ref_keys),
+        )
+        if trigger is not None:
+            state.outbox = Outbox(state.index, None, trigger)
 
     def _on_block(self, state: WindowState, record: dict[str, Any], now: float) -> Change:
         partition = str(record["partition"])
@@ -572,6 +597,8 @@ class DriftWindows:
             reference_thumbs=closed.reference_thumbs,
             current_thumbs=closed.current_thumbs,
         ) or on_refinement_window(self.spec, state.trigger, closed.version, closed.end)
+        if state.outbox is not None and state.outbox.index == state.index:
+            trigger = trigger or state.outbox.trigger  # asked for by labels, not sent yet
         state.outbox = Outbox(closed.index, alert, trigger)
         state.previous = state.generation
         state.prev_slices, state.cur_slices = state.cur_slices, []
