@@ -347,8 +347,6 @@ async def watch(stream: faust.StreamT) -> None:
     )
     async for event in stream.events():
         skipped.saw(event.message.tp, event.message.offset)
-        if (pending := windows.outbox) is not None:  # a crash came between close and send
-            await deliver(windows, pending)
         now = time.time()
         change = windows.apply(event.value, now, position=event.message.offset)
         while True:
@@ -356,8 +354,10 @@ async def watch(stream: faust.StreamT) -> None:
                 log.info("windows: reference reset to v%s", event.value["model_version"])
             elif change is Change.REFERENCE_FULL:
                 log.info("windows: reference of v%s complete", windows.state.version)
-            if (asked := windows.outbox) is not None:  # a trigger its labels completed
-                await deliver(windows, asked)
+            # A trigger its labels completed, or a close's messages a crash left unsent:
+            # sent before the next close writes its own.
+            if (pending := windows.outbox) is not None:
+                await deliver(windows, pending)
             if not windows.due(now):
                 break
             await close_window(windows)

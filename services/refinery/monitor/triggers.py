@@ -160,9 +160,7 @@ def on_window(
     state.episode_start = state.episode_start or window_end
     state.drift_began = state.drift_began or window_start or window_end
     state.drifted_columns = sorted(set(state.drifted_columns) | set(drifted_columns))
-    if state.consecutive < spec.persist_windows:
-        return None
-    return _ask(spec, state, reference_version, window_end, max_key_share, reference_thumbs)
+    return on_labels(spec, state, reference_version, window_end, max_key_share, reference_thumbs)
 
 
 def on_labels(
@@ -173,25 +171,13 @@ def on_labels(
     max_key_share: float = 1.0,
     reference_thumbs: ThumbsCount | None = None,
 ) -> TriggerEvent | None:
-    """Between windows (``at``: the newest prediction's time): an episode whose drift has
-    persisted and that waited only for labels (or for a retry's doubled labels) asks as
-    soon as they are in, not at the next window's close, which at low traffic can be
-    minutes away (``window_minutes``)."""
+    """A persisted episode's trigger, once it has the examples and labels and is out of
+    its cooldown (or its retry is due): decided at each window's close (:func:`on_window`)
+    and between windows (``at``: the newest prediction's time), so an episode that waited
+    only for labels (or for a retry's doubled labels) asks as soon as they are in, not at
+    the next close, which at low traffic can be minutes away (``window_minutes``)."""
     if state.episode_start is None or state.consecutive < spec.persist_windows:
         return None
-    return _ask(spec, state, reference_version, at, max_key_share, reference_thumbs)
-
-
-def _ask(
-    spec: DriftSpec,
-    state: TriggerState,
-    reference_version: str,
-    window_end: datetime,
-    max_key_share: float,
-    reference_thumbs: ThumbsCount | None,
-) -> TriggerEvent | None:
-    """A persisted episode's trigger, once it has the examples and labels and is out of
-    its cooldown (or its retry is due)."""
     if state.examples_since_training < spec.min_examples:
         return None
     labels = (
@@ -203,13 +189,9 @@ def _ask(
         return None
     retry = state.retry_at is not None and labels >= state.retry_at
     cooldown = timedelta(minutes=spec.cooldown_minutes)
-    if (
-        not retry
-        and state.last_trigger_at is not None
-        and window_end - state.last_trigger_at < cooldown
-    ):
+    if not retry and state.last_trigger_at is not None and at - state.last_trigger_at < cooldown:
         return None
-    state.last_trigger_at = window_end
+    state.last_trigger_at = at
     if retry:
         state.retries_left -= 1
     elif state.labels_at_trigger == 0:  # the episode's first trigger
@@ -240,12 +222,12 @@ def _ask(
     return TriggerEvent(
         # One event per decision: deciding on the same window again after a crash gives
         # the same event id (a later window of the episode asks again, under a new one).
-        event_id=str(uuid.uuid5(_TRIGGER_NS, f"{trigger_id}@{window_end.isoformat()}")),
+        event_id=str(uuid.uuid5(_TRIGGER_NS, f"{trigger_id}@{at.isoformat()}")),
         trigger_id=trigger_id,
         reason=f"drift in {', '.join(state.drifted_columns)} for {state.consecutive} windows",
         requested_by="monitor",
         window_start=state.drift_began,
-        window_end=window_end,
+        window_end=at,
         evidence=evidence,
     )
 

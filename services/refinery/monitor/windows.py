@@ -385,9 +385,9 @@ class DriftWindows:
         """A persisted episode that waited only for labels asks once they are in, between
         windows; its trigger goes in the outbox with the state (:meth:`close` keeps one
         that was not sent yet)."""
-        if state.outbox is not None or state.phase != CURRENT or state.cur_end is None:
+        if state.outbox is not None or state.phase != CURRENT:
             return
-        if state.version is None:
+        if state.cur_end is None or state.version is None:  # no prediction in the window yet
             return
         trigger = on_labels(
             self.spec,
