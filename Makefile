@@ -74,6 +74,7 @@ bench: setup
 faults: setup
 	$(PY) -m bench.faults
 	$(PY) -m bench.faults --nodes 3
+	$(PY) -m bench.first_start
 
 soak: setup
 	$(PY) -m bench.soak

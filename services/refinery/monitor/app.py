@@ -47,6 +47,7 @@ from refinery.common.topics import DLQ_SUFFIX, Stream, Topics
 from refinery.monitor.alerts import Window, post_webhook, slack_payload
 from refinery.monitor.blocks import BlockKeeper, OpenRow, is_keeper_key
 from refinery.monitor.drift import alarm_ratio, describe, detect_drift, warm_up
+from refinery.monitor.faust_app import MonitorApp
 from refinery.monitor.join import (
     JoinState,
     expired,
@@ -82,8 +83,9 @@ if task_file.task.kind != "classification":
     # torch threads that keep losing their core wait on each other (as in the retrainer).
     torch.set_num_threads(1)
 
-app = faust.App(
+app = MonitorApp(
     settings.monitor_app_id,
+    bootstrap=settings.kafka_bootstrap,
     broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=settings.replication,

@@ -125,6 +125,37 @@ def ensure_topics(settings: Settings) -> list[str]:
         admin.close()
 
 
+def wait_for_partitions(
+    bootstrap: str, partitions: dict[str, int], timeout_s: float = 60.0
+) -> None:
+    """Block until Kafka's metadata shows each topic with its number of partitions, each led
+    by a broker; else TimeoutError. A topic just created is missing from a broker's answer for
+    a moment (longer on a busy cluster), and a consumer group that balances its partitions
+    then assigns none of that topic's."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            described = admin.describe_topics(list(partitions))
+            led = {
+                topic["name"]: sum(p["leader_id"] >= 0 for p in topic["partitions"] or ())
+                for topic in described
+            }
+            waiting = {
+                name: led.get(name, 0) for name, n in partitions.items() if led.get(name) != n
+            }
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"topics without all their partitions led after {timeout_s:.0f}s "
+                    f"(partitions led so far): {waiting}"
+                )
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
 def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
     """The group's committed offset (the next it reads) per (topic, partition)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
