@@ -47,7 +47,6 @@ def test_the_first_start_has_every_own_topic_in_the_metadata_before_joining(
         """Built inside the loop that runs it, as the worker builds it inside its own."""
         app = MonitorApp(
             app_id,
-            bootstrap=kafka_stack.kafka_bootstrap,
             broker=f"kafka://{kafka_stack.kafka_bootstrap}",
             datadir=str(tmp_path),
             topic_partitions=3,

@@ -85,7 +85,6 @@ if task_file.task.kind != "classification":
 
 app = MonitorApp(
     settings.monitor_app_id,
-    bootstrap=settings.kafka_bootstrap,
     broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=settings.replication,

@@ -28,9 +28,8 @@ log = logging.getLogger(__name__)
 
 
 class MonitorApp(faust.App):
-    def __init__(self, *args: Any, bootstrap: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.bootstrap = bootstrap
         self.own_topics: dict[str, TopicT] = {}  # every internal topic made through topic()
 
     def topic(self, *topics: str, **kwargs: Any) -> TopicT:
@@ -51,9 +50,10 @@ class MonitorApp(faust.App):
             name: topic.partitions or self.conf.topic_partitions
             for name, topic in self.own_topics.items()
         }
+        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.conf.broker)
         started = time.monotonic()
         # faust would have waited for its metadata refresh (5 minutes): no longer than that
-        await asyncio.to_thread(wait_for_partitions, self.bootstrap, partitions, 300.0)
+        await asyncio.to_thread(wait_for_partitions, bootstrap, partitions, 300.0)
         log.info(
             "monitor: own topics in Kafka's metadata after %.1f s: %s",
             time.monotonic() - started,

@@ -142,14 +142,16 @@ def wait_for_partitions(
                 for topic in described
             }
             waiting = {
-                name: led.get(name, 0) for name, n in partitions.items() if led.get(name) != n
+                name: f"{led.get(name, 0)} of {n}"
+                for name, n in partitions.items()
+                if led.get(name) != n
             }
             if not waiting:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"topics without all their partitions led after {timeout_s:.0f}s "
-                    f"(partitions led so far): {waiting}"
+                    f"topics whose partitions led are not the ones expected after "
+                    f"{timeout_s:.0f}s: {waiting}"
                 )
             time.sleep(0.2)
     finally:
