@@ -50,6 +50,11 @@ def test_sft_saves_an_adapter_and_a_second_call_resumes(
     first = train_sft(base_dir, tokenizer, data(64), data(16), spec, tmp_path)
     assert (first.adapter_dir / "adapter_config.json").is_file()
     assert first.resumed_from is None and first.steps > 0
+    # The rate counts examples: 51 positives an epoch in 7 batches of 8, not 7 x 8 = 56.
+    positives = sum(e.positive for e in data(64))
+    assert positives == 51
+    examples = first.examples_per_s * first.seconds
+    assert examples == pytest.approx(first.steps / 7 * positives)
     again = train_sft(base_dir, tokenizer, data(64), data(16), spec, tmp_path)
     assert again.resumed_from is not None and again.steps == first.steps
 

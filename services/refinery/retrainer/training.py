@@ -178,11 +178,15 @@ def _arguments(
 
 
 def _finish(
-    trainer: Trainer, work_dir: Path, resumed: str | None, started: float, batch_size: int
+    trainer: Trainer, work_dir: Path, resumed: str | None, started: float, examples: int
 ) -> TrainResult:
+    """``examples``: training examples per epoch. The rate counts them, not steps x batch
+    size, which counts each epoch's last, short batch as full (1,024 for 1,000 at batch 32)."""
     state = trainer.state
     seconds = time.monotonic() - started
     done_here = state.global_step - (int(Path(resumed).name.split("-")[-1]) if resumed else 0)
+    steps_per_epoch = len(trainer.get_train_dataloader())  # batches: one device, no accumulation
+    done_examples = done_here / steps_per_epoch * examples
     adapter_dir = work_dir / "adapter"
     model = trainer.model
     assert isinstance(model, PeftModel)
@@ -195,7 +199,7 @@ def _finish(
         max_steps=state.max_steps,
         epochs=float(state.epoch or 0),
         seconds=seconds,
-        examples_per_s=done_here * batch_size / seconds if seconds > 0 else 0.0,
+        examples_per_s=done_examples / seconds if seconds > 0 else 0.0,
         stopped_early=state.global_step < state.max_steps,
         resumed_from=resumed,
     )
@@ -208,14 +212,14 @@ def _callbacks(spec: TrainingSpec) -> list[TrainerCallback]:
     ]
 
 
-def _run(trainer: Trainer, work_dir: Path, spec: TrainingSpec, what: str) -> TrainResult:
+def _run(trainer: Trainer, work_dir: Path, what: str, examples: int) -> TrainResult:
     """Train (from the last checkpoint in ``work_dir`` if there is one) and save the adapter."""
     trainer.remove_callback(PrinterCallback)  # _Progress logs instead
     resumed = _last_checkpoint(work_dir)
     log.info("train: %s; %s", what, f"resuming from {resumed}" if resumed else "from the start")
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=resumed)
-    return _finish(trainer, work_dir, resumed, started, spec.batch_size)
+    return _finish(trainer, work_dir, resumed, started, examples)
 
 
 def _last_checkpoint(work_dir: Path) -> str | None:
@@ -263,7 +267,7 @@ def train_sft(
     what = (
         f"SFT on {len(train_set)} sequences ({train_set.tokens} tokens), {len(val_set)} validation"
     )
-    return _run(trainer, work_dir, spec, what)
+    return _run(trainer, work_dir, what, len(positives))
 
 
 def train_kto(
@@ -311,7 +315,7 @@ def train_kto(
     )
     undesirable = sum(not e.positive for e in train)
     what = f"KTO on {len(train_rows)} rows ({undesirable} undesirable), {len(val_rows)} validation"
-    return _run(trainer, work_dir, spec, what)
+    return _run(trainer, work_dir, what, len(train_rows))
 
 
 def train(
