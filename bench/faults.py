@@ -75,6 +75,7 @@ class Fault:
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     feedback_refused_by: dict[str, int] = field(default_factory=dict)  # "503": 40, ...
+    completion_failed_by: dict[str, int] = field(default_factory=dict)  # "429": 16, ...
     # ratings the bench produced to Kafka itself (not through the gateway) during the fault:
     # each must be joined into an example, once after event_id dedup
     produced_feedback_ids: list[str] = field(default_factory=list, repr=False)
@@ -490,6 +491,7 @@ def count(fault: Fault, sim: Simulation, topics: dict[Stream, list[Event]]) -> N
         ),
     }
     fault.feedback_refused_by = dict(Counter(x for r in inside for x in r.feedback_refusals))
+    fault.completion_failed_by = dict(Counter(r.error_kind for r in inside if r.status == "error"))
     if fault.produced_feedback_ids:
         produced = set(fault.produced_feedback_ids)
         fault.counts["produced_feedback"] = len(produced)
@@ -514,7 +516,7 @@ def recovery(f: Fault) -> str:
 
 
 def _by_kind(counts: dict[str, int]) -> str:
-    """' (503: 40, ReadTimeout: 9)': what refused the feedback tries, most frequent first."""
+    """' (503: 40, ReadTimeout: 9)': what refused the tries, most frequent first."""
     if not counts:
         return ""
     kinds = sorted(counts.items(), key=lambda kv: -kv[1])
@@ -531,7 +533,8 @@ def table(faults: list[Fault]) -> str:
         c = f.counts
         missing = c["predictions_missing"] + c["feedback_missing"] + c["examples_missing"]
         rows.append(
-            f"| {f.name} | {c['completion_errors']} of {c['requests']} / "
+            f"| {f.name} | {c['completion_errors']} of {c['requests']}"
+            f"{_by_kind(f.completion_failed_by)} / "
             f"{c['feedback_refused']}{_by_kind(f.feedback_refused_by)} | "
             f"{missing} of {c['predictions_acked']} predictions + "
             f"{c['feedback_acked']} ratings | {c['prediction_duplicates']} / "

@@ -65,6 +65,7 @@ class Request:
     status: str = "pending"  # ok | error
     rating: str | None = None
     error: str = ""
+    error_kind: str = ""  # why the completion failed: a status code or an error's name
     feedback_id: str = ""  # what the gateway acknowledged (202) for the rating
     feedback_t: float | None = None  # when it was acknowledged, seconds since the start
     # why each try before the 202 (or the last) was refused: a status code or an error's name
@@ -201,6 +202,14 @@ async def _ask(
     return r.id, r.model, r.choices[0].text
 
 
+def failure_kind(exc: openai.OpenAIError) -> str:
+    """Why a completion failed, for counting: the status code of a refusal (429, 503), else
+    the client's error (APIConnectionError: nothing listened; APITimeoutError)."""
+    if isinstance(exc, openai.APIStatusError):
+        return str(exc.status_code)
+    return type(exc).__name__
+
+
 async def simulate(
     gateway_url: str,
     api_key: str,
@@ -257,6 +266,7 @@ async def simulate(
                 )
             except openai.OpenAIError as exc:
                 request.status, request.error = "error", str(exc)[:200]
+                request.error_kind = failure_kind(exc)
                 return
             finally:
                 request.latency = time.perf_counter() - asked
