@@ -3,9 +3,13 @@
 One vLLM server at a time on the champion's base model (no LoRA, on the merged slots' port
 + 10), each
 given the same load: 60 sequential 4-token completions (latency), then 5 requests/s for
-20 s (the CPU its processes used per request, from /proc), twice in turns. The stack's
-setting (``REFINERY_VLLM_SPIN_S``, refinery/vllm_plugin/spin.py) is the value; vLLM's own
-spin the baseline. Run it with the stack up (``make bench`` does); it records its figures.
+20 s (the CPU its processes used per request, from /proc), in turns. The stack's setting
+(``REFINERY_VLLM_SPIN_S``, refinery/vllm_plugin/spin.py) is the value; vLLM's own spin the
+baseline. Run it with the stack up (``make bench`` does); it records its figures.
+
+A server's p50 moves by a third from one start to the next on a 2-core host (spin 0.01 s:
+15.5 then 10.2 ms; spin 1 s: 13.9 then 11.3 ms, 2026-12-03), more than the spin moves it:
+the two take ``--turns`` turns, the order swapped each turn, and medians are compared.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def champion_base(settings: Settings) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=5.0, help="requests/s for the CPU figure")
-    parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--model-dir", type=Path, help="default: the champion's base model")
     args = parser.parse_args()
     settings = get_settings()
@@ -88,30 +92,35 @@ def main() -> None:
     spin = settings.vllm_spin_s if settings.vllm_spin_s is not None else CPU_SPIN_S
     runs: dict[float, list[tuple[float, float]]] = {spin: [], VLLM_OWN_SPIN_S: []}
     for turn in range(args.turns):
-        for spin_s in runs:
+        for spin_s in reversed(runs) if turn % 2 else runs:  # neither always starts first
             p50, cpu_ms = measure(settings, model_dir, spin_s, args.rate)
             runs[spin_s].append((p50, cpu_ms))
             print(
                 f"turn {turn + 1}, spin {spin_s:g} s: p50 {p50:.1f} ms, CPU {cpu_ms:.1f} ms/request"
             )
     ours, theirs = runs[spin], runs[VLLM_OWN_SPIN_S]
-    mean = statistics.fmean
+    median = statistics.median
     figures = [
         Figure(
             f"vLLM CPU per request at {args.rate:g} req/s, spin {spin:g} s",
-            mean(c for _, c in ours),
+            median(c for _, c in ours),
             "vLLM's own spin (1 s)",
-            mean(c for _, c in theirs),
+            median(c for _, c in theirs),
             "ms",
             note="engine core + worker, from /proc; the rest of a CPU host gets the difference",
         ),
         Figure(
             f"vLLM p50, 4 tokens, sequential, spin {spin:g} s",
-            mean(p for p, _ in ours),
+            median(p for p, _ in ours),
             "vLLM's own spin (1 s)",
-            mean(p for p, _ in theirs),
+            median(p for p, _ in theirs),
             "ms",
             target="<= 1.10",
+            note=f"medians of {args.turns} server starts each; p50 per start: spin {spin:g} s "
+            + ", ".join(f"{p:.1f}" for p, _ in ours)
+            + " ms; 1 s "
+            + ", ".join(f"{p:.1f}" for p, _ in theirs)
+            + " ms",
         ),
     ]
     for f in figures:
@@ -119,8 +128,8 @@ def main() -> None:
     record(
         "vllm_spin",
         figures,
-        f"one server at a time on the champion's base, {args.turns} turns each, "
-        f"{args.rate:g} req/s for 20 s",
+        f"one server at a time on the champion's base, {args.turns} turns each (the order "
+        f"swapped each turn, medians compared), {args.rate:g} req/s for 20 s",
     )
 
 
