@@ -10,6 +10,8 @@ and a first report, ~10 s of CPU), so it reads the same events from topics of it
 written once it has warmed up (the producer runs beside it; the others read topics
 written before they start). The traffic turns to a mix with the new product line after
 a number of stable windows; the worker's window log gives the detection delay in windows.
+Then (d) the same with ``--workers`` monitor workers in one group, the partitions split
+between them: how the join scales out (the windows stay on one worker).
 
 Needs Kafka (`refinery up`, or `make bench`); uses its own topic prefix and consumer group.
 """
@@ -19,17 +21,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import socket
+import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 from kafka import KafkaConsumer
 
+from bench.cpu import cpu_seconds, since
 from bench.quiet import without_retraining
 from bench.report import Figure, record
 from refinery.common.kafka import EventProducer, ensure_topics
@@ -44,23 +52,35 @@ WARMED_UP = "drift tests warmed up"
 WINDOW_LINE = re.compile(r"drift window (\d+) v\S+: (\d+) predictions, .* drifted=(\S+),")
 
 
-def produce(settings: Settings, stable: int, shifted: int, share: float) -> int:
+#: An event as written: its stream, key and value.
+Record = tuple[Stream, bytes, bytes]
+
+
+def traffic_records(settings: Settings, stable: int, shifted: int, share: float) -> list[Record]:
+    """The bench's events, made and encoded once: every reader's topics get the same bytes,
+    and writing them beside the monitor costs its cores no more than the producer itself
+    (validating and encoding them took about half the monitor's CPU per event)."""
     task = load_task(settings.task_file).task
-    sent = 0
+    records: list[Record] = []
+    phases = [
+        synthetic_traffic(task, "1", stable, seed=1),
+        synthetic_traffic(task, "1", shifted, shifted_share=share, seed=2),
+    ]
+    for phase in phases:
+        for p, fb in phase:
+            records.append((Stream.PREDICTIONS, p.prediction_id.encode(), p.to_bytes()))
+            if fb is not None:
+                records.append((Stream.FEEDBACK, fb.prediction_id.encode(), fb.to_bytes()))
+    return records
+
+
+def produce(settings: Settings, records: list[Record]) -> int:
+    topics = Topics.from_settings(settings)
     with EventProducer(settings) as producer:
-        phases = [
-            synthetic_traffic(task, "1", stable, seed=1),
-            synthetic_traffic(task, "1", shifted, shifted_share=share, seed=2),
-        ]
-        for phase in phases:
-            for p, fb in phase:
-                producer.send(Stream.PREDICTIONS, p, key=p.prediction_id)
-                sent += 1
-                if fb is not None:
-                    producer.send(Stream.FEEDBACK, fb, key=fb.prediction_id)
-                    sent += 1
+        for stream, key, value in records:
+            producer.send_raw(topics.name(stream), value, key)
         producer.flush()
-    return sent
+    return len(records)
 
 
 async def plain_count(settings: Settings, total: int) -> float:
@@ -126,48 +146,103 @@ def bare_faust_rate(settings: Settings, total: int) -> float:
             worker.stop()
 
 
+@dataclass
+class MonitorRun:
+    joined: float  # events/s, to the last example written
+    windowed: float  # events/s, to the last window closed
+    log: str  # the workers' logs
+    cpu_per_k: dict[str, float]  # CPU s per 1,000 events during the join, by process
+    busy: float  # of the machine's cores, the share those processes used during the join
+
+
 def monitor_rate(
-    settings: Settings, traffic: Callable[[], int], examples: int, windows: int
-) -> tuple[float, float, str]:
+    settings: Settings, traffic: Callable[[], int], examples: int, windows: int, workers: int = 1
+) -> MonitorRun:
     """Events/s through the monitor: from its first example to its last one written, and to
-    the last window closed (the windows run on one worker, after the join). The worker
-    starts on empty topics and gets the ``traffic`` once it has warmed up (its drift tests'
-    imports and first report: start-up, left out as the other readers' is)."""
-    worker = monitor_process(settings, f"bench-{settings.monitor_app_id}")
-    worker.start()
-    deadline = time.monotonic() + 300
-    while WARMED_UP not in worker.log_file.read_text(errors="replace"):
-        if worker.pid() is None or time.monotonic() > deadline:
+    the last window closed (the windows run on one worker, after the join). The ``workers``
+    (one consumer group: the partitions split between them) start on empty topics and get
+    the ``traffic`` once each has warmed up (its drift tests' imports and first report:
+    start-up, left out as the other readers' is). Also the CPU the workers, the stack's
+    processes and this one (the producer) spent from the traffic's start to the last
+    example: whether the join was short of cores."""
+    group = [
+        monitor_process(settings, f"bench-{settings.monitor_app_id}-{i}", _free_port())
+        for i in range(workers)
+    ]
+    for worker in group:
+        worker.start()
+
+    def logs() -> str:
+        return "".join(w.log_file.read_text(errors="replace") for w in group)
+
+    try:
+        deadline = time.monotonic() + 300
+        while logs().count(WARMED_UP) < workers:
+            if any(w.pid() is None for w in group) or time.monotonic() > deadline:
+                tails = "\n".join(w.log_tail() for w in group)
+                raise SystemExit(f"the monitor workers did not warm up:\n{tails}")
+            time.sleep(0.2)
+        cpu_before, own_before, started = (
+            cpu_seconds(settings.run_dir),
+            time.process_time(),
+            time.time(),
+        )
+        total = traffic()
+        stamps = _example_stamps(settings, examples)
+        cpu = since(cpu_before, cpu_seconds(settings.run_dir))
+        cpu["bench producer"] = time.process_time() - own_before
+        deadline = time.monotonic() + 300
+        while len(WINDOW_LINE.findall(logs())) < windows and time.monotonic() < deadline:
+            time.sleep(0.2)
+        windows_done = time.time()
+        log = logs()
+    finally:
+        for worker in group:
             worker.stop()
-            raise SystemExit(f"the monitor worker did not warm up:\n{worker.log_tail()}")
-        time.sleep(0.2)
-    total = traffic()
+    if len(stamps) < examples:
+        raise SystemExit(f"only {len(stamps)} of {examples} examples; see {group[0].log_file}")
+    workers_cpu = sum(spent for name, spent in cpu.items() if name.startswith("bench-"))
+    cpu = {"monitor workers": workers_cpu} | {
+        name: spent for name, spent in cpu.items() if not name.startswith("bench-")
+    }
+    wall = max(stamps) / 1000 - started
+    return MonitorRun(
+        joined=total / ((max(stamps) - min(stamps)) / 1000),
+        windowed=total / (windows_done - min(stamps) / 1000),
+        log=log,
+        cpu_per_k={name: 1000 * spent / total for name, spent in cpu.items() if spent >= 0.05},
+        busy=sum(cpu.values()) / (wall * (os.cpu_count() or 1)),
+    )
+
+
+def cpu_note(run: MonitorRun) -> str:
+    spent = ", ".join(f"{name} {s:.2f}" for name, s in run.cpu_per_k.items())
+    return f"CPU s per 1,000 events: {spent}; {run.busy:.0%} of the cores busy"
+
+
+def _example_stamps(settings: Settings, examples: int) -> list[int]:
+    """The broker timestamps (ms) of the first ``examples`` records on the examples topic."""
     consumer = KafkaConsumer(
         Topics.from_settings(settings).name(Stream.EXAMPLES),
         bootstrap_servers=settings.kafka_bootstrap,
         auto_offset_reset="earliest",
         consumer_timeout_ms=30_000,
     )
-    stamps = []
+    stamps: list[int] = []
     try:
         for record in consumer:
             stamps.append(record.timestamp)
             if len(stamps) >= examples:
                 break
-        deadline = time.monotonic() + 300
-        while True:
-            log = worker.log_file.read_text(errors="replace")
-            if len(WINDOW_LINE.findall(log)) >= windows or time.monotonic() > deadline:
-                windows_done = time.time()
-                break
-            time.sleep(0.2)
     finally:
         consumer.close()
-        worker.stop()
-    if len(stamps) < examples:
-        raise SystemExit(f"only {len(stamps)} of {examples} examples; see {worker.log_file}")
-    joined = total / ((max(stamps) - min(stamps)) / 1000)
-    return joined, total / (windows_done - min(stamps) / 1000), log
+    return stamps
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def main() -> None:
@@ -175,21 +250,44 @@ def main() -> None:
     parser.add_argument("--stable-windows", type=int, default=10)
     parser.add_argument("--shifted-windows", type=int, default=5)
     parser.add_argument("--share", type=float, default=0.3, help="new-domain share after onset")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="the monitor measured again with its join split between this many workers",
+    )
+    parser.add_argument("--baseline-turns", type=int, default=3, help="bare faust runs (median)")
+    parser.add_argument(
+        "--partitions", type=int, default=4, help="of every topic read (4: 1, 2 or 4 workers)"
+    )
     args = parser.parse_args()
 
     run = uuid.uuid4().hex[:6]
     base = get_settings()
     settings = base.model_copy(
-        update={"topic_prefix": f"bench-{run}", "monitor_app_id": f"bench-monitor-{run}"}
+        update={
+            "topic_prefix": f"bench-{run}",
+            "monitor_app_id": f"bench-monitor-{run}",
+            "topic_partitions": args.partitions,
+        }
     )
-    # The monitor reads the same events from topics of its own, written once it is warm.
-    monitor_settings = settings.model_copy(update={"topic_prefix": f"bench-{run}-monitor"})
+    # Each monitor run reads the same events from topics of its own, written once it is warm.
+    monitor_runs = {
+        n: settings.model_copy(
+            update={
+                "topic_prefix": f"bench-{run}-monitor{n}",
+                "monitor_app_id": f"bench-m{n}-{run}",
+            }
+        )
+        for n in sorted({1, args.workers})
+    }
     spec = load_task(settings.task_file).drift
-    ensure_topics(settings)
-    ensure_topics(monitor_settings)
+    for topics_of in (settings, *monitor_runs.values()):
+        ensure_topics(topics_of)
     stable = spec.reference_size + args.stable_windows * spec.window_size
     shifted = args.shifted_windows * spec.window_size
-    total = produce(settings, stable, shifted, args.share)
+    records = traffic_records(settings, stable, shifted, args.share)
+    total = produce(settings, records)
     predictions = stable + shifted
     examples = total - predictions
     print(
@@ -200,16 +298,24 @@ def main() -> None:
     expected_windows = (predictions - spec.reference_size) // spec.window_size
     with without_retraining(base):  # the stack's retrainer shares these cores
         counted = asyncio.run(plain_count(settings, total))
-        bare_faust = bare_faust_rate(settings, total)
-        joined, windowed, log = monitor_rate(
-            monitor_settings,
-            lambda: produce(monitor_settings, stable, shifted, args.share),
-            examples,
-            expected_windows,
-        )
+        # It counts the events in about a second: one run's rate moved by 1.7x between runs.
+        turns = [bare_faust_rate(settings, total) for _ in range(args.baseline_turns)]
+        bare_faust = statistics.median(turns)
+        measured = {
+            n: monitor_rate(
+                monitor_settings,
+                partial(produce, monitor_settings, records),
+                examples,
+                expected_windows,
+                workers=n,
+            )
+            for n, monitor_settings in monitor_runs.items()
+        }
+    one = measured[1]
     print("| reader | events/s | vs bare faust |\n|---|---|---|")
     print(f"| plain aiokafka consumer, counting | {counted:,.0f} | {counted / bare_faust:.2f}x |")
     print(f"| bare faust worker, JSON and count | {bare_faust:,.0f} | 1.00x |")
+    print(f"bare faust runs: {', '.join(f'{rate:,.0f}' for rate in turns)} events/s (median)")
     figures = [
         Figure(
             "bare faust worker (JSON, count)",
@@ -217,11 +323,14 @@ def main() -> None:
             "plain aiokafka consumer",
             counted,
             "events/s",
+            note=f"median of {len(turns)} runs: "
+            + ", ".join(f"{rate:,.0f}" for rate in turns)
+            + " events/s",
         )
     ]
-    for name, rate in (
-        ("join, to the last example", joined),
-        ("+ windows and drift tests", windowed),
+    for name, rate, note in (
+        ("join, to the last example", one.joined, cpu_note(one)),
+        ("+ windows and drift tests", one.windowed, ""),
     ):
         print(f"| monitor worker: {name} | {rate:,.0f} | {rate / bare_faust:.4f}x |")
         figures.append(
@@ -233,9 +342,28 @@ def main() -> None:
                 "events/s",
                 ">= 0.5",
                 minimum=10_000,
+                note=note,
             )
         )
-    windows = [(int(m[0]), m[2]) for m in WINDOW_LINE.findall(log)]
+    print(f"1 worker: {cpu_note(one)}")
+    if args.workers > 1:
+        split = measured[args.workers]
+        print(f"{args.workers} workers: {cpu_note(split)}")
+        print(
+            f"| monitor, join split between {args.workers} workers | {split.joined:,.0f} | "
+            f"{split.joined / bare_faust:.4f}x |"
+        )
+        figures.append(
+            Figure(
+                f"monitor, join split between {args.workers} workers, to the last example",
+                split.joined,
+                "the same with 1 worker",
+                one.joined,
+                "events/s",
+                note=f"one consumer group, {args.partitions} partitions; {cpu_note(split)}",
+            )
+        )
+    windows = [(int(m[0]), m[2]) for m in WINDOW_LINE.findall(one.log)]
     onset = args.stable_windows  # the first window made only of traffic after onset
     false_alarms = [i for i, cols in windows if i < onset - 1 and cols != "-"]
     detected = [i for i, cols in windows if i >= onset - 1 and cols != "-"]
@@ -252,7 +380,8 @@ def main() -> None:
     record(
         "monitor",
         figures,
-        f"{predictions} predictions and {examples} ratings written to fresh topics first, then "
+        f"{predictions} predictions and {examples} ratings written to fresh topics "
+        f"({args.partitions} partitions) first, then "
         "read by each reader in turn from the start; a rate is records over the time from "
         "the first record read to the last (the monitor: to its last example written, and "
         f"to its last window closed; window {spec.window_size}, Evidently on each; the same "
