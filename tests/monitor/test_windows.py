@@ -183,6 +183,41 @@ def test_the_same_rating_twice_counts_once_in_thumbs_and_in_the_trigger_state() 
     assert state.trigger.examples_since_training == 1
 
 
+def test_a_re_rating_adds_no_example_and_no_label_to_the_trigger_state() -> None:
+    """One user clicking again and again is one example and one label: a flood of
+    re-ratings of a few answers (a bench's, a retrying app's) cannot complete a trigger's
+    labels alone."""
+    spec = SPEC.model_copy(update={"persist_windows": 1, "min_new_labels": 5})
+    windows = DriftWindows({}, spec)
+    for _ in range(spec.reference_size):
+        windows.apply(predicted(), now=0)
+    for _ in range(spec.window_size):
+        windows.apply(predicted(), now=1)
+    windows.delivered(windows.close(windows.closing(), ["segment"], None))  # episode begins
+    windows.apply(predicted(), now=2)
+
+    def counts() -> tuple[int, int, dict[str, int]]:
+        trigger = windows.state.trigger
+        assert trigger.episode_start is not None
+        return trigger.examples_since_training, trigger.labels_in_episode, trigger.labels_by_key
+
+    assert counts() == (0, 0, {})
+    for _ in range(50):
+        for i in range(4):
+            windows.apply(rated(f"r{i}", down=False, key="app"), now=2)
+    assert counts() == (4, 4, {"app": 4})
+    assert windows.outbox is None  # 4 labels, not 200
+    windows.apply(rated("r0", down=True, key="app"), now=2)  # no correction: no label now
+    assert counts() == (4, 3, {"app": 3})
+    windows.apply(rated("r0", down=False, key="other"), now=2)  # a label again, once
+    windows.apply(rated("r0", down=False, key="other"), now=2)
+    assert counts() == (4, 4, {"app": 3, "other": 1})
+    windows.apply(rated("r4", down=False, key="app"), now=2)  # a fifth rating id: asks
+    asked = windows.outbox
+    assert asked is not None and asked.trigger is not None
+    assert asked.trigger.evidence["labels_counted"] == 5
+
+
 def test_a_record_re_read_at_its_position_changes_nothing() -> None:
     windows = DriftWindows({}, SPEC)
     records = [predicted() for _ in range(5)] + [reset_record("1")]

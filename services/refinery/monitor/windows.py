@@ -16,7 +16,8 @@ resumes mid-window:
 ``blk:<b>:<p>:<part>``  the rows of a block: bucket ``b``, partition ``p`` (``-1``: all of
                         the bucket's blocks merged in time order, as the windows take it)
 ``rated:<feedback>``    the window, event id and rating of a feedback id (a re-rating
-                        replaces its earlier one; the same rating replayed is ignored)
+                        replaces its earlier one, in the thumbs and in the trigger's
+                        examples and labels; the same rating replayed is ignored)
 
 faust is at-least-once, so the same record can come twice: the windows re-read what they
 applied before a crash (skipped by topic offset, ``position``), a keeper may send a block
@@ -513,12 +514,13 @@ class DriftWindows:
         event = record.get("event_id")
         if previous is not None and event is not None and previous["event"] == event:
             return Change.REPLAYED
-        state.trigger.examples_since_training += 1
         key_id = record.get("key_id", "")
-        if state.trigger.episode_start is not None and record.get("labeled"):
-            state.trigger.labels_in_episode += 1
-            labels = state.trigger.labels_by_key
-            labels[key_id] = labels.get(key_id, 0) + 1
+        # The trigger's evidence counts rating ids, not rating events: a re-rating adds no
+        # example since the promotion, and no label to the episode, that its earlier one
+        # brought (a user who clicks again is not more users).
+        if previous is None or previous.get("epoch") != state.epoch:
+            state.trigger.examples_since_training += 1
+        label = self._count_label(state, previous, key_id, bool(record.get("labeled")))
         # Reviewers' labels are not users' thumbs: not in the thumbs-down rate.
         counted = record["model_version"] == state.version and not record.get("reviewer")
         generation = state.generation
@@ -546,8 +548,38 @@ class DriftWindows:
             "counted": counted,
             "key_id": key_id,
             "refining": counted and state.trigger.refining,  # in the ratings since promotion
+            "epoch": state.epoch,  # counted in examples_since_training for this reference
+            "label": label,  # [episode, key] its label counts in, or None
         }
         return Change.RATED
+
+    @staticmethod
+    def _count_label(
+        state: WindowState, previous: dict[str, Any] | None, key_id: str, labeled: bool
+    ) -> list[str] | None:
+        """Count a rating's label in the drift episode, once per rating id while its entry
+        is kept (the reference, the open and the last closed window): a re-rating keeps the
+        label its earlier one counted, or takes it back when it brings none. Returns where
+        the label counts, [episode, key], for the rating's entry."""
+        trigger = state.trigger
+        if trigger.episode_start is None:
+            return None
+        episode = trigger.episode_start.isoformat()
+        counted = previous.get("label") if previous else None
+        labels = trigger.labels_by_key
+        if counted is not None and counted[0] == episode:
+            if labeled:
+                return list(counted)
+            trigger.labels_in_episode -= 1
+            labels[counted[1]] = labels.get(counted[1], 1) - 1
+            if labels[counted[1]] <= 0:
+                del labels[counted[1]]
+            return None
+        if not labeled:
+            return None
+        trigger.labels_in_episode += 1
+        labels[key_id] = labels.get(key_id, 0) + 1
+        return [episode, key_id]
 
     def due(self, now: float) -> bool:
         return self._due(self.state, now)
