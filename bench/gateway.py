@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import aiohttp
 import httpx
 
 from bench.cpu import cpu_seconds, since
+from bench.harness import free_port
 from bench.quiet import without_retraining
 from bench.report import Figure, NotLikeForLike, record
 from refinery.common.registry import MERGED_URL_TAG, ModelRegistry
@@ -258,12 +258,6 @@ def completions_rps(
     return rates, cpu
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def feedback_rps(key: str, seconds: float, concurrency: int) -> dict[str, tuple[float, int]]:
     settings = get_settings()
     with httpx.Client(timeout=60) as http:
@@ -285,7 +279,7 @@ def feedback_rps(key: str, seconds: float, concurrency: int) -> dict[str, tuple[
     bare_dir = Path(REPO_ROOT / "var" / "bench")
     bare_dir.mkdir(parents=True, exist_ok=True)
     (bare_dir / "bare_app.py").write_text(BARE_APP)
-    port = _free_port()
+    port = free_port()
     bare = subprocess.Popen(
         [
             sys.executable,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -37,6 +38,13 @@ from refinery.stack.supervisor import supervisor_process
 TASK = REPO_ROOT / "bench" / "task-faults.yaml"
 ADMIN_KEY = "bench-admin-key"
 APP_KEY = "bench-app-key"
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a process a bench starts beside the stack."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def bench_settings(

@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from aiokafka import AIOKafkaConsumer
 from kafka import KafkaConsumer
 
 from bench.cpu import cpu_seconds, since
+from bench.harness import free_port
 from bench.quiet import without_retraining
 from bench.report import Figure, record
 from refinery.common.kafka import EventProducer, ensure_topics
@@ -166,7 +166,7 @@ def monitor_rate(
     processes and this one (the producer) spent from the traffic's start to the last
     example: whether the join was short of cores."""
     group = [
-        monitor_process(settings, f"bench-{settings.monitor_app_id}-{i}", _free_port())
+        monitor_process(settings, f"bench-{settings.monitor_app_id}-{i}", free_port())
         for i in range(workers)
     ]
     for worker in group:
@@ -201,9 +201,9 @@ def monitor_rate(
             worker.stop()
     if len(stamps) < examples:
         raise SystemExit(f"only {len(stamps)} of {examples} examples; see {group[0].log_file}")
-    workers_cpu = sum(spent for name, spent in cpu.items() if name.startswith("bench-"))
-    cpu = {"monitor workers": workers_cpu} | {
-        name: spent for name, spent in cpu.items() if not name.startswith("bench-")
+    names = {worker.name for worker in group}
+    cpu = {"monitor workers": sum(cpu.get(name, 0.0) for name in names)} | {
+        name: spent for name, spent in cpu.items() if name not in names
     }
     wall = max(stamps) / 1000 - started
     return MonitorRun(
@@ -237,12 +237,6 @@ def _example_stamps(settings: Settings, examples: int) -> list[int]:
     finally:
         consumer.close()
     return stamps
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:
