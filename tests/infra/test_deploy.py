@@ -15,6 +15,8 @@ import yaml
 
 from refinery.common.kafka.admin import topic_configs
 from refinery.common.settings import REPO_ROOT, Settings
+from refinery.deployer.service import SLOTS
+from refinery.stack.vllm import merged_url, slot_url
 from tests.toolchain import tool
 
 CHART = REPO_ROOT / "infra" / "helm" / "refinery"
@@ -32,6 +34,7 @@ EXTERNAL = [
     "model.taskConfigMap=my-task",
     "secrets.existingSecret=my-secrets",
 ]
+MERGED = ["mergedServing.enabled=true", "mergedServing.port=9120"]
 
 
 def _helm(*args: str) -> str:
@@ -52,7 +55,9 @@ def test_the_chart_lints() -> None:
     assert "0 chart(s) failed" in _helm("lint", "--strict", str(CHART))
 
 
-@pytest.mark.parametrize("sets", [[], EXTERNAL], ids=["defaults", "external-services"])
+@pytest.mark.parametrize(
+    "sets", [[], EXTERNAL, MERGED], ids=["defaults", "external-services", "merged-serving"]
+)
 def test_the_rendered_chart_passes_kubernetes_schemas_strictly(
     tmp_path: Path, sets: list[str]
 ) -> None:
@@ -105,6 +110,62 @@ def test_every_setting_the_chart_sets_is_one_refinery_reads(tmp_path: Path) -> N
     assert settings.vllm_urls == [f"http://{name}-{i}.{name}:8000" for i in range(3)]
 
 
+def _setting_keys(env: dict[str, Any]) -> list[str]:
+    """The keys of ``env`` that name no Refinery setting (typos the code would ignore)."""
+    return [
+        key
+        for key in env
+        if key.startswith("REFINERY_")
+        and key.removeprefix("REFINERY_").lower() not in Settings.model_fields
+    ]
+
+
+def test_merged_serving_renders_a_deployer_the_gateways_reach_through_its_service(
+    tmp_path: Path,
+) -> None:
+    _, plain = _render(tmp_path, [])
+    assert not [d for d in plain if "deployer" in d["metadata"]["name"]]  # opt in
+    _, docs = _render(tmp_path, MERGED)
+    (service,) = [d for d in docs if d["kind"] == "Service" and "deployer" in d["metadata"]["name"]]
+    (deployment,) = [
+        d for d in docs if d["kind"] == "Deployment" and "deployer" in d["metadata"]["name"]
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert _setting_keys(env) == []
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    settings = Settings(
+        **{k.removeprefix("REFINERY_").lower(): v for k, v in {**config["data"], **env}.items()}
+    )
+    # The deployer tags its slots with URLs behind its Service, on the ports it serves on.
+    name = service["metadata"]["name"]
+    assert (
+        [merged_url(settings, slot) for slot in SLOTS]
+        == [f"http://{name}:{p['port']}" for p in service["spec"]["ports"]]
+        == ["http://rel-deployer:9120", "http://rel-deployer:9121"]
+    )
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert [ports[p["targetPort"]] for p in service["spec"]["ports"]] == [9120, 9121]
+    # ...and binds them where the Service reaches them, looking at them on its own host.
+    assert settings.vllm_host == "0.0.0.0" and slot_url(settings, 0) == "http://127.0.0.1:9120"
+    assert settings.vllm_backend == "gpu" and "nvidia.com/gpu" in container["resources"]["limits"]
+    assert container["command"] == ["python3", "-m", "refinery.deployer"]
+
+
+def test_the_deployer_image_installs_the_locked_versions() -> None:
+    """The deployer's image adds to vLLM's what the merge and the registry need, pinned as
+    the tested environment (requirements.lock) pins them."""
+    dockerfile = (REPO_ROOT / "infra" / "compose" / "vllm.Dockerfile").read_text()
+    (install,) = [
+        line
+        for line in dockerfile.splitlines()
+        if line.startswith("RUN pip install --no-cache-dir peft")
+    ]
+    pins = [word for word in install.split() if "==" in word]
+    locked = set((REPO_ROOT / "requirements.lock").read_text().split())
+    assert pins and all(pin in locked for pin in pins), pins
+
+
 def test_the_compose_file_loads_as_docker_compose_loads_it() -> None:
     env = {
         **os.environ,
@@ -127,6 +188,18 @@ def test_the_compose_file_loads_as_docker_compose_loads_it() -> None:
         "serving-base",
         "vllm",
     ]
+    # Merged serving is a profile: the deployer joins when it is asked for.
+    merged = subprocess.run(
+        check, capture_output=True, text=True, env={**env, "COMPOSE_PROFILES": "merged"}, timeout=60
+    )
+    assert merged.returncode == 0, merged.stderr
+    assert sorted({*done.stdout.split(), "deployer"}) == merged.stdout.split()
+    services = yaml.safe_load(compose.read_text())["services"]
+    # Each image of a Dockerfile with several stages is built from the stage it names.
+    assert all("target" in s["build"] for s in services.values() if "build" in s)
+    deployer = services["deployer"]
+    assert _setting_keys(deployer["environment"]) == []
+    assert deployer["environment"]["REFINERY_VLLM_MERGED_HOST"] == "deployer"
     # A required secret left unset is refused, as `docker compose` refuses it.
     del env["POSTGRES_PASSWORD"]
     refused = subprocess.run(check, capture_output=True, text=True, env=env, timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import httpx
@@ -12,11 +13,13 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from refinery.common.datasets import read_jsonl
+from refinery.common.exceptions import ConfigError
 from refinery.common.registry import ModelRegistry
 from refinery.common.settings import Settings
 from refinery.common.task import load_task
 from refinery.retrainer.base_model import greedy_complete
 from refinery.retrainer.sequence import prompt_ids
+from refinery.stack.vllm import vllm_python
 
 
 def _complete(settings: Settings, model: str, prompts: list[str], max_tokens: int) -> list[str]:
@@ -141,3 +144,21 @@ def test_vllm_spins_briefly_after_a_message_on_the_cpu(full_stack: Settings) -> 
     told = [line for line in since_start.splitlines() if "readers spin 0.010 s" in line]
     assert any("EngineCore" in line for line in told), since_start[-3000:]
     assert any("Worker" in line for line in told), since_start[-3000:]
+
+
+def test_vllm_runs_from_the_configured_venv_or_from_a_python_that_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REFINERY_VLLM_PYTHON where set (a venv of its own here); else the deployer's own
+    python in vLLM's image; a python without vLLM is refused with the way out."""
+    venv_python = Settings().vllm_python
+    assert venv_python is not None and vllm_python(Settings()) == venv_python
+    with pytest.raises(ConfigError, match="make setup"):
+        vllm_python(Settings(vllm_python=tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="make setup"):  # the tests' python has no vLLM
+        vllm_python(Settings(vllm_python=None))
+    plugin_dir = tmp_path / "site"  # a python whose path has vLLM, as the image's has
+    (plugin_dir / "vllm").mkdir(parents=True)
+    (plugin_dir / "vllm" / "__init__.py").touch()
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    assert vllm_python(Settings(vllm_python=None)) == Path(sys.executable)

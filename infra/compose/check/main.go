@@ -21,6 +21,7 @@ func main() {
 	options, err := cli.NewProjectOptions(
 		[]string{os.Args[1]},
 		cli.WithOsEnv,
+		cli.WithDefaultProfiles(), // COMPOSE_PROFILES, as `docker compose` reads it
 		cli.WithResolvedPaths(true),
 	)
 	if err != nil {

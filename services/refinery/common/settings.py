@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     #: whenever the merged server does not answer
     serve_merged: bool = False
     vllm_merged_port: int = 8120
+    #: the host gateways reach the merged servers at, as the deployer tags it (the
+    #: deployer's Service in a cluster, where the servers bind vllm_host 0.0.0.0); None:
+    #: vllm_host
+    vllm_merged_host: str | None = None
     #: VLLM_CPU_OMP_THREADS_BIND of the merged servers (CPU only): vLLM's "auto" pins them
     #: to the same cores as the replicas (idle but for canaries once a merged server takes
     #: the champion's traffic); on a host with cores to spare, give them their own ("4-7").

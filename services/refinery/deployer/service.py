@@ -14,7 +14,10 @@ The registry's ``champion`` alias is the only truth, as for the gateway. Every
 
 A base champion needs no merged server (the replicas serve it as it is). The slots are
 processes of their own: a deployer that dies and is started again finds them by asking
-them what they serve, so serving never waits on it.
+them what they serve, so serving never waits on it (in a container they share its fate:
+runtime LoRA serves until it has started them again). It looks at them on its own host and
+tags the URL gateways reach them at (``vllm_merged_host``: the deployer's Service in a
+cluster).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import httpx
 from refinery.common.registry import MERGED_URL_TAG, ModelRegistry, VersionInfo
 from refinery.common.settings import Settings, get_settings
 from refinery.deployer.merge import merge_adapter, merged_dir
-from refinery.stack.vllm import merged_url, merged_vllm_process
+from refinery.stack.vllm import merged_url, merged_vllm_process, slot_url
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class MergedDeployer:
         server starts: a minute or so)."""
         champion = self.registry.champion() if self.registry.exists() else None
         wanted = champion if champion is not None and champion.kind == "lora" else None
-        serving = {slot: served_by(merged_url(self.settings, slot)) for slot in SLOTS}
+        serving = {slot: served_by(slot_url(self.settings, slot)) for slot in SLOTS}
         live = None
         if wanted is not None:
             live = next((s for s, name in serving.items() if name == wanted.served_name), None)

@@ -7,7 +7,9 @@ MLflow into this replica's own cache the first time a request names it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import httpx
@@ -84,7 +86,34 @@ def vllm_process(
 
 
 def merged_url(settings: Settings, slot: int) -> str:
-    return f"http://{settings.vllm_host}:{settings.vllm_merged_port + slot}"
+    """Where gateways reach blue/green slot ``slot``: the URL the deployer tags."""
+    host = settings.vllm_merged_host or connect_host(settings.vllm_host)
+    return f"http://{host}:{settings.vllm_merged_port + slot}"
+
+
+def slot_url(settings: Settings, slot: int) -> str:
+    """Where the deployer itself looks at slot ``slot`` (a server it started, on its host)."""
+    return f"http://{connect_host(settings.vllm_host)}:{settings.vllm_merged_port + slot}"
+
+
+def connect_host(bind_host: str) -> str:
+    """The host to connect to a server bound to ``bind_host`` on this machine."""
+    return (
+        "127.0.0.1" if bind_host in ("0.0.0.0", "") else "::1" if bind_host == "::" else bind_host
+    )
+
+
+def vllm_python(settings: Settings) -> Path:
+    """The python that runs vLLM: REFINERY_VLLM_PYTHON (infra/setup.sh's venv), else this
+    one where it has vLLM (the deployer's container image is vLLM's, refinery added)."""
+    if settings.vllm_python is not None and Path(settings.vllm_python).exists():
+        return Path(settings.vllm_python)
+    if settings.vllm_python is None and importlib.util.find_spec("vllm") is not None:
+        return Path(sys.executable)
+    raise ConfigError(
+        f"REFINERY_VLLM_PYTHON={settings.vllm_python} is not a python of the vLLM venv; "
+        "run `make setup` (infra/setup.sh builds it and records the path)"
+    )
 
 
 def merged_vllm_process(
@@ -113,7 +142,7 @@ def _server(
     extra_args: list[str],
     extra_env: dict[str, str],
 ) -> ManagedProcess:
-    url = f"http://{settings.vllm_host}:{port}"
+    url = f"http://{connect_host(settings.vllm_host)}:{port}"
     if model_dir is None:
         return ManagedProcess(
             name=name,
@@ -122,12 +151,7 @@ def _server(
             log_dir=settings.log_dir,
             health=lambda: vllm_healthy(url),
         )
-    python = settings.vllm_python
-    if python is None or not Path(python).exists():
-        raise ConfigError(
-            f"REFINERY_VLLM_PYTHON={python} is not a python of the vLLM venv; "
-            "run `make setup` (infra/setup.sh builds it and records the path)"
-        )
+    python = vllm_python(settings)
     env = {"HF_HUB_OFFLINE": "1", **extra_env}
     spin = settings.vllm_spin_s
     if spin is None and settings.vllm_backend == "cpu":
