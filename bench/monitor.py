@@ -50,6 +50,8 @@ from refinery.stack.process import ManagedProcess
 
 WARMED_UP = "drift tests warmed up"
 WINDOW_LINE = re.compile(r"drift window (\d+) v\S+: (\d+) predictions, .* drifted=(\S+),")
+#: A window's drift tests and its record (Evidently snapshot; a drifted one's alert report)
+WINDOW_COST = re.compile(r"drifted=(\S+),.* \(tests ([0-9.]+) s, record ([0-9.]+) s\)")
 
 
 #: An event as written: its stream, key and value.
@@ -215,6 +217,41 @@ def monitor_rate(
     )
 
 
+def window_cost(run: MonitorRun, events_per_window: float) -> Figure:
+    """A window's drift cost (its tests and its record, on the worker that owns the windows)
+    against the time the join spends on that window's events: bounded, since a window is
+    ``window_size`` predictions whatever the traffic, so it is a share of the join's work."""
+    costs = [
+        (cols != "-", float(tests), float(rec)) for cols, tests, rec in WINDOW_COST.findall(run.log)
+    ]
+    if not costs:
+        raise SystemExit("the monitor logged no window's drift cost")
+    spent = [1000 * (tests + rec) for _, tests, rec in costs]
+    by_kind = {
+        kind: [1000 * (t + r) for drifted, t, r in costs if drifted == (kind == "drifted")]
+        for kind in ("stable", "drifted")
+    }
+    split = "; ".join(
+        f"{kind} {len(ms)}: median {statistics.median(ms):.0f} ms, max {max(ms):.0f} ms"
+        for kind, ms in by_kind.items()
+        if ms
+    )
+    tests_ms = statistics.median(1000 * t for _, t, _ in costs)
+    join_ms = 1000 * events_per_window / run.joined
+    print(
+        f"drift per window: median {statistics.median(spent):.0f} ms (tests {tests_ms:.0f} ms) "
+        f"vs {join_ms:.0f} ms of join for its {events_per_window:.0f} events; {split}"
+    )
+    return Figure(
+        "monitor: drift per window (tests + record), median",
+        statistics.median(spent),
+        f"the join's time for a window's {events_per_window:.0f} events",
+        join_ms,
+        "ms",
+        note=f"{len(costs)} windows, tests alone median {tests_ms:.0f} ms; {split}",
+    )
+
+
 def cpu_note(run: MonitorRun) -> str:
     spent = ", ".join(f"{name} {s:.2f}" for name, s in run.cpu_per_k.items())
     return f"CPU s per 1,000 events: {spent}; {run.busy:.0%} of the cores busy"
@@ -357,6 +394,7 @@ def main() -> None:
                 note=f"one consumer group, {args.partitions} partitions; {cpu_note(split)}",
             )
         )
+    figures.append(window_cost(one, total * spec.window_size / predictions))
     windows = [(int(m[0]), m[2]) for m in WINDOW_LINE.findall(one.log)]
     onset = args.stable_windows  # the first window made only of traffic after onset
     false_alarms = [i for i, cols in windows if i < onset - 1 and cols != "-"]

@@ -446,7 +446,7 @@ async def close_window(windows: DriftWindows) -> None:
     lowest = min(result.metrics, key=alarm_ratio)
     log.info(
         "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s "
-        "(tests %.1f s, record %.1f s), rows %s",
+        "(tests %.3f s, record %.3f s), rows %s",
         closed.index,
         closed.version,
         len(closed.current),
