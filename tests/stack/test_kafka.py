@@ -6,6 +6,7 @@ tests/inference/test_failover.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import uuid
 from pathlib import Path
@@ -18,9 +19,11 @@ from kafka.producer.future import RecordMetadata
 from refinery.common.events import FeedbackEvent
 from refinery.common.exceptions import EventValidationError
 from refinery.common.kafka import EventProducer, RenewingProducer, ensure_topics, wait_for_broker
+from refinery.common.kafka.admin import consumer_lag
 from refinery.common.kafka.consumer import parse_event
 from refinery.common.settings import Settings
 from refinery.common.topics import Stream, Topics
+from refinery.retrainer.collect import end_offsets
 from refinery.stack.kafka import KafkaCluster
 from tests.ports import KAFKA_ADDRESS, KAFKA_RESTART, ports
 
@@ -174,3 +177,15 @@ def test_concurrent_acknowledged_sends_share_a_hand_over_and_a_bad_one_fails_alo
     assert all(isinstance(meta, RecordMetadata) for meta in outcomes), outcomes
     assert len({(meta.partition, meta.offset) for meta in outcomes}) == len(good)
     assert batches == [len(good) + 1], f"one hand-over for the 21 concurrent sends: {batches}"
+
+
+def test_reading_end_offsets_without_a_group_logs_no_warning(
+    kafka_stack: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The monitor measures its lag every 30 s and the retrainer reads the examples' ends
+    at every run: a kafka-python warning at each ("group_id is None: disabling auto-commit")
+    filled the monitor's log with one line per measurement."""
+    caplog.set_level(logging.WARNING, logger="kafka")
+    assert consumer_lag(kafka_stack.kafka_bootstrap, []) == {}  # no group asked about
+    assert end_offsets(kafka_stack)  # the examples topic has partitions
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

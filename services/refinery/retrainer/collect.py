@@ -51,7 +51,7 @@ class Snapshot:
 def end_offsets(settings: Settings, stream: Stream = Stream.EXAMPLES) -> dict[int, int]:
     """The current end of every partition of the stream's topic (the examples topic)."""
     topic = Topics.from_settings(settings).name(stream)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return {tp.partition: off for tp, off in consumer.end_offsets(partitions).items()}

@@ -182,7 +182,9 @@ def consumer_lag(bootstrap: str, groups: list[str] | None = None) -> dict[str, d
     """Per consumer group (every one, or ``groups``) and topic: records not yet committed
     (end offset - committed)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    # No group: it only reads end offsets (without this, kafka-python warns at every call:
+    # "group_id is None: disabling auto-commit", every 30 s in the monitor's log).
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         if groups is None:
             groups = [g["group_id"] for g in admin.list_groups()]
