@@ -97,10 +97,9 @@ def slot_url(settings: Settings, slot: int) -> str:
 
 
 def connect_host(bind_host: str) -> str:
-    """The host to connect to a server bound to ``bind_host`` on this machine."""
-    return (
-        "127.0.0.1" if bind_host in ("0.0.0.0", "") else "::1" if bind_host == "::" else bind_host
-    )
+    """The host to connect to a server bound to ``bind_host`` on this machine (every
+    interface, IPv4 or dual-stack: the loopback)."""
+    return "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
 
 
 def vllm_python(settings: Settings) -> Path:
