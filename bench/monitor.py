@@ -221,22 +221,17 @@ def window_cost(run: MonitorRun, events_per_window: float) -> Figure:
     """A window's drift cost (its tests and its record, on the worker that owns the windows)
     against the time the join spends on that window's events: bounded, since a window is
     ``window_size`` predictions whatever the traffic, so it is a share of the join's work."""
-    costs = [
-        (cols != "-", float(tests), float(rec)) for cols, tests, rec in WINDOW_COST.findall(run.log)
-    ]
-    if not costs:
+    logged = WINDOW_COST.findall(run.log)
+    if not logged:
         raise SystemExit("the monitor logged no window's drift cost")
-    spent = [1000 * (tests + rec) for _, tests, rec in costs]
-    by_kind = {
-        kind: [1000 * (t + r) for drifted, t, r in costs if drifted == (kind == "drifted")]
-        for kind in ("stable", "drifted")
-    }
+    spent = [1000 * (float(tests) + float(rec)) for _, tests, rec in logged]
+    kinds = ["stable" if cols == "-" else "drifted" for cols, _, _ in logged]
     split = "; ".join(
         f"{kind} {len(ms)}: median {statistics.median(ms):.0f} ms, max {max(ms):.0f} ms"
-        for kind, ms in by_kind.items()
-        if ms
+        for kind in ("stable", "drifted")
+        if (ms := [c for c, k in zip(spent, kinds, strict=True) if k == kind])
     )
-    tests_ms = statistics.median(1000 * t for _, t, _ in costs)
+    tests_ms = statistics.median(1000 * float(tests) for _, tests, _ in logged)
     join_ms = 1000 * events_per_window / run.joined
     print(
         f"drift per window: median {statistics.median(spent):.0f} ms (tests {tests_ms:.0f} ms) "
@@ -248,7 +243,7 @@ def window_cost(run: MonitorRun, events_per_window: float) -> Figure:
         f"the join's time for a window's {events_per_window:.0f} events",
         join_ms,
         "ms",
-        note=f"{len(costs)} windows, tests alone median {tests_ms:.0f} ms; {split}",
+        note=f"{len(logged)} windows, tests alone median {tests_ms:.0f} ms; {split}",
     )
 
 

@@ -87,13 +87,13 @@ def vllm_process(
 
 def merged_url(settings: Settings, slot: int) -> str:
     """Where gateways reach blue/green slot ``slot``: the URL the deployer tags."""
-    host = settings.vllm_merged_host or connect_host(settings.vllm_host)
+    return slot_url(settings, slot, settings.vllm_merged_host)
+
+
+def slot_url(settings: Settings, slot: int, host: str | None = None) -> str:
+    """Slot ``slot`` at ``host``; None: on this host, where the deployer looks at it."""
+    host = host or connect_host(settings.vllm_host)
     return f"http://{host}:{settings.vllm_merged_port + slot}"
-
-
-def slot_url(settings: Settings, slot: int) -> str:
-    """Where the deployer itself looks at slot ``slot`` (a server it started, on its host)."""
-    return f"http://{connect_host(settings.vllm_host)}:{settings.vllm_merged_port + slot}"
 
 
 def connect_host(bind_host: str) -> str:
