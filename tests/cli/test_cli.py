@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,12 +137,20 @@ def test_alerts_prints_drift_alerts(kafka_stack: Settings) -> None:
         ],
         reference_version="1",
         report_url="file:///tmp/report.html",
+        episode_start=now,
+        notice="opened",
+    )
+    resolved = alert.model_copy(
+        update={"event_id": str(uuid.uuid4()), "drifted_columns": [], "notice": "resolved"}
     )
     with EventProducer(kafka_stack) as producer:
         producer.send_and_wait(Stream.ALERTS, alert)
+        producer.send_and_wait(Stream.ALERTS, resolved)
     shown = run_cli(kafka_stack, "alerts")
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "drift in prompt_length" in shown.stdout and "ks 0.0001" in shown.stdout
+    assert "[ops notified: opened]" in shown.stdout
+    assert f"RESOLVED drift episode since {now:%Y-%m-%d %H:%M:%S}" in shown.stdout
 
 
 def test_alerts_follow_prints_decisions_as_they_come(kafka_stack: Settings) -> None:

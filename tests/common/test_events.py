@@ -96,6 +96,8 @@ def sample_events() -> dict[Stream, Event]:
             ],
             reference_version="1",
             report_url="file:///tmp/r.html",
+            episode_start=NOW,
+            notice="opened",
         ),
         Stream.TRIGGERS: TriggerEvent(
             trigger_id="t-1", reason="drift", requested_by="monitor", evidence={"alerts": 3}
@@ -152,6 +154,14 @@ def test_older_versions_are_read_as_the_newest() -> None:
     )
     rating = parse_versioned(FeedbackEvent, {**feedback, "schema_version": 1})
     assert isinstance(rating, FeedbackEvent) and rating.schema_version == 2
+    alert = sample_events()[Stream.ALERTS].model_dump(
+        mode="json", exclude={"episode_start", "notice"}
+    )
+    told = parse_versioned(AlertEvent, {**alert, "schema_version": 1})
+    assert isinstance(told, AlertEvent) and told.schema_version == 2
+    assert (told.notice, told.episode_start, told.resolved) == (None, None, False)
+    with pytest.raises(ValueError):
+        parse_versioned(AlertEvent, {**alert, "schema_version": 1, "notice": "opened"})
     with pytest.raises(ValueError):  # a v1 record holds no v2 field
         parse_versioned(PredictionEvent, json.dumps({**v1, "messages": []}))
     with pytest.raises(ValueError):

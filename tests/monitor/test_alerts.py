@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -18,8 +19,9 @@ from evidently.ui.workspace import Workspace
 from uuid6 import uuid7
 from watchdog.observers import Observer
 
-from refinery.monitor.alerts import PROJECT_NAME, AlertPublisher, Window
+from refinery.monitor.alerts import PROJECT_NAME, AlertPublisher, Window, slack_payload
 from refinery.monitor.drift import ThumbsCount, detect_drift
+from refinery.monitor.notices import Decision
 from refinery.monitor.workspace import STALE_PARTIAL_S
 from tests.monitor.test_drift import rows
 
@@ -200,3 +202,35 @@ def test_a_partial_snapshot_left_by_a_kill_is_cleared_once_stale(tmp_path: Path)
     os.utime(partial / "old.json", (long_ago, long_ago))
     AlertPublisher(tmp_path / "r", tmp_path / "w", None)
     assert [p.name for p in partial.iterdir()] == ["now.json"]
+
+
+def test_a_window_ops_already_know_of_is_recorded_light_and_its_end_is_an_alert(
+    tmp_path: Path,
+) -> None:
+    """Within a drift episode a drifted window is recorded and alerted on Kafka without a
+    notice, widgets or copy; the stable window that ends the episode is a resolved alert."""
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None)
+    reference = rows("retail", 400, seed=1)
+    shifted = detect_drift(reference, rows("smart_home", 200, seed=3), p_value=0.001)
+    stable = detect_drift(reference, rows("retail", 200, seed=4), p_value=0.001)
+    began = WINDOW.start - timedelta(minutes=10)
+    going_on = replace(WINDOW, decision=Decision(None, None, began, "warning"))
+    recorded = publisher.record(shifted, going_on)
+    alert = publisher.alert(shifted, going_on, recorded)
+    assert alert is not None and alert.notice is None and alert.episode_start == began
+    assert alert.report_url is None  # no copy is written for it (no UI configured here)
+    drawn = [m for m in recorded.snapshot.dict()["metrics"] if "ValueDrift" in m["config"]["type"]]
+    assert drawn == [] and not going_on.detailed(True)
+
+    ended = replace(WINDOW, index=4, decision=Decision("resolved", None, began, "critical"))
+    resolved = publisher.alert(stable, ended, publisher.record(stable, ended))
+    assert resolved is not None and resolved.resolved and resolved.drifted_columns == []
+    assert resolved.severity == "critical" and resolved.episode_start == began
+    text = str(slack_payload(resolved)["text"])
+    assert text.startswith(":white_check_mark: drift resolved") and "episode since" in text
+    assert (
+        publisher.alert(
+            stable, replace(WINDOW, decision=Decision(None, None, None, "warning")), recorded
+        )
+        is None
+    )

@@ -159,15 +159,26 @@ def test_shift_alerts_within_a_window_stable_traffic_does_not_and_drift_triggers
     alerts = [a for a in read_all(settings, Stream.ALERTS) if isinstance(a, AlertEvent)]
     assert len(alerts) == 2
     assert all(a.reference_version == "1" and a.window_size == WINDOW for a in alerts)
-    # Each links to its window's report in the Evidently UI, with a copy on disk.
+    # One drift episode: ops hear of its first window, and of the second only if it grew.
+    first, second = alerts
+    grew = set(after[1]) - set(after[0]) or (first.severity, second.severity) == (
+        "warning",
+        "critical",
+    )
+    assert first.notice == "opened" and second.notice == ("escalated" if grew else None)
+    assert first.episode_start == second.episode_start == first.window_start
+    notified = [a for a in alerts if a.notice]
+    # Each links to its window's report in the Evidently UI; a notifying one has a copy.
     project = f"{settings.evidently_ui_url}/projects/"
     assert all(str(a.report_url).startswith(project) for a in alerts), alerts[0].report_url
     # The copies follow the alerts (the worker renders them once the alerts are out).
     reports, deadline = settings.var_dir / "monitor" / "reports", time.monotonic() + 60
-    while len(copies := list(reports.glob("drift-*.html"))) < 2 and time.monotonic() < deadline:
+    while len(copies := list(reports.glob("drift-*.html"))) < len(notified):
+        assert time.monotonic() < deadline, copies
         time.sleep(0.5)
-    assert len(copies) == 2 and all(c.stat().st_size > 10_000 for c in copies)
-    assert len(Webhook.received) == 2 and "prompt_oov_share" in str(Webhook.received[0]["text"])
+    assert len(copies) == len(notified) and all(c.stat().st_size > 10_000 for c in copies)
+    assert len(Webhook.received) == len(notified)
+    assert "prompt_oov_share" in str(Webhook.received[0]["text"])
 
     # Two drifted windows in a row with enough ratings since training: one trigger.
     triggers = [t for t in read_all(settings, Stream.TRIGGERS) if isinstance(t, TriggerEvent)]
@@ -196,6 +207,19 @@ def test_shift_alerts_within_a_window_stable_traffic_does_not_and_drift_triggers
     print(f"v2: stable windows {stable_v2}; thumbs-down window {thumbs}")
     assert stable_v2 == [[], []]
     assert thumbs == [THUMBS_DOWN]
+    # The new champion's second stable window ended the episode; the thumbs opened another.
+    deadline = time.monotonic() + 30
+    while len(Webhook.received) < len(notified) + 2:
+        assert time.monotonic() < deadline, Webhook.received
+        time.sleep(0.5)
+    everything = [a for a in read_all(settings, Stream.ALERTS) if isinstance(a, AlertEvent)]
+    v2 = sorted(everything, key=lambda a: a.window_end)[2:]  # keyed by version: 2 partitions
+    assert [(a.reference_version, a.notice) for a in v2] == [("2", "resolved"), ("2", "opened")]
+    assert v2[0].episode_start == first.window_start and v2[0].drifted_columns == []
+    assert v2[1].severity == "critical" and v2[1].episode_start == v2[1].window_start
+    resolved_text, opened_text = (str(m["text"]) for m in Webhook.received[-2:])
+    assert resolved_text.startswith(":white_check_mark: drift resolved")
+    assert "*critical* drift in thumbs_down_rate" in opened_text
 
 
 def test_the_dashboard_plots_the_windows_and_the_drifted_ones_are_tagged(
@@ -213,11 +237,14 @@ def test_the_dashboard_plots_the_windows_and_the_drifted_ones_are_tagged(
         assert any(t.startswith("episode-") for t in s["tags"]) and s["metadata"]["window_end"]
         assert s["metadata"]["drifted_columns"] != "-"
     assert {s["metadata"]["model_version"] for s in snapshots} >= {"1", "2"}
-    # An alert's link is a snapshot the UI has, tagged drifted.
-    [alert, *_] = [a for a in read_all(settings, Stream.ALERTS) if isinstance(a, AlertEvent)]
-    linked = str(alert.report_url).rsplit("/", 1)[-1]
-    meta = httpx.get(f"{ui}/api/projects/{project['id']}/{linked}/metadata")
-    assert meta.status_code == 200 and "drifted" in meta.json()["tags"]
+    # An alert's link is a snapshot the UI has, tagged drifted; a resolved one's, stable.
+    alerts = [a for a in read_all(settings, Stream.ALERTS) if isinstance(a, AlertEvent)]
+    assert [a.resolved for a in alerts].count(True) == 1
+    for alert in alerts:
+        linked = str(alert.report_url).rsplit("/", 1)[-1]
+        meta = httpx.get(f"{ui}/api/projects/{project['id']}/{linked}/metadata")
+        tag = "stable" if alert.resolved else "drifted"
+        assert meta.status_code == 200 and tag in meta.json()["tags"], alert
 
     panels = httpx.get(f"{ui}/api/v2/dashboards/{project['id']}").json()["panels"]
     titles = [p["title"] for p in panels]
@@ -266,9 +293,12 @@ def test_the_worker_exports_what_it_read_tested_and_sent(
     drifted = value(samples, "refinery_monitor_windows_total", drifted="true")
     assert drifted is not None and drifted >= 2
     assert value(samples, "refinery_monitor_triggers_total", kind="drift") == 1
+    # An alert per drifted window (two of v1, the thumbs window of v2), not the resolved one.
     assert (value(samples, "refinery_monitor_alerts_total", severity="warning") or 0) + (
         value(samples, "refinery_monitor_alerts_total", severity="critical") or 0
-    ) >= 2
+    ) == 3
+    assert value(samples, "refinery_monitor_alert_notices_total", notice="opened") == 2
+    assert value(samples, "refinery_monitor_alert_notices_total", notice="resolved") == 1
     score = value(
         samples,
         "refinery_monitor_drift_score",

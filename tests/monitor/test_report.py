@@ -33,7 +33,7 @@ def test_a_drifted_windows_snapshot_holds_every_deciding_test_and_its_labels(
         current_thumbs=ThumbsCount(70, 200),
     )
     labels = WindowLabels("2", 7, END - timedelta(minutes=5), END, EPISODE)
-    snapshot = window_snapshot(result, labels, ThumbsCount(70, 200))
+    snapshot = window_snapshot(result, labels, ThumbsCount(70, 200), detailed=True)
     shown = {
         (m["config"].get("column"), m["config"].get("method")): m
         for m in snapshot.dict()["metrics"]
@@ -59,16 +59,23 @@ def test_a_drifted_windows_snapshot_holds_every_deciding_test_and_its_labels(
 
 def test_a_stable_window_is_tagged_stable_with_no_episode() -> None:
     result = detect_drift(rows("retail", 400, seed=1), rows("retail", 200, seed=4), 0.001)
-    snapshot = window_snapshot(result, WindowLabels("1", 1, END, END, None), None)
+    snapshot = window_snapshot(result, WindowLabels("1", 1, END, END, None), None, detailed=False)
     assert snapshot.to_snapshot_model().tags == ["v1", "stable"]
     assert not [m for m in snapshot.dict()["metrics"] if "ValueDrift" in m["config"]["type"]]
 
 
-def test_a_drifted_window_shows_each_numeric_columns_distributions() -> None:
+def test_a_notifying_window_shows_each_numeric_columns_distributions_the_others_do_not() -> None:
     result = detect_drift(rows("retail", 400, seed=1), rows("smart_home", 200, seed=3), 0.001)
-    snapshot = window_snapshot(result, WindowLabels("1", 1, END, END, EPISODE), None)
-    drawn = [m for m in snapshot.dict()["metrics"] if "ValueDrift" in m["config"]["type"]]
-    assert [m["config"]["column"] for m in drawn] == list(NUMERIC)
+    labels = WindowLabels("1", 1, END, END, EPISODE)
+
+    def drawn(detailed: bool) -> list[str]:
+        snapshot = window_snapshot(result, labels, None, detailed)
+        assert "drifted" in snapshot.to_snapshot_model().tags  # tagged alike either way
+        metrics = snapshot.dict()["metrics"]
+        return [m["config"]["column"] for m in metrics if "ValueDrift" in m["config"]["type"]]
+
+    assert drawn(detailed=True) == list(NUMERIC)
+    assert drawn(detailed=False) == []  # a drifted window of an episode ops already know of
 
 
 def test_the_dashboard_plots_each_model_versions_quality(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from refinery.common.events import AlertEvent, PredictionEvent
 from refinery.common.task import DriftSpec, TaskObjective
+from refinery.monitor.notices import NoticePolicy
 from refinery.monitor.windows import (
     Change,
     DriftWindows,
@@ -582,3 +583,42 @@ def test_a_bucket_is_taken_in_time_order_across_its_partitions() -> None:
     windows.apply(block(1, 50, rows[1::2]), now=0)  # 50.1, 50.3, ...
     taken = windows._rows(windows.state.ref_slices)
     assert [r["prediction_id"] for r in taken] == [r["prediction_id"] for r in rows]
+
+
+def test_the_alert_episode_is_committed_with_the_close_and_outlives_a_promotion() -> None:
+    """Ops hear of the first drifted window only; a crash before a close decides alike; a
+    new champion keeps the episode until its own windows are stable."""
+    store: dict[str, Any] = {}
+    windows = DriftWindows(store, SPEC, notices=NoticePolicy(repeat_minutes=60, resolve_after=2))
+
+    def fill(version: str = "1") -> None:
+        for _ in range(SPEC.window_size):
+            windows.apply(predicted(version), now=1)
+
+    def close_one(drifted: list[str], version: str = "1") -> str | None:
+        fill(version)
+        closed = windows.closing()
+        decision = windows.notice(closed, drifted, "warning")
+        windows.delivered(windows.close(closed, drifted, None, decision))
+        return decision.notice
+
+    for _ in range(SPEC.reference_size):
+        windows.apply(predicted(), now=0)
+    assert close_one(["segment"]) == "opened"
+    fill()
+    again = DriftWindows(dict(store), SPEC, notices=windows.notices)  # as a crash would leave it
+    closed = windows.closing()
+    decision = windows.notice(closed, ["segment"], "warning")
+    assert decision.notice is None
+    windows.delivered(windows.close(closed, ["segment"], None, decision))
+    assert again.notice(again.closing(), ["segment"], "warning") == decision  # decided alike
+    assert again.notice(again.closing(), ["segment", "prompt_length"], "warning").notice == (
+        "escalated"
+    )
+    windows.apply(reset_record("2"), now=2)
+    assert windows.state.alerting is not None  # a promotion alone ends no episode
+    for _ in range(SPEC.reference_size):
+        windows.apply(predicted("2"), now=2)
+    assert [close_one([], "2"), close_one([], "2")] == [None, "resolved"]
+    assert windows.state.alerting is None
+    assert DriftWindows(store, SPEC).state.alerting is None  # committed

@@ -428,9 +428,16 @@ def _alert_lines(alert: AlertEvent) -> list[str]:
     columns = ", ".join(alert.drifted_columns) or "-"
     window = f"{alert.window_start:%H:%M:%S}-{alert.window_end:%H:%M:%S}"
     report = f" report {alert.report_url}" if alert.report_url else ""
+    since = f"since {alert.episode_start:%Y-%m-%d %H:%M:%S}" if alert.episode_start else ""
+    if alert.resolved:
+        return [
+            f"RESOLVED drift episode {since} (stable window {window}, "
+            f"reference v{alert.reference_version}){report}"
+        ]
+    told = f" [ops notified: {alert.notice}]" if alert.notice else ""
     out = [
         f"{alert.severity.upper()} drift in {columns} (window {window}, {alert.window_size} "
-        f"predictions, reference v{alert.reference_version}){report}"
+        f"predictions, reference v{alert.reference_version}){told}{report}"
     ]
     for m in alert.metrics:
         if m.drifted:

@@ -79,6 +79,8 @@ def _last_alert(settings: Settings) -> str:
     alert = newest_event(settings, Stream.ALERTS)
     if not isinstance(alert, AlertEvent):
         return "none"
+    if alert.resolved:
+        return f"{_ago(alert.occurred_at)} drift resolved (reference v{alert.reference_version})"
     return (
         f"{_ago(alert.occurred_at)} {alert.severity} drift in "
         f"{', '.join(alert.drifted_columns)} (reference v{alert.reference_version})"

@@ -7,7 +7,8 @@ Producers write the newest version of each event; consumers also read the versio
 it (``parse_versioned``), upgraded to the newest, so records on a topic from before an
 upgrade stay readable. Version 2 of predictions and examples keeps a chat conversation as
 structured messages instead of flattened text; version 2 of feedback and 3 of examples
-name the tenant and the fingerprint of the key that sent the rating.
+name the tenant and the fingerprint of the key that sent the rating; version 2 of alerts
+names the drift episode and whether ops were notified.
 """
 
 from __future__ import annotations
@@ -162,11 +163,22 @@ class DriftMetric(BaseModel):
     drifted: bool
 
 
+#: Why ops were told of an alert (the webhook): a drift episode began, it rose (severity or
+#: columns), it lasted another ``alert_repeat_minutes``, or it ended.
+Notice = Literal["opened", "escalated", "reminder", "resolved"]
+Severity = Literal["warning", "critical"]
+
+
 class AlertEvent(Event):
-    """Drift found in a closed window (topic ``alerts``)."""
+    """Drift found in a closed window, or the end of a drift episode (topic ``alerts``).
+
+    Every drifted window has one; ``notice`` says whether ops were told of it and why (the
+    webhook posts once per episode, not once per window). A ``resolved`` alert is the
+    stable window that ended its episode: no drifted columns."""
 
     schema_name = "alert"
 
+    schema_version: Literal[2] = 2  # type: ignore[assignment]
     window_start: AwareDatetime
     window_end: AwareDatetime
     window_size: int = Field(ge=0, description="predictions in the window")
@@ -174,7 +186,19 @@ class AlertEvent(Event):
     metrics: list[DriftMetric]
     reference_version: str = Field(description="champion version the reference belongs to")
     report_url: str | None = None
-    severity: Literal["warning", "critical"] = "warning"
+    severity: Severity = Field(
+        default="warning", description="resolved: the highest its episode reached"
+    )
+    episode_start: AwareDatetime | None = Field(
+        default=None, description="start of the first drifted window of its drift episode"
+    )
+    notice: Notice | None = Field(
+        default=None, description="why ops were notified of it; none: its episode goes on"
+    )
+
+    @property
+    def resolved(self) -> bool:
+        return self.notice == "resolved"
 
 
 class TriggerEvent(Event):
@@ -357,11 +381,32 @@ class ExampleEventV1(Event):
         return ExampleEvent(**{**self.model_dump(), "schema_version": 3})
 
 
+class AlertEventV1(Event):
+    """Drift found in a closed window (topic ``alerts``)."""
+
+    # Version 1, as published (no drift episode or notice): still read.
+    model_config = ConfigDict(title="AlertEvent")
+    schema_name = "alert"
+
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    window_size: int = Field(ge=0, description="predictions in the window")
+    drifted_columns: list[str]
+    metrics: list[DriftMetric]
+    reference_version: str = Field(description="champion version the reference belongs to")
+    report_url: str | None = None
+    severity: Literal["warning", "critical"] = "warning"
+
+    def upgrade(self) -> AlertEvent:
+        return AlertEvent(**{**self.model_dump(), "schema_version": 2})
+
+
 # Older versions each event type still reads, by version number.
 LEGACY_VERSIONS: dict[type[Event], dict[int, type[Any]]] = {
     PredictionEvent: {1: PredictionEventV1},
     FeedbackEvent: {1: FeedbackEventV1},
     ExampleEvent: {1: ExampleEventV1, 2: ExampleEventV2},
+    AlertEvent: {1: AlertEventV1},
 }
 
 

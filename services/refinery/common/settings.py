@@ -206,6 +206,10 @@ class Settings(BaseSettings):
     retrainer_threads: int | None = None
     # Where drift alerts are POSTed as Slack-compatible JSON ({"text": ...}); none: no POST.
     alert_webhook_url: str | None = None
+    # Ops hear of a drift episode when it opens or grows, again every this many minutes
+    # while it lasts, and when this many stable windows in a row end it (monitor/notices.py).
+    alert_repeat_minutes: float = Field(default=60.0, gt=0)
+    alert_resolve_windows: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")
     def _every_node_bootstraps(self) -> Settings:

@@ -197,7 +197,11 @@ def build_timeline(settings: Settings, sim: Simulation) -> Timeline:
     from refinery.retrainer.record import find_run
 
     onset = sim.onset_at
-    after = [e for e in read_stream(settings, Stream.ALERTS) if isinstance(e, AlertEvent)]
+    after = [
+        e
+        for e in read_stream(settings, Stream.ALERTS)
+        if isinstance(e, AlertEvent) and not e.resolved
+    ]
     alerts = sorted(_epoch(e.occurred_at) for e in after if _epoch(e.occurred_at) >= onset)
     triggers: dict[str, TriggerEvent] = {}  # the first ask of each trigger id
     for t in sorted(

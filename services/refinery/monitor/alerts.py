@@ -1,6 +1,10 @@
 """Turning a drift result into what ops see: a run in the Evidently workspace (the UI's
 project, whose dashboard is defined here in code), an alert event linking to that run's
-report in the UI, a saved HTML copy of it, and a Slack-compatible webhook POST."""
+report in the UI, a saved HTML copy of it, and a Slack-compatible webhook POST.
+
+Ops are told once per drift episode (refinery/monitor/notices.py): only a window that
+notifies gets the per-column widgets, the copy and the POST; the others are recorded and
+sent on Kafka."""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import httpx
 from evidently.core.report import Snapshot
 
 from refinery.common.events import AlertEvent
-from refinery.monitor.drift import THUMBS_DOWN, DriftResult, ThumbsCount, describe
+from refinery.monitor.drift import DriftResult, ThumbsCount, describe
+from refinery.monitor.notices import Decision, severity_of
 from refinery.monitor.report import WindowLabels, dashboard, dashboard_versions, window_snapshot
 from refinery.monitor.workspace import WindowWorkspace
 
@@ -34,8 +39,14 @@ class Window:
     end: datetime
     size: int
     reference_version: str
-    episode: datetime | None = None  # the start of the drift episode it is part of
+    episode: datetime | None = None  # the start of the retrain trigger's drift episode
     thumbs: ThumbsCount | None = None  # the champion's ratings in it
+    # Whether ops are told of it (None: not decided, as in tests; drifted means told).
+    decision: Decision | None = None
+
+    def detailed(self, drifted: bool) -> bool:
+        """Its report gets the per-column widgets and a copy on disk: it notifies ops."""
+        return drifted if self.decision is None else self.decision.detailed
 
     @property
     def labels(self) -> WindowLabels:
@@ -49,11 +60,26 @@ class Window:
         return str(uuid.uuid5(_ALERT_NS, name))
 
 
+_HEADLINES = {
+    None: ":warning: *{severity}* drift in {columns}",
+    "opened": ":warning: *{severity}* drift in {columns}",
+    "escalated": ":rotating_light: *{severity}* drift grew, now in {columns}",
+    "reminder": ":warning: *{severity}* drift goes on, in {columns}",
+    "resolved": ":white_check_mark: drift resolved: this window is stable",
+}
+
+
 def slack_payload(alert: AlertEvent) -> dict[str, Any]:
+    headline = _HEADLINES[alert.notice].format(
+        severity=alert.severity, columns=", ".join(alert.drifted_columns)
+    )
+    since = (
+        f", episode since {alert.episode_start:%Y-%m-%d %H:%M:%S}" if alert.episode_start else ""
+    )
     lines = [
-        f":warning: *{alert.severity}* drift in {', '.join(alert.drifted_columns)} "
-        f"(window {alert.window_start:%Y-%m-%d %H:%M:%S} to {alert.window_end:%H:%M:%S} UTC, "
-        f"{alert.window_size} predictions, reference v{alert.reference_version})"
+        f"{headline} (window {alert.window_start:%Y-%m-%d %H:%M:%S} to "
+        f"{alert.window_end:%H:%M:%S} UTC{since}, {alert.window_size} predictions, "
+        f"reference v{alert.reference_version})"
     ]
     lines += [f"• {m.column}: {m.method} {describe(m)}" for m in alert.metrics if m.drifted]
     if alert.report_url:
@@ -101,7 +127,8 @@ class AlertPublisher:
     def record(self, result: DriftResult, window: Window) -> Recorded:
         """Every window goes to the workspace, drifted or not: the dashboard shows the
         trend. A model version seen for the first time gets its quality series."""
-        snapshot = window_snapshot(result, window.labels, window.thumbs)
+        detailed = window.detailed(bool(result.drifted_columns))
+        snapshot = window_snapshot(result, window.labels, window.thumbs, detailed)
         name = f"window {window.index} v{window.reference_version} {window.end:%Y-%m-%d %H:%M:%S}"
         ref = self.workspace.add_run(self.project.id, snapshot, name=name)
         if window.reference_version not in self.versions:
@@ -114,14 +141,21 @@ class AlertPublisher:
         return f"{self.ui_url}/projects/{self.project.id}/reports/{recorded.snapshot_id}"
 
     def alert(self, result: DriftResult, window: Window, recorded: Recorded) -> AlertEvent | None:
-        """An alert for a drifted window (None if nothing drifted); the worker sends it (and
-        :meth:`notify`) once the window's close is recorded, then writes the report's copy
-        on disk (:meth:`save_copy`). The link is the report in the UI, or that copy when no
-        UI is configured."""
-        if not result.drifted_columns:
-            return None
+        """An alert for a drifted window, or for the stable one that resolved an episode
+        (None: neither). The worker sends it once the window's close is recorded (and
+        :meth:`notify`, if it notifies), then writes the report's copy on disk
+        (:meth:`save_copy`) for a notifying one. The link is the report in the UI, or that
+        copy when no UI is configured (none for a window without a copy)."""
+        decision = window.decision
         drifted = result.drifted_columns
-        critical = THUMBS_DOWN in drifted or len(drifted) * 2 >= len(result.metrics)
+        if not drifted and not (decision and decision.notice == "resolved"):
+            return None
+        if self.ui_url:
+            link: str | None = self.report_url(recorded)
+        elif window.detailed(bool(drifted)):
+            link = self.copy_path(window).resolve().as_uri()
+        else:
+            link = None
         return AlertEvent(
             event_id=window.alert_id,
             window_start=window.start,
@@ -130,12 +164,10 @@ class AlertPublisher:
             drifted_columns=drifted,
             metrics=result.metrics,
             reference_version=window.reference_version,
-            report_url=(
-                self.report_url(recorded)
-                if self.ui_url
-                else self.copy_path(window).resolve().as_uri()
-            ),
-            severity="critical" if critical else "warning",
+            report_url=link,
+            severity=decision.severity if decision else severity_of(drifted, result.metrics),
+            episode_start=decision.began if decision else None,
+            notice=decision.notice if decision else None,
         )
 
     def copy_path(self, window: Window) -> Path:

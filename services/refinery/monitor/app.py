@@ -57,6 +57,7 @@ from refinery.monitor.join import (
     sweep_interval,
 )
 from refinery.monitor.metrics import MonitorMetrics
+from refinery.monitor.notices import NoticePolicy, severity_of
 from refinery.monitor.recorder import PublisherConfig, Reported, ReportProcess
 from refinery.monitor.rereads import SkippedRecords, commit_past_duplicate_acks
 from refinery.monitor.triggers import OPERATIONAL_COLUMNS
@@ -344,7 +345,11 @@ def read_to_end(partition: int) -> bool:
 @app.agent(window_topic)
 async def watch(stream: faust.StreamT) -> None:
     windows = DriftWindows(
-        window_table, spec, task_file.feedback.max_key_share, settings.topic_partitions
+        window_table,
+        spec,
+        task_file.feedback.max_key_share,
+        settings.topic_partitions,
+        NoticePolicy(settings.alert_repeat_minutes, settings.alert_resolve_windows),
     )
     async for event in stream.events():
         skipped.saw(event.message.tp, event.message.offset)
@@ -432,6 +437,10 @@ async def close_window(windows: DriftWindows) -> None:
     )
     tested = time.monotonic()
     episodic = [c for c in result.drifted_columns if c not in OPERATIONAL_COLUMNS]
+    # Whether ops hear of it (once per drift episode): only then its widgets and copy.
+    decision = windows.notice(
+        closed, result.drifted_columns, severity_of(result.drifted_columns, result.metrics)
+    )
     window = Window(
         closed.index,
         closed.start,
@@ -440,13 +449,14 @@ async def close_window(windows: DriftWindows) -> None:
         closed.version,
         episode=(windows.state.trigger.drift_began or closed.start) if episodic else None,
         thumbs=closed.current_thumbs,
+        decision=decision,
     )
     reported = await reports.record(result, window)
     alert = reported.alert
     lowest = min(result.metrics, key=alarm_ratio)
     log.info(
         "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s "
-        "(tests %.3f s, record %.3f s), rows %s",
+        "(tests %.3f s, record %.3f s), notice %s, rows %s",
         closed.index,
         closed.version,
         len(closed.current),
@@ -457,27 +467,30 @@ async def close_window(windows: DriftWindows) -> None:
         describe(lowest),
         tested - started,
         time.monotonic() - tested,
+        decision.notice or "-",
         closed.digest,
     )
     metrics.window_closed(
         result.metrics, len(closed.current), closed.end.timestamp(), time.monotonic() - started
     )
-    await deliver(windows, windows.close(closed, result.drifted_columns, alert))
-    if alert is not None:
+    await deliver(windows, windows.close(closed, result.drifted_columns, alert, decision))
+    if alert is not None and decision.detailed:
         await report_copies.put((reported, window))
 
 
 async def deliver(windows: DriftWindows, outbox: Outbox) -> None:
     """Send a closed window's alert and trigger, then clear its outbox: each send waits for
-    the broker, so a crash before the clear resends (same event ids) and none is lost."""
+    the broker, so a crash before the clear resends (same event ids) and none is lost. The
+    webhook hears of an alert with a notice (once per drift episode, not per window)."""
     if outbox.alert is not None:
         await (
             await alerts.send(
                 key=outbox.alert.reference_version.encode(), value=outbox.alert.to_bytes()
             )
         )
-        payload = slack_payload(outbox.alert)
-        await asyncio.to_thread(post_webhook, settings.alert_webhook_url, payload)
+        if outbox.alert.notice is not None:
+            payload = slack_payload(outbox.alert)
+            await asyncio.to_thread(post_webhook, settings.alert_webhook_url, payload)
     if outbox.trigger is not None:
         log.info("trigger %s: %s", outbox.trigger.trigger_id, outbox.trigger.reason)
         await (

@@ -75,7 +75,16 @@ class MonitorMetrics:
             registry=r,
         )
         self.alerts = Counter(
-            "refinery_monitor_alerts", "Drift alerts sent", ["severity"], registry=r
+            "refinery_monitor_alerts",
+            "Drift alerts sent (drifted windows)",
+            ["severity"],
+            registry=r,
+        )
+        self.notices = Counter(
+            "refinery_monitor_alert_notices",
+            "Alerts ops were notified of (the webhook): once per drift episode and change",
+            ["notice"],  # opened | escalated | reminder | resolved
+            registry=r,
         )
         self.triggers = Counter(
             "refinery_monitor_triggers",
@@ -108,8 +117,10 @@ class MonitorMetrics:
             self.drifted.labels(column=m.column).set(int(m.drifted))
 
     def sent(self, alert: AlertEvent | None, trigger: TriggerEvent | None) -> None:
-        if alert is not None:
+        if alert is not None and not alert.resolved:
             self.alerts.labels(severity=alert.severity).inc()
+        if alert is not None and alert.notice is not None:
+            self.notices.labels(notice=alert.notice).inc()
         if trigger is not None:
             self.triggers.labels(kind=trigger.kind).inc()
 

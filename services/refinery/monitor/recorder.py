@@ -1,13 +1,13 @@
 """Each closed window's record in the Evidently workspace, made in a process of its own.
 
 A window's snapshot (Evidently's report over its feature frames), its run in the workspace,
-and for a drifted window the HTML copy of its report cost the worker most of its CPU time
+and for a window that notifies ops the HTML copy of its report cost the worker most of its CPU time
 (bench/monitor.py, profiled: about twice the join's, all of it holding the GIL in the
 worker's threads), so the join read traffic at a fraction of its pace while windows closed.
 Here they run in one child process beside the worker: the worker hands it the drift result
 and the window (pickled: a few hundred rows) and gets back the alert to send, with its link.
 
-One child: the workspace has one writer, and a drifted window's copy follows its record
+One child: the workspace has one writer, and a notifying window's copy follows its record
 (the child keeps the snapshot until then). A child that dies is started again on the next
 call, and a call it died in is made once more; a child whose worker died (SIGKILL of the
 worker alone) exits on its own within a second.
@@ -79,7 +79,7 @@ class ReportProcess:
         return await self._call(_record, result, window)
 
     async def save_copy(self, reported: Reported, window: Window) -> Path:
-        """A drifted window's report as one HTML file (AlertPublisher.save_copy)."""
+        """A notifying window's report as one HTML file (AlertPublisher.save_copy)."""
         return await self._call(_save_copy, reported.snapshot_id, window)
 
     def close(self) -> None:
@@ -109,7 +109,7 @@ class ReportProcess:
 
 # In the child process.
 _publisher: AlertPublisher | None = None
-_drifted: dict[str, Snapshot] = {}  # drifted windows' snapshots until their copy is written
+_drifted: dict[str, Snapshot] = {}  # notifying windows' snapshots until their copy is written
 
 
 def _open(parent: int, config: PublisherConfig) -> None:
@@ -139,7 +139,7 @@ def _publisher_here() -> AlertPublisher:
 
 def _warm_up(result: DriftResult, scratch: Path) -> None:
     now = datetime.now(UTC)
-    report = window_snapshot(result, WindowLabels("0", 0, now, now, None), None)
+    report = window_snapshot(result, WindowLabels("0", 0, now, now, None), None, detailed=True)
     scratch.parent.mkdir(parents=True, exist_ok=True)
     report.save_html(str(scratch))
 
@@ -148,7 +148,7 @@ def _record(result: DriftResult, window: Window) -> Reported:
     publisher = _publisher_here()
     recorded = publisher.record(result, window)
     alert = publisher.alert(result, window, recorded)
-    if alert is not None:
+    if alert is not None and window.detailed(bool(result.drifted_columns)):
         _drifted[recorded.snapshot_id] = recorded.snapshot
     return Reported(recorded.snapshot_id, alert)
 

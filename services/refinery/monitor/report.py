@@ -113,13 +113,13 @@ class WindowLabels:
 
 
 def window_snapshot(
-    result: DriftResult, labels: WindowLabels, thumbs: ThumbsCount | None
+    result: DriftResult, labels: WindowLabels, thumbs: ThumbsCount | None, detailed: bool
 ) -> Snapshot:
     """The window's snapshot: every deciding test with its threshold, the values the
-    dashboard plots, and for a drifted window Evidently's drift widgets of the numeric
-    columns (the distributions ops compare). A stable window goes without them: drawing
-    them was most of a window's cost (0.29 s of plotly per window, for 200 predictions) and
-    of its size in the UI's memory."""
+    dashboard plots, and when ``detailed`` (a drifted window ops are notified of)
+    Evidently's drift widgets of the numeric columns (the distributions ops compare). The
+    others go without them: drawing them was most of a window's cost (0.29 s of plotly per
+    window, for 200 predictions; 0.4 s drifted) and of its size in the UI's memory."""
     values = [MonitorValue(m.column, m.method, m.score, m.threshold) for m in result.metrics]
     drifted = result.drifted_columns
     tested = [m for m in result.metrics if m.column != THUMBS_DOWN]
@@ -140,7 +140,7 @@ def window_snapshot(
     widgets = [
         ValueDrift(column=m.column, method="ks", threshold=m.threshold)
         for m in result.metrics
-        if m.method == "ks" and drifted
+        if m.method == "ks" and detailed
     ]
     current, reference = (
         Dataset.from_pandas(frame, data_definition=result.definition)

@@ -12,7 +12,7 @@ resumes mid-window:
 
 ``meta``                the window state (:class:`WindowState`): phase, counts, thumbs, the
                         window index, the slices, each partition's progress, the trigger
-                        policy's state, the closed window's outbox
+                        policy's state, the open alert episode, the closed window's outbox
 ``blk:<b>:<p>:<part>``  the rows of a block: bucket ``b``, partition ``p`` (``-1``: all of
                         the bucket's blocks merged in time order, as the windows take it)
 ``rated:<feedback>``    the window, event id and rating of a feedback id (a re-rating
@@ -48,10 +48,18 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from refinery.common.events import AlertEvent, ExampleEvent, PredictionEvent, TriggerEvent
+from refinery.common.events import (
+    AlertEvent,
+    ExampleEvent,
+    PredictionEvent,
+    Severity,
+    TriggerEvent,
+    parse_versioned,
+)
 from refinery.common.task import DriftSpec, TaskObjective
 from refinery.monitor.blocks import MAX_ROWS
 from refinery.monitor.drift import Row, ThumbsCount
+from refinery.monitor.notices import AlertEpisode, Decision, NoticePolicy, decide
 from refinery.monitor.triggers import (
     TriggerState,
     on_champion_rating,
@@ -66,7 +74,7 @@ REFERENCE, CURRENT = "reference", "current"
 MERGED = -1  # the partition of a bucket's blocks merged in time order
 # Not copied as they are (lists and dicts are copied, so a change is only a change once
 # committed, never in the stored value).
-_NESTED = ("trigger", "outbox", "ref_thumbs", "cur_thumbs", "ref_keys", "cur_keys")
+_NESTED = ("trigger", "outbox", "alerting", "ref_thumbs", "cur_thumbs", "ref_keys", "cur_keys")
 _LISTS = ("ref_slices", "cur_slices", "prev_slices", "pending")  # of lists: copied deeper
 _DICTS = ("through", "last")
 #: ``meta`` layout: 1 had no ids, positions or outbox, and the trigger state under ``trigger``;
@@ -162,7 +170,7 @@ class Outbox:
         alert, trigger = raw["alert"], raw["trigger"]
         return cls(
             index=raw["index"],
-            alert=AlertEvent.model_validate(alert) if alert else None,
+            alert=parse_versioned(AlertEvent, alert) if alert else None,  # type: ignore[arg-type]
             trigger=TriggerEvent.model_validate(trigger) if trigger else None,
         )
 
@@ -200,6 +208,7 @@ class WindowState:
     offset: int = 0  # rows of the first pending block already taken
     trigger: TriggerState = field(default_factory=TriggerState)
     outbox: Outbox | None = None
+    alerting: AlertEpisode | None = None  # the drift episode ops were told of, while open
 
     @property
     def generation(self) -> str:
@@ -226,6 +235,7 @@ class WindowState:
             offset=self.offset,
             trigger=self.trigger,
             outbox=self.outbox,
+            alerting=self.alerting,  # the new champion's stable windows end it
         )
         self.__dict__.update(fresh.__dict__)
         on_promotion(self.trigger, action)
@@ -242,6 +252,7 @@ class WindowState:
             "cur_keys": {k: list(v) for k, v in self.cur_keys.items()},
             "trigger": self.trigger.to_json(),
             "outbox": self.outbox.to_json() if self.outbox else None,
+            "alerting": self.alerting.to_json() if self.alerting else None,
         }
 
     @classmethod
@@ -253,7 +264,7 @@ class WindowState:
             return cls(trigger=TriggerState.from_json(legacy_trigger))
         nested = _NESTED + _LISTS + _DICTS
         plain = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and k not in nested}
-        outbox = raw.get("outbox")
+        outbox, alerting = raw.get("outbox"), raw.get("alerting")
         return cls(
             **plain,
             ref_slices=[list(x) for x in raw.get("ref_slices", [])],
@@ -269,6 +280,7 @@ class WindowState:
             cur_keys={k: list(v) for k, v in raw.get("cur_keys", {}).items()},
             trigger=TriggerState.from_json(raw.get("trigger", legacy_trigger)),
             outbox=Outbox.from_json(outbox) if outbox else None,
+            alerting=AlertEpisode.from_json(alerting) if alerting else None,
         )
 
 
@@ -276,6 +288,8 @@ class DriftWindows:
     """The window state machine over ``store``; every change is written back as a key.
 
     ``partitions``: how many partitions the traffic has, each sending its blocks.
+    ``notices``: when a closed window's alert notifies ops (refinery/monitor/notices.py;
+    None: its defaults).
     """
 
     def __init__(
@@ -284,9 +298,11 @@ class DriftWindows:
         spec: DriftSpec,
         max_key_share: float = 1.0,
         partitions: int = 1,
+        notices: NoticePolicy | None = None,
     ) -> None:
         self.store = store
         self.spec = spec
+        self.notices = notices or NoticePolicy()
         self.max_key_share = max_key_share  # of a trigger's new labels (task feedback section)
         self.partitions = partitions
         self._ids: tuple[tuple[Any, ...], set[str]] | None = None  # (slices, their ids)
@@ -610,14 +626,32 @@ class DriftWindows:
             end=datetime.fromisoformat(state.cur_end),
         )
 
+    def notice(
+        self, closed: ClosedWindow, drifted_columns: list[str], severity: Severity
+    ) -> Decision:
+        """Whether the closing window's alert notifies ops; nothing changes until
+        :meth:`close` commits the episode it leaves."""
+        state = self.state
+        return decide(
+            self.notices, state.alerting, drifted_columns, severity, closed.start, closed.end
+        )
+
     def close(
-        self, closed: ClosedWindow, drifted_columns: list[str], alert: AlertEvent | None
+        self,
+        closed: ClosedWindow,
+        drifted_columns: list[str],
+        alert: AlertEvent | None,
+        decision: Decision | None = None,
     ) -> Outbox:
         """Decide on a retrain and open the next window (the reference stays), in one write
-        that also holds what is to be sent; :meth:`delivered` clears it once sent."""
+        that also holds what is to be sent; :meth:`delivered` clears it once sent.
+        ``decision``: the window's :meth:`notice`, whose episode this commits (None: the
+        caller sends no alerts, the episode stays as it was)."""
         state = self.state
         if closed.index != state.index:
             raise ValueError(f"window {closed.index} is not the open one ({state.index})")
+        if decision is not None:
+            state.alerting = decision.episode
         trigger = on_window(
             self.spec,
             state.trigger,
