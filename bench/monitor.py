@@ -45,6 +45,7 @@ from refinery.common.settings import IMPORT_ROOT, REPO_ROOT, Settings, get_setti
 from refinery.common.task import load_task
 from refinery.common.topics import Stream, Topics
 from refinery.demo.traffic_events import synthetic_traffic
+from refinery.monitor.notices import FIRING
 from refinery.stack.monitor import monitor_process
 from refinery.stack.process import ManagedProcess
 
@@ -228,9 +229,14 @@ def window_cost(run: MonitorRun, events_per_window: float) -> Figure:
         raise SystemExit("the monitor logged no window's drift cost")
     spent = [1000 * (float(tests) + float(rec)) for _, tests, rec, _ in logged]
     # A drifted window ops are notified of draws the per-column widgets; one of an episode
-    # they already know of does not (refinery/monitor/notices.py).
+    # they already know of does not (refinery/monitor/notices.py). Its notices are logged
+    # as kind:notice, comma-separated.
     kinds = [
-        "stable" if cols == "-" else "drifted, notified" if notice not in ("", "-") else "drifted"
+        "stable"
+        if cols == "-"
+        else "drifted, notified"
+        if any(n.partition(":")[2] in FIRING for n in notice.split(","))
+        else "drifted"
         for cols, _, _, notice in logged
     ]
     split = "; ".join(

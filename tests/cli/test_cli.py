@@ -140,17 +140,26 @@ def test_alerts_prints_drift_alerts(kafka_stack: Settings) -> None:
         episode_start=now,
         notice="opened",
     )
+    slow = alert.model_copy(
+        update={
+            "event_id": str(uuid.uuid4()),
+            "drifted_columns": ["latency_ms"],
+            "episode_kind": "operational",
+            "notice": None,
+        }
+    )
     resolved = alert.model_copy(
         update={"event_id": str(uuid.uuid4()), "drifted_columns": [], "notice": "resolved"}
     )
     with EventProducer(kafka_stack) as producer:
-        producer.send_and_wait(Stream.ALERTS, alert)
-        producer.send_and_wait(Stream.ALERTS, resolved)
+        for event in (alert, slow, resolved):
+            producer.send_and_wait(Stream.ALERTS, event)
     shown = run_cli(kafka_stack, "alerts")
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert "drift in prompt_length" in shown.stdout and "ks 0.0001" in shown.stdout
-    assert "[ops notified: opened]" in shown.stdout
-    assert f"RESOLVED drift episode since {now:%Y-%m-%d %H:%M:%S}" in shown.stdout
+    assert "WARNING quality drift in prompt_length" in shown.stdout
+    assert "ks 0.0001" in shown.stdout and "[ops notified: opened]" in shown.stdout
+    assert "WARNING operational drift in latency_ms" in shown.stdout
+    assert f"RESOLVED quality drift episode since {now:%Y-%m-%d %H:%M:%S}" in shown.stdout
 
 
 def test_alerts_follow_prints_decisions_as_they_come(kafka_stack: Settings) -> None:

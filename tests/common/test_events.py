@@ -155,13 +155,24 @@ def test_older_versions_are_read_as_the_newest() -> None:
     rating = parse_versioned(FeedbackEvent, {**feedback, "schema_version": 1})
     assert isinstance(rating, FeedbackEvent) and rating.schema_version == 2
     alert = sample_events()[Stream.ALERTS].model_dump(
-        mode="json", exclude={"episode_start", "notice"}
+        mode="json", exclude={"episode_start", "notice", "episode_kind"}
     )
     told = parse_versioned(AlertEvent, {**alert, "schema_version": 1})
-    assert isinstance(told, AlertEvent) and told.schema_version == 2
+    assert isinstance(told, AlertEvent) and told.schema_version == 3
     assert (told.notice, told.episode_start, told.resolved) == (None, None, False)
+    assert told.episode_kind == "quality"
     with pytest.raises(ValueError):
         parse_versioned(AlertEvent, {**alert, "schema_version": 1, "notice": "opened"})
+    # Version 2 had one episode of every column: operational if only latency drifted in it.
+    for columns, kind in ((["latency_ms"], "operational"), (["latency_ms", "segment"], "quality")):
+        v2 = {**alert, "schema_version": 2, "drifted_columns": columns, "notice": "opened"}
+        upgraded = parse_versioned(AlertEvent, v2)
+        assert isinstance(upgraded, AlertEvent) and upgraded.schema_version == 3
+        assert (upgraded.episode_kind, upgraded.notice) == (kind, "opened")
+    resolved = {**alert, "schema_version": 2, "drifted_columns": [], "notice": "resolved"}
+    assert parse_versioned(AlertEvent, resolved).episode_kind == "quality"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):  # a v2 record holds no v3 field
+        parse_versioned(AlertEvent, {**alert, "schema_version": 2, "episode_kind": "quality"})
     with pytest.raises(ValueError):  # a v1 record holds no v2 field
         parse_versioned(PredictionEvent, json.dumps({**v1, "messages": []}))
     with pytest.raises(ValueError):

@@ -19,7 +19,13 @@ from evidently.ui.workspace import Workspace
 from uuid6 import uuid7
 from watchdog.observers import Observer
 
-from refinery.monitor.alerts import PROJECT_NAME, AlertPublisher, Window, slack_payload
+from refinery.monitor.alerts import (
+    PROJECT_NAME,
+    AlertPublisher,
+    Window,
+    post_webhook,
+    slack_payload,
+)
 from refinery.monitor.drift import ThumbsCount, detect_drift
 from refinery.monitor.notices import Decision
 from refinery.monitor.workspace import STALE_PARTIAL_S
@@ -50,11 +56,7 @@ def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        publisher = AlertPublisher(
-            tmp_path / "reports",
-            tmp_path / "workspace",
-            f"http://127.0.0.1:{server.server_port}/hook",
-        )
+        publisher = AlertPublisher(tmp_path / "reports", tmp_path / "workspace")
         reference = rows("retail", 400, seed=1)
         shifted = detect_drift(
             reference,
@@ -65,10 +67,10 @@ def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
         )
         stable = detect_drift(reference, rows("retail", 200, seed=4), p_value=0.001)
         recorded = [publisher.record(result, WINDOW) for result in (stable, shifted)]
-        assert publisher.alert(stable, WINDOW, recorded[0]) is None
-        alert = publisher.alert(shifted, WINDOW, recorded[1])
-        assert alert is not None and not Webhook.received  # posted once the close is recorded
-        publisher.notify(alert)
+        assert publisher.alerts(stable, WINDOW, recorded[0]) == []
+        [alert] = publisher.alerts(shifted, WINDOW, recorded[1])
+        assert not Webhook.received  # the worker posts it once the close is recorded
+        post_webhook(f"http://127.0.0.1:{server.server_port}/hook", slack_payload(alert))
         # The copy on disk the alert links to comes after it (the worker writes it once
         # the alert is out), whole: no partial file is left beside it.
         copy = publisher.save_copy(recorded[1], WINDOW)
@@ -89,23 +91,22 @@ def test_drifted_window_is_reported_everywhere_ops_look(tmp_path: Path) -> None:
 
 
 def test_webhook_failure_still_gives_the_alert(tmp_path: Path) -> None:
-    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", "http://127.0.0.1:9/unreachable")
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w")
     result = detect_drift(
         rows("retail", 400, seed=1), rows("smart_home", 200, seed=3), p_value=0.001
     )
-    alert = publisher.alert(result, WINDOW, publisher.record(result, WINDOW))
-    assert alert is not None and alert.severity in ("warning", "critical")
-    publisher.notify(alert)  # logged, not raised
+    [alert] = publisher.alerts(result, WINDOW, publisher.record(result, WINDOW))
+    assert alert.severity in ("warning", "critical")
+    assert not post_webhook("http://127.0.0.1:9/unreachable", slack_payload(alert))  # logged
 
 
 def test_with_the_ui_an_alert_links_to_its_windows_report_there(tmp_path: Path) -> None:
-    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None, ui_url="http://ui:8010/")
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", ui_url="http://ui:8010/")
     result = detect_drift(
         rows("retail", 400, seed=1), rows("smart_home", 200, seed=3), p_value=0.001
     )
     recorded = publisher.record(result, WINDOW)
-    alert = publisher.alert(result, WINDOW, recorded)
-    assert alert is not None
+    [alert] = publisher.alerts(result, WINDOW, recorded)
     project = publisher.project.id
     assert alert.report_url == f"http://ui:8010/projects/{project}/reports/{recorded.snapshot_id}"
     assert [str(r) for r in publisher.workspace.list_runs(project)] == [recorded.snapshot_id]
@@ -119,7 +120,7 @@ def test_a_worker_killed_mid_write_leaves_no_partial_snapshot(
     """A snapshot is written beside the workspace and renamed in whole: a worker killed
     mid-write (bench/faults.py did) once left half a JSON file, which the UI and the next
     worker refused to open."""
-    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None)
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w")
     result = detect_drift(rows("retail", 400, seed=1), rows("retail", 200, seed=4), 0.001)
     first = publisher.record(result, WINDOW)
 
@@ -136,20 +137,20 @@ def test_a_worker_killed_mid_write_leaves_no_partial_snapshot(
     ]
     ui = Workspace.create(str(tmp_path / "w"))  # reads every snapshot, as the UI does
     assert [str(r) for r in ui.list_runs(publisher.project.id)] == [first.snapshot_id]
-    AlertPublisher(tmp_path / "r", tmp_path / "w", None).record(result, WINDOW)
+    AlertPublisher(tmp_path / "r", tmp_path / "w").record(result, WINDOW)
 
 
 def test_only_the_newest_windows_are_kept(tmp_path: Path) -> None:
     """The UI holds every snapshot in memory (2.1 MB a drifted one): one per window, forever,
     would end it within a day of drifted 10-second windows. A worker never reads old ones back."""
-    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None, kept=2)
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", kept=2)
     reference = rows("retail", 400, seed=1)
     shifted = detect_drift(reference, rows("smart_home", 200, seed=3), p_value=0.001)
     recorded = []
     for i in range(4):
         window = Window(i, END + timedelta(minutes=i), END + timedelta(minutes=i + 1), 200, "1")
         recorded.append(publisher.record(shifted, window))
-        assert publisher.alert(shifted, window, recorded[-1]) is not None
+        assert publisher.alerts(shifted, window, recorded[-1]) != []
         publisher.save_copy(recorded[-1], window)
     runs = [str(r) for r in publisher.workspace.list_runs(publisher.project.id)]
     assert sorted(runs) == sorted(r.snapshot_id for r in recorded[2:])
@@ -157,13 +158,13 @@ def test_only_the_newest_windows_are_kept(tmp_path: Path) -> None:
     assert reports == ["drift-20261129T120300000000.html", "drift-20261129T120400000000.html"]
     # A file the worker cannot parse is never opened by it (Evidently's Workspace would).
     (tmp_path / "w" / str(publisher.project.id) / "snapshots" / f"{uuid7()}.json").write_text("{")
-    AlertPublisher(tmp_path / "r", tmp_path / "w", None, kept=2).record(shifted, WINDOW)
+    AlertPublisher(tmp_path / "r", tmp_path / "w", kept=2).record(shifted, WINDOW)
 
 
 def test_the_ui_sees_each_window_whole_and_forgets_the_pruned(tmp_path: Path) -> None:
     """Evidently's own watcher (the UI's) over the monitor's folder: a snapshot renamed in from
     beside the workspace arrives as created, whole; a pruned one leaves the UI's memory."""
-    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None, kept=1)
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", kept=1)
     state = LocalState.load(str(tmp_path / "w"), None)
     observer = Observer()
     observer.schedule(WorkspaceDirHandler(state), str(tmp_path / "w"), recursive=True)
@@ -186,9 +187,11 @@ def test_the_ui_sees_each_window_whole_and_forgets_the_pruned(tmp_path: Path) ->
 def test_an_alert_id_names_its_window() -> None:
     """A window closed again after a crash alerts under the same id; another window not."""
     again = Window(WINDOW.index, WINDOW.start, WINDOW.end, WINDOW.size, "1")
-    assert again.alert_id == WINDOW.alert_id
-    assert Window(4, WINDOW.start, WINDOW.end, 200, "1").alert_id != WINDOW.alert_id
-    assert Window(3, WINDOW.start, WINDOW.end, 200, "2").alert_id != WINDOW.alert_id
+    ids = {kind: WINDOW.alert_id(kind) for kind in ("quality", "operational")}
+    assert again.alert_id("quality") == ids["quality"]
+    assert Window(4, WINDOW.start, WINDOW.end, 200, "1").alert_id("quality") != ids["quality"]
+    assert Window(3, WINDOW.start, WINDOW.end, 200, "2").alert_id("quality") != ids["quality"]
+    assert ids["operational"] != ids["quality"]  # one alert per kind of episode
 
 
 def test_a_partial_snapshot_left_by_a_kill_is_cleared_once_stale(tmp_path: Path) -> None:
@@ -200,7 +203,7 @@ def test_a_partial_snapshot_left_by_a_kill_is_cleared_once_stale(tmp_path: Path)
     (partial / "now.json").write_text("{")
     long_ago = time.time() - STALE_PARTIAL_S - 1
     os.utime(partial / "old.json", (long_ago, long_ago))
-    AlertPublisher(tmp_path / "r", tmp_path / "w", None)
+    AlertPublisher(tmp_path / "r", tmp_path / "w")
     assert [p.name for p in partial.iterdir()] == ["now.json"]
 
 
@@ -209,28 +212,55 @@ def test_a_window_ops_already_know_of_is_recorded_light_and_its_end_is_an_alert(
 ) -> None:
     """Within a drift episode a drifted window is recorded and alerted on Kafka without a
     notice, widgets or copy; the stable window that ends the episode is a resolved alert."""
-    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w", None)
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w")
     reference = rows("retail", 400, seed=1)
     shifted = detect_drift(reference, rows("smart_home", 200, seed=3), p_value=0.001)
     stable = detect_drift(reference, rows("retail", 200, seed=4), p_value=0.001)
     began = WINDOW.start - timedelta(minutes=10)
-    going_on = replace(WINDOW, decision=Decision(None, None, began, "warning"))
+    going_on = replace(WINDOW, decisions={"quality": Decision(None, None, began, "warning")})
     recorded = publisher.record(shifted, going_on)
-    alert = publisher.alert(shifted, going_on, recorded)
-    assert alert is not None and alert.notice is None and alert.episode_start == began
+    [alert] = publisher.alerts(shifted, going_on, recorded)
+    assert alert.notice is None and alert.episode_start == began
     assert alert.report_url is None  # no copy is written for it (no UI configured here)
     drawn = [m for m in recorded.snapshot.dict()["metrics"] if "ValueDrift" in m["config"]["type"]]
     assert drawn == [] and not going_on.detailed(True)
 
-    ended = replace(WINDOW, index=4, decision=Decision("resolved", None, began, "critical"))
-    resolved = publisher.alert(stable, ended, publisher.record(stable, ended))
-    assert resolved is not None and resolved.resolved and resolved.drifted_columns == []
+    ended = replace(
+        WINDOW, index=4, decisions={"quality": Decision("resolved", None, began, "critical")}
+    )
+    [resolved] = publisher.alerts(stable, ended, publisher.record(stable, ended))
+    assert resolved.resolved and resolved.drifted_columns == []
     assert resolved.severity == "critical" and resolved.episode_start == began
     text = str(slack_payload(resolved)["text"])
-    assert text.startswith(":white_check_mark: drift resolved") and "episode since" in text
-    assert (
-        publisher.alert(
-            stable, replace(WINDOW, decision=Decision(None, None, None, "warning")), recorded
-        )
-        is None
+    assert text.startswith(":white_check_mark: quality drift resolved") and "since" in text
+    quiet = replace(WINDOW, decisions={"quality": Decision(None, None, None, "warning")})
+    assert publisher.alerts(stable, quiet, recorded) == []
+
+
+def test_a_window_drifted_in_both_kinds_has_an_alert_for_each(tmp_path: Path) -> None:
+    """Each kind's alert carries its own columns, notice and episode: latency that drifts
+    on under load does not hide the data's drift opening (nor, later, its end)."""
+    publisher = AlertPublisher(tmp_path / "r", tmp_path / "w")
+    slow = [
+        replace(row, latency_ms=row.latency_ms * 10 + 500) for row in rows("smart_home", 200, 3)
+    ]
+    shifted = detect_drift(rows("retail", 400, seed=1), slow, p_value=0.001)
+    assert "latency_ms" in shifted.drifted_columns and "segment" in shifted.drifted_columns
+    began = WINDOW.start - timedelta(minutes=30)
+    both = replace(
+        WINDOW,
+        decisions={
+            "quality": Decision("opened", None, WINDOW.start, "critical"),
+            "operational": Decision(None, None, began, "warning"),
+        },
     )
+    alerts = publisher.alerts(shifted, both, publisher.record(shifted, both))
+    assert [(a.episode_kind, a.notice, a.episode_start) for a in alerts] == [
+        ("quality", "opened", WINDOW.start),
+        ("operational", None, began),
+    ]
+    quality, operational = alerts
+    assert "latency_ms" not in quality.drifted_columns and "segment" in quality.drifted_columns
+    assert operational.drifted_columns == ["latency_ms"] and operational.severity == "warning"
+    assert quality.event_id != operational.event_id
+    assert str(slack_payload(quality)["text"]).startswith(":warning: *critical* quality drift")

@@ -159,6 +159,8 @@ def test_shift_alerts_within_a_window_stable_traffic_does_not_and_drift_triggers
     alerts = [a for a in read_all(settings, Stream.ALERTS) if isinstance(a, AlertEvent)]
     assert len(alerts) == 2
     assert all(a.reference_version == "1" and a.window_size == WINDOW for a in alerts)
+    # The synthetic traffic's latency is steady: no operational episode, one of quality.
+    assert all(a.episode_kind == "quality" for a in alerts)
     # One drift episode: ops hear of its first window, and of the second only if it grew.
     first, second = alerts
     grew = set(after[1]) - set(after[0]) or (first.severity, second.severity) == (
@@ -218,8 +220,8 @@ def test_shift_alerts_within_a_window_stable_traffic_does_not_and_drift_triggers
     assert v2[0].episode_start == first.window_start and v2[0].drifted_columns == []
     assert v2[1].severity == "critical" and v2[1].episode_start == v2[1].window_start
     resolved_text, opened_text = (str(m["text"]) for m in Webhook.received[-2:])
-    assert resolved_text.startswith(":white_check_mark: drift resolved")
-    assert "*critical* drift in thumbs_down_rate" in opened_text
+    assert resolved_text.startswith(":white_check_mark: quality drift resolved")
+    assert "*critical* quality drift in thumbs_down_rate" in opened_text
 
 
 def test_the_dashboard_plots_the_windows_and_the_drifted_ones_are_tagged(
@@ -294,11 +296,12 @@ def test_the_worker_exports_what_it_read_tested_and_sent(
     assert drifted is not None and drifted >= 2
     assert value(samples, "refinery_monitor_triggers_total", kind="drift") == 1
     # An alert per drifted window (two of v1, the thumbs window of v2), not the resolved one.
-    assert (value(samples, "refinery_monitor_alerts_total", severity="warning") or 0) + (
-        value(samples, "refinery_monitor_alerts_total", severity="critical") or 0
+    quality = {"episode_kind": "quality"}
+    assert (value(samples, "refinery_monitor_alerts_total", severity="warning", **quality) or 0) + (
+        value(samples, "refinery_monitor_alerts_total", severity="critical", **quality) or 0
     ) == 3
-    assert value(samples, "refinery_monitor_alert_notices_total", notice="opened") == 2
-    assert value(samples, "refinery_monitor_alert_notices_total", notice="resolved") == 1
+    assert value(samples, "refinery_monitor_alert_notices_total", notice="opened", **quality) == 2
+    assert value(samples, "refinery_monitor_alert_notices_total", notice="resolved", **quality) == 1
     score = value(
         samples,
         "refinery_monitor_drift_score",

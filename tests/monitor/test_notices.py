@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from refinery.common.events import DriftMetric, Severity
-from refinery.monitor.notices import AlertEpisode, Decision, NoticePolicy, decide, severity_of
+from refinery.common.events import DriftMetric, EpisodeKind, Severity
+from refinery.monitor.notices import (
+    AlertEpisode,
+    Decision,
+    NoticePolicy,
+    decide,
+    decide_each,
+    open_episodes,
+    severity_of,
+)
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 POLICY = NoticePolicy(repeat_minutes=30, resolve_after=2)
@@ -90,3 +98,40 @@ def test_severity_is_critical_for_thumbs_down_or_half_the_tests() -> None:
     assert severity_of(["a"], metrics) == "warning"
     assert severity_of(["a", "b"], metrics) == "critical"
     assert severity_of(["thumbs_down_rate"], metrics) == "critical"
+
+
+def test_quality_and_operational_drift_are_episodes_of_their_own() -> None:
+    """A load test drifts latency for as long as it runs: the data's drift beside it opens,
+    grows and resolves on its own columns, and each kind's severity is its own."""
+    metrics = [
+        DriftMetric(column=c, method="ks", score=0.5, threshold=0.01, drifted=False)
+        for c in ("latency_ms", "segment", "prompt_length", "thumbs_down_rate")
+    ]
+    windows = [
+        ["latency_ms"],
+        ["latency_ms", "segment", "thumbs_down_rate"],
+        ["latency_ms", "segment"],
+        ["latency_ms"],
+        ["latency_ms"],
+        [],
+        [],
+    ]
+    episodes: dict[EpisodeKind, AlertEpisode] = {}
+    seen = []
+    for i, drifted in enumerate(windows):
+        start = T0 + timedelta(minutes=i)
+        decisions = decide_each(
+            POLICY, episodes, drifted, metrics, start, start + timedelta(minutes=1)
+        )
+        seen.append({kind: (d.notice, d.severity) for kind, d in decisions.items()})
+        episodes = open_episodes(decisions)
+    assert seen == [
+        {"operational": ("opened", "warning")},
+        {"quality": ("opened", "critical"), "operational": (None, "warning")},
+        {"quality": (None, "warning"), "operational": (None, "warning")},
+        {"quality": (None, "warning"), "operational": (None, "warning")},
+        {"quality": ("resolved", "critical"), "operational": (None, "warning")},
+        {"operational": (None, "warning")},
+        {"operational": ("resolved", "warning")},
+    ]
+    assert episodes == {}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from refinery.common.events import AlertEvent, PredictionEvent
+from refinery.common.events import AlertEvent, DriftMetric, PredictionEvent
 from refinery.common.task import DriftSpec, TaskObjective
 from refinery.monitor.notices import NoticePolicy
 from refinery.monitor.windows import (
@@ -24,6 +24,11 @@ TASK = TaskObjective(
     name="t", kind="classification", prompt_template="Ticket: {text}\nTeam:", labels=["a", "b"]
 )
 SPEC = DriftSpec(window_size=20, window_minutes=1, reference_size=40, min_examples=0)
+#: The tests of a window (what severity is judged against): one drifted column is a warning.
+METRICS = [
+    DriftMetric(column=c, method="chi2", score=0.5, threshold=0.001, drifted=False)
+    for c in ("segment", "prompt_length", "latency_ms", "label", "prompt_words", "answer_kind")
+]
 
 
 _BUCKETS = itertools.count()
@@ -92,8 +97,8 @@ def test_reference_fills_first_then_windows_close_by_count() -> None:
     assert windows.due(now=21)
     closed = windows.closing()
     assert (closed.index, len(closed.reference), len(closed.current)) == (0, 40, 20)
-    outbox = windows.close(closed, [], None)
-    assert (outbox.index, outbox.alert, outbox.trigger) == (0, None, None)
+    outbox = windows.close(closed, [], [])
+    assert (outbox.index, outbox.alerts, outbox.trigger) == (0, (), None)
     assert not windows.due(now=21)
     assert not any(k.startswith("cur:") for k in store)
     assert windows.state.index == 1
@@ -137,7 +142,7 @@ def test_thumbs_count_per_bucket_and_a_re_rating_replaces() -> None:
         windows.apply(rated(f"c{i}", down=True), now=1)
         windows.apply(rated(f"c{i}", down=False), now=1)  # changed their mind
     closed = windows.closing()
-    windows.close(closed, [], None)
+    windows.close(closed, [], [])
     assert (closed.reference_thumbs.down, closed.reference_thumbs.total) == (5, 39)
     assert (closed.current_thumbs.down, closed.current_thumbs.total) == (0, 20)
     assert windows.state.cur_thumbs == [0, 0]
@@ -194,7 +199,7 @@ def test_a_re_rating_adds_no_example_and_no_label_to_the_trigger_state() -> None
         windows.apply(predicted(), now=0)
     for _ in range(spec.window_size):
         windows.apply(predicted(), now=1)
-    windows.delivered(windows.close(windows.closing(), ["segment"], None))  # episode begins
+    windows.delivered(windows.close(windows.closing(), ["segment"], []))  # episode begins
     windows.apply(predicted(), now=2)
 
     def counts() -> tuple[int, int, dict[str, int]]:
@@ -239,7 +244,7 @@ def test_a_closed_window_replayed_does_not_fill_or_close_another() -> None:
         windows.apply(p, now=1)
         windows.apply(r, now=1)
     closed = windows.closing()
-    windows.close(closed, ["segment"], None)
+    windows.close(closed, ["segment"], [])
     examples = windows.state.trigger.examples_since_training
     for p, r in zip(current, ratings, strict=True):  # re-forwarded after a crash
         assert windows.apply(p, now=2) is Change.REPLAYED
@@ -266,7 +271,7 @@ def test_a_crash_before_the_close_is_recorded_closes_the_same_window_alike() -> 
     assert first.trigger is not None and second.trigger is not None
     assert first.trigger.event_id == second.trigger.event_id  # resent, consumers dedup
     assert first.trigger.trigger_id == second.trigger.trigger_id
-    assert first.alert == second.alert and first.index == second.index == 0
+    assert first.alerts == second.alerts and first.index == second.index == 0
     assert again.state.trigger == windows.state.trigger  # decided once, not twice
     assert again.state.trigger.consecutive == 1
 
@@ -373,7 +378,7 @@ def test_a_table_of_the_first_layout_carries_on() -> None:
         windows.apply(predicted(), now=1, position=100 + position)
     closed = windows.closing()
     assert (closed.index, len(closed.reference)) == (7, 40)
-    windows.close(closed, [], None)
+    windows.close(closed, [], [])
     assert "trigger" not in store and "rated:old" not in store
     assert windows.state.trigger.consecutive == 0 and windows.state.index == 8
 
@@ -390,13 +395,13 @@ def test_a_crash_while_collecting_a_closed_window_leaves_nothing_that_counts() -
         if index == 1:  # its close deletes window 0's blocks (the last closed one's stay)
             store.writes = 3  # the close's meta and two deletions
             with pytest.raises(Crash):
-                windows.close(windows.closing(), [], None)
+                windows.close(windows.closing(), [], [])
             store.writes = None
             assert windows.state.index == 2 and blocks[0] & set(store)
             continue
         closed = windows.closing()
         assert (closed.index, len(closed.current)) == (index, 20)
-        windows.close(closed, [], None)
+        windows.close(closed, [], [])
     assert not (blocks[0] | blocks[1]) & set(store) and blocks[2] <= set(store)
 
 
@@ -405,10 +410,10 @@ def test_unknown_record_kind_is_an_error() -> None:
         DriftWindows({}, SPEC).apply({"kind": "nope"}, now=0)
 
 
-def alert_of(windows: DriftWindows) -> AlertEvent:
-    """The alert the worker would build for the open window (id derived from the window)."""
+def alert_of(windows: DriftWindows) -> list[AlertEvent]:
+    """The alerts the worker would build for the open window (id derived from the window)."""
     closed = windows.closing()
-    return AlertEvent(
+    alert = AlertEvent(
         event_id=f"alert-{closed.version}-{closed.index}",
         occurred_at=datetime(2026, 11, 29, tzinfo=UTC),
         window_start=closed.start,
@@ -418,6 +423,7 @@ def alert_of(windows: DriftWindows) -> AlertEvent:
         metrics=[],
         reference_version=closed.version,
     )
+    return [alert]
 
 
 def test_a_lagging_promotion_gets_a_refinement_trigger_through_the_windows() -> None:
@@ -434,7 +440,7 @@ def test_a_lagging_promotion_gets_a_refinement_trigger_through_the_windows() -> 
             windows.apply(predicted(version), now=1)
             rating = f"{version}-{windows.state.index}-{i}"
             windows.apply(rated(rating, down=i < downs, version=version), now=1)
-        return windows.close(windows.closing(), drifted, None)
+        return windows.close(windows.closing(), drifted, [])
 
     for i in range(spec.reference_size):
         windows.apply(predicted(), now=0)
@@ -469,7 +475,7 @@ def test_a_rejection_lets_the_drift_ask_again_through_the_windows() -> None:
             windows.apply(predicted(), now=1)
             feedback = f"{windows.state.index}-{i}"
             windows.apply(rated(feedback, down=i >= ups), now=1)
-        return windows.close(windows.closing(), ["segment"], None)
+        return windows.close(windows.closing(), ["segment"], [])
 
     assert window(ups=20).trigger is None  # labels count from the episode's first window on
     drift = window(ups=20).trigger  # 20 labels in the episode
@@ -491,7 +497,7 @@ def test_a_persisted_drift_asks_when_its_last_label_comes_not_at_the_next_close(
         for i in range(spec.window_size):
             windows.apply(predicted(), now=1)
             windows.apply(rated(f"{windows.state.index}-{i}", down=i >= ups), now=1)
-        return windows.close(windows.closing(), ["segment"], None)
+        return windows.close(windows.closing(), ["segment"], [])
 
     for deliver in (True, False):
         windows = DriftWindows({}, spec)
@@ -510,13 +516,13 @@ def test_a_persisted_drift_asks_when_its_last_label_comes_not_at_the_next_close(
         windows.apply(rated("late-9", down=False), now=2)
         asked = windows.outbox  # the 10th label: asked at once, in the open window
         assert asked is not None and asked.index == index and asked.trigger is not None
-        assert asked.alert is None and asked.trigger.evidence["labels_counted"] == 10
+        assert asked.alerts == () and asked.trigger.evidence["labels_counted"] == 10
         if deliver:
             windows.delivered(asked)
             assert windows.outbox is None
         while windows.state.cur_n < spec.window_size:
             windows.apply(predicted(), now=2)
-        closed = windows.close(windows.closing(), ["segment"], None)
+        closed = windows.close(windows.closing(), ["segment"], [])
         assert closed.trigger == (None if deliver else asked.trigger)
 
 
@@ -545,7 +551,7 @@ def test_blocks_are_taken_in_bucket_then_partition_order_whatever_order_they_com
             windows.apply(record, now=1)
             while windows.due(now=1):
                 closed.append([row["prediction_id"] for row in window_rows(windows)])
-                windows.close(windows.closing(), [], None)
+                windows.close(windows.closing(), [], [])
                 windows.absorb(now=1)
         return closed
 
@@ -585,9 +591,10 @@ def test_a_bucket_is_taken_in_time_order_across_its_partitions() -> None:
     assert [r["prediction_id"] for r in taken] == [r["prediction_id"] for r in rows]
 
 
-def test_the_alert_episode_is_committed_with_the_close_and_outlives_a_promotion() -> None:
+def test_the_alert_episodes_are_committed_with_the_close_and_outlive_a_promotion() -> None:
     """Ops hear of the first drifted window only; a crash before a close decides alike; a
-    new champion keeps the episode until its own windows are stable."""
+    new champion keeps the episode until its own windows are stable; latency drifting on
+    does not keep the data's episode open."""
     store: dict[str, Any] = {}
     windows = DriftWindows(store, SPEC, notices=NoticePolicy(repeat_minutes=60, resolve_after=2))
 
@@ -595,30 +602,53 @@ def test_the_alert_episode_is_committed_with_the_close_and_outlives_a_promotion(
         for _ in range(SPEC.window_size):
             windows.apply(predicted(version), now=1)
 
-    def close_one(drifted: list[str], version: str = "1") -> str | None:
+    def close_one(drifted: list[str], version: str = "1") -> dict[str, str | None]:
         fill(version)
         closed = windows.closing()
-        decision = windows.notice(closed, drifted, "warning")
-        windows.delivered(windows.close(closed, drifted, None, decision))
-        return decision.notice
+        decisions = windows.notice(closed, drifted, METRICS)
+        windows.delivered(windows.close(closed, drifted, [], decisions))
+        return {kind: decision.notice for kind, decision in decisions.items()}
 
     for _ in range(SPEC.reference_size):
         windows.apply(predicted(), now=0)
-    assert close_one(["segment"]) == "opened"
+    assert close_one(["segment"]) == {"quality": "opened"}
     fill()
     again = DriftWindows(dict(store), SPEC, notices=windows.notices)  # as a crash would leave it
     closed = windows.closing()
-    decision = windows.notice(closed, ["segment"], "warning")
-    assert decision.notice is None
-    windows.delivered(windows.close(closed, ["segment"], None, decision))
-    assert again.notice(again.closing(), ["segment"], "warning") == decision  # decided alike
-    assert again.notice(again.closing(), ["segment", "prompt_length"], "warning").notice == (
-        "escalated"
-    )
+    decisions = windows.notice(closed, ["segment", "latency_ms"], METRICS)
+    assert {k: d.notice for k, d in decisions.items()} == {
+        "quality": None,
+        "operational": "opened",
+    }
+    windows.delivered(windows.close(closed, ["segment", "latency_ms"], [], decisions))
+    assert again.notice(again.closing(), ["segment", "latency_ms"], METRICS) == decisions
+    assert again.notice(again.closing(), ["segment", "prompt_length"], METRICS)[
+        "quality"
+    ].notice == ("escalated")
     windows.apply(reset_record("2"), now=2)
-    assert windows.state.alerting is not None  # a promotion alone ends no episode
+    assert set(windows.state.alerting) == {"quality", "operational"}  # a promotion ends none
     for _ in range(SPEC.reference_size):
         windows.apply(predicted("2"), now=2)
-    assert [close_one([], "2"), close_one([], "2")] == [None, "resolved"]
-    assert windows.state.alerting is None
-    assert DriftWindows(store, SPEC).state.alerting is None  # committed
+    # Latency goes on drifting (a load test); the data's episode ends all the same.
+    assert close_one(["latency_ms"], "2") == {"quality": None, "operational": None}
+    assert close_one(["latency_ms"], "2") == {"quality": "resolved", "operational": None}
+    assert set(windows.state.alerting) == {"operational"}
+    assert set(DriftWindows(store, SPEC).state.alerting) == {"operational"}  # committed
+    assert close_one([], "2") == {"operational": None}
+    assert close_one([], "2") == {"operational": "resolved"}
+    assert windows.state.alerting == {}
+
+
+def test_an_episode_kept_before_episode_kinds_is_read_as_its_columns_kind() -> None:
+    store: dict[str, Any] = {}
+    windows = DriftWindows(store, SPEC)
+    windows.apply(predicted(), now=0)
+    began = "2026-11-29T10:00:00+00:00"
+    for columns, kind in ((["latency_ms"], "operational"), (["latency_ms", "segment"], "quality")):
+        episode = {"began": began, "severity": "warning", "columns": columns}
+        store["meta"] = {
+            **store["meta"],
+            "alerting": {**episode, "notified_at": began, "stable": 0},
+        }
+        [(read, kept)] = DriftWindows(store, SPEC).state.alerting.items()
+        assert read == kind and kept.columns == tuple(columns)

@@ -431,13 +431,13 @@ def _alert_lines(alert: AlertEvent) -> list[str]:
     since = f"since {alert.episode_start:%Y-%m-%d %H:%M:%S}" if alert.episode_start else ""
     if alert.resolved:
         return [
-            f"RESOLVED drift episode {since} (stable window {window}, "
+            f"RESOLVED {alert.episode_kind} drift episode {since} (stable window {window}, "
             f"reference v{alert.reference_version}){report}"
         ]
     told = f" [ops notified: {alert.notice}]" if alert.notice else ""
     out = [
-        f"{alert.severity.upper()} drift in {columns} (window {window}, {alert.window_size} "
-        f"predictions, reference v{alert.reference_version}){told}{report}"
+        f"{alert.severity.upper()} {alert.episode_kind} drift in {columns} (window {window}, "
+        f"{alert.window_size} predictions, reference v{alert.reference_version}){told}{report}"
     ]
     for m in alert.metrics:
         if m.drifted:

@@ -80,9 +80,12 @@ def _last_alert(settings: Settings) -> str:
     if not isinstance(alert, AlertEvent):
         return "none"
     if alert.resolved:
-        return f"{_ago(alert.occurred_at)} drift resolved (reference v{alert.reference_version})"
+        return (
+            f"{_ago(alert.occurred_at)} {alert.episode_kind} drift resolved "
+            f"(reference v{alert.reference_version})"
+        )
     return (
-        f"{_ago(alert.occurred_at)} {alert.severity} drift in "
+        f"{_ago(alert.occurred_at)} {alert.severity} {alert.episode_kind} drift in "
         f"{', '.join(alert.drifted_columns)} (reference v{alert.reference_version})"
         + (f" {alert.report_url}" if alert.report_url else "")
     )

@@ -167,18 +167,36 @@ class DriftMetric(BaseModel):
 #: columns), it lasted another ``alert_repeat_minutes``, or it ended.
 Notice = Literal["opened", "escalated", "reminder", "resolved"]
 Severity = Literal["warning", "critical"]
+#: A drift episode's kind: ``quality`` (what the model is asked, what it answers, how users
+#: rate it: retraining may fix it) or ``operational`` (how the service runs: it may not).
+EpisodeKind = Literal["quality", "operational"]
+EPISODE_KINDS: tuple[EpisodeKind, ...] = ("quality", "operational")
+
+#: Columns that say how the service runs, not what it sees: a slow host (say, training on
+#: the same cores) drifts latency, and retraining would not fix that. Alerted in episodes
+#: of their own, never triggered.
+OPERATIONAL_COLUMNS = frozenset({"latency_ms"})
+
+
+def episode_kind(column: str) -> EpisodeKind:
+    return "operational" if column in OPERATIONAL_COLUMNS else "quality"
 
 
 class AlertEvent(Event):
     """Drift found in a closed window, or the end of a drift episode (topic ``alerts``).
 
-    Every drifted window has one; ``notice`` says whether ops were told of it and why (the
-    webhook posts once per episode, not once per window). A ``resolved`` alert is the
-    stable window that ended its episode: no drifted columns."""
+    A drifted window has one per kind of episode it drifted in (``episode_kind``, each with
+    that kind's columns): a latency drift under load goes on while the data's drift ends.
+    ``notice`` says whether ops were told of it and why (the webhook posts once per
+    episode, not once per window). A ``resolved`` alert is the stable window that ended
+    its episode: no drifted columns of its kind."""
 
     schema_name = "alert"
 
-    schema_version: Literal[2] = 2  # type: ignore[assignment]
+    schema_version: Literal[3] = 3  # type: ignore[assignment]
+    episode_kind: EpisodeKind = Field(
+        default="quality", description="the drift episode it belongs to, and its columns' kind"
+    )
     window_start: AwareDatetime
     window_end: AwareDatetime
     window_size: int = Field(ge=0, description="predictions in the window")
@@ -398,7 +416,43 @@ class AlertEventV1(Event):
     severity: Literal["warning", "critical"] = "warning"
 
     def upgrade(self) -> AlertEvent:
-        return AlertEvent(**{**self.model_dump(), "schema_version": 2})
+        return AlertEventV2(**{**self.model_dump(), "schema_version": 2}).upgrade()
+
+
+class AlertEventV2(Event):
+    """Drift found in a closed window, or the end of a drift episode (topic ``alerts``).
+
+    Every drifted window has one; ``notice`` says whether ops were told of it and why (the
+    webhook posts once per episode, not once per window). A ``resolved`` alert is the
+    stable window that ended its episode: no drifted columns."""
+
+    # Version 2, as published (one drift episode of every column): still read.
+    model_config = ConfigDict(title="AlertEvent")
+    schema_name = "alert"
+
+    schema_version: Literal[2] = 2  # type: ignore[assignment]
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    window_size: int = Field(ge=0, description="predictions in the window")
+    drifted_columns: list[str]
+    metrics: list[DriftMetric]
+    reference_version: str = Field(description="champion version the reference belongs to")
+    report_url: str | None = None
+    severity: Literal["warning", "critical"] = Field(
+        default="warning", description="resolved: the highest its episode reached"
+    )
+    episode_start: AwareDatetime | None = Field(
+        default=None, description="start of the first drifted window of its drift episode"
+    )
+    notice: Literal["opened", "escalated", "reminder", "resolved"] | None = Field(
+        default=None, description="why ops were notified of it; none: its episode goes on"
+    )
+
+    def upgrade(self) -> AlertEvent:
+        """Its one episode was operational if only operational columns drifted in it."""
+        kinds = {episode_kind(column) for column in self.drifted_columns}
+        kind = "operational" if kinds == {"operational"} else "quality"
+        return AlertEvent(**{**self.model_dump(), "schema_version": 3, "episode_kind": kind})
 
 
 # Older versions each event type still reads, by version number.
@@ -406,7 +460,7 @@ LEGACY_VERSIONS: dict[type[Event], dict[int, type[Any]]] = {
     PredictionEvent: {1: PredictionEventV1},
     FeedbackEvent: {1: FeedbackEventV1},
     ExampleEvent: {1: ExampleEventV1, 2: ExampleEventV2},
-    AlertEvent: {1: AlertEventV1},
+    AlertEvent: {1: AlertEventV1, 2: AlertEventV2},
 }
 
 

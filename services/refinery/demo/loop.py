@@ -200,7 +200,8 @@ def build_timeline(settings: Settings, sim: Simulation) -> Timeline:
     after = [
         e
         for e in read_stream(settings, Stream.ALERTS)
-        if isinstance(e, AlertEvent) and not e.resolved
+        # The data's drift: latency drifts too when training shares the host's cores.
+        if isinstance(e, AlertEvent) and not e.resolved and e.episode_kind == "quality"
     ]
     alerts = sorted(_epoch(e.occurred_at) for e in after if _epoch(e.occurred_at) >= onset)
     triggers: dict[str, TriggerEvent] = {}  # the first ask of each trigger id

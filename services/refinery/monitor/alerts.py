@@ -2,9 +2,9 @@
 project, whose dashboard is defined here in code), an alert event linking to that run's
 report in the UI, a saved HTML copy of it, and a Slack-compatible webhook POST.
 
-Ops are told once per drift episode (refinery/monitor/notices.py): only a window that
-notifies gets the per-column widgets, the copy and the POST; the others are recorded and
-sent on Kafka."""
+Ops are told once per drift episode (refinery/monitor/notices.py), quality and operational
+apart: only a window that notifies gets the per-column widgets, the copy and the POST; the
+others are recorded and sent on Kafka."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from evidently.core.report import Snapshot
 
-from refinery.common.events import AlertEvent
+from refinery.common.events import EPISODE_KINDS, AlertEvent, EpisodeKind, episode_kind
 from refinery.monitor.drift import DriftResult, ThumbsCount, describe
 from refinery.monitor.notices import Decision, severity_of
 from refinery.monitor.report import WindowLabels, dashboard, dashboard_versions, window_snapshot
@@ -41,37 +41,39 @@ class Window:
     reference_version: str
     episode: datetime | None = None  # the start of the retrain trigger's drift episode
     thumbs: ThumbsCount | None = None  # the champion's ratings in it
-    # Whether ops are told of it (None: not decided, as in tests; drifted means told).
-    decision: Decision | None = None
+    # Whether ops are told of it, per kind of episode (None: not decided, as in tests;
+    # drifted means told).
+    decisions: dict[EpisodeKind, Decision] | None = None
 
     def detailed(self, drifted: bool) -> bool:
         """Its report gets the per-column widgets and a copy on disk: it notifies ops."""
-        return drifted if self.decision is None else self.decision.detailed
+        if self.decisions is None:
+            return drifted
+        return any(decision.detailed for decision in self.decisions.values())
 
     @property
     def labels(self) -> WindowLabels:
         return WindowLabels(self.reference_version, self.index, self.start, self.end, self.episode)
 
-    @property
-    def alert_id(self) -> str:
-        """The event id of this window's alert: a replay that closes the same window again
-        after a crash alerts under the same id (consumers dedup by event id)."""
+    def alert_id(self, kind: EpisodeKind) -> str:
+        """The event id of this window's alert of ``kind``: a replay that closes the same
+        window again after a crash alerts under the same id (consumers dedup by event id)."""
         name = f"v{self.reference_version}/{self.index}/{self.start.isoformat()}"
-        return str(uuid.uuid5(_ALERT_NS, name))
+        return str(uuid.uuid5(_ALERT_NS, name if kind == "quality" else f"{name}/{kind}"))
 
 
 _HEADLINES = {
-    None: ":warning: *{severity}* drift in {columns}",
-    "opened": ":warning: *{severity}* drift in {columns}",
-    "escalated": ":rotating_light: *{severity}* drift grew, now in {columns}",
-    "reminder": ":warning: *{severity}* drift goes on, in {columns}",
-    "resolved": ":white_check_mark: drift resolved: this window is stable",
+    None: ":warning: *{severity}* {kind} drift in {columns}",
+    "opened": ":warning: *{severity}* {kind} drift in {columns}",
+    "escalated": ":rotating_light: *{severity}* {kind} drift grew, now in {columns}",
+    "reminder": ":warning: *{severity}* {kind} drift goes on, in {columns}",
+    "resolved": ":white_check_mark: {kind} drift resolved: this window is stable",
 }
 
 
 def slack_payload(alert: AlertEvent) -> dict[str, Any]:
     headline = _HEADLINES[alert.notice].format(
-        severity=alert.severity, columns=", ".join(alert.drifted_columns)
+        severity=alert.severity, kind=alert.episode_kind, columns=", ".join(alert.drifted_columns)
     )
     since = (
         f", episode since {alert.episode_start:%Y-%m-%d %H:%M:%S}" if alert.episode_start else ""
@@ -96,13 +98,13 @@ class Recorded:
 
 
 class AlertPublisher:
-    """Records each window, saves and links a drifted one's report, posts the webhook."""
+    """Records each window, makes its alerts, saves a notifying one's report (the worker
+    posts the webhook: :func:`post_webhook` with :func:`slack_payload`)."""
 
     def __init__(
         self,
         reports_dir: Path,
         workspace_dir: Path,
-        webhook_url: str | None,
         free_text: bool = False,
         ui_url: str | None = None,
         kept: int = 500,
@@ -121,7 +123,6 @@ class AlertPublisher:
             self.workspace.save_dashboard(self.project.id, dashboard([], free_text))
         self.free_text = free_text
         self.versions = dashboard_versions(self.workspace.get_dashboard(self.project.id))
-        self.webhook_url = webhook_url
         self.ui_url = ui_url.rstrip("/") if ui_url else None
 
     def record(self, result: DriftResult, window: Window) -> Recorded:
@@ -140,35 +141,43 @@ class AlertPublisher:
         """The window's report in the Evidently UI."""
         return f"{self.ui_url}/projects/{self.project.id}/reports/{recorded.snapshot_id}"
 
-    def alert(self, result: DriftResult, window: Window, recorded: Recorded) -> AlertEvent | None:
-        """An alert for a drifted window, or for the stable one that resolved an episode
-        (None: neither). The worker sends it once the window's close is recorded (and
-        :meth:`notify`, if it notifies), then writes the report's copy on disk
+    def alerts(self, result: DriftResult, window: Window, recorded: Recorded) -> list[AlertEvent]:
+        """An alert for each kind of episode the window drifted in, or that it resolved
+        (none: neither). The worker sends them once the window's close is recorded (and
+        posts those that notify), then writes the report's copy on disk
         (:meth:`save_copy`) for a notifying one. The link is the report in the UI, or that
         copy when no UI is configured (none for a window without a copy)."""
-        decision = window.decision
         drifted = result.drifted_columns
-        if not drifted and not (decision and decision.notice == "resolved"):
-            return None
         if self.ui_url:
             link: str | None = self.report_url(recorded)
         elif window.detailed(bool(drifted)):
             link = self.copy_path(window).resolve().as_uri()
         else:
             link = None
-        return AlertEvent(
-            event_id=window.alert_id,
-            window_start=window.start,
-            window_end=window.end,
-            window_size=window.size,
-            drifted_columns=drifted,
-            metrics=result.metrics,
-            reference_version=window.reference_version,
-            report_url=link,
-            severity=decision.severity if decision else severity_of(drifted, result.metrics),
-            episode_start=decision.began if decision else None,
-            notice=decision.notice if decision else None,
-        )
+        alerts = []
+        for kind in EPISODE_KINDS:
+            columns = [c for c in drifted if episode_kind(c) == kind]
+            decision = window.decisions.get(kind) if window.decisions is not None else None
+            if not columns and not (decision and decision.notice == "resolved"):
+                continue
+            severity = decision.severity if decision else severity_of(columns, result.metrics)
+            alerts.append(
+                AlertEvent(
+                    event_id=window.alert_id(kind),
+                    episode_kind=kind,
+                    window_start=window.start,
+                    window_end=window.end,
+                    window_size=window.size,
+                    drifted_columns=columns,
+                    metrics=result.metrics,
+                    reference_version=window.reference_version,
+                    report_url=link,
+                    severity=severity,
+                    episode_start=decision.began if decision else None,
+                    notice=decision.notice if decision else None,
+                )
+            )
+        return alerts
 
     def copy_path(self, window: Window) -> Path:
         # Names sort by the window's end: the oldest first.
@@ -185,10 +194,6 @@ class AlertPublisher:
         for old in sorted(self.reports_dir.glob("drift-*.html"))[: -self.kept]:
             old.unlink(missing_ok=True)
         return path
-
-    def notify(self, alert: AlertEvent) -> None:
-        """The Slack-compatible webhook POST, if one is configured."""
-        post_webhook(self.webhook_url, slack_payload(alert))
 
 
 def post_webhook(url: str | None, payload: dict[str, Any]) -> bool:

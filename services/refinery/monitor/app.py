@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from refinery.common.decisions import webhook_payload
 from refinery.common.events import (
+    OPERATIONAL_COLUMNS,
     DecisionEvent,
     Event,
     FeedbackEvent,
@@ -57,10 +58,9 @@ from refinery.monitor.join import (
     sweep_interval,
 )
 from refinery.monitor.metrics import MonitorMetrics
-from refinery.monitor.notices import NoticePolicy, severity_of
+from refinery.monitor.notices import NoticePolicy
 from refinery.monitor.recorder import PublisherConfig, Reported, ReportProcess
 from refinery.monitor.rereads import SkippedRecords, commit_past_duplicate_acks
-from refinery.monitor.triggers import OPERATIONAL_COLUMNS
 from refinery.monitor.windows import (
     Change,
     DriftWindows,
@@ -437,10 +437,9 @@ async def close_window(windows: DriftWindows) -> None:
     )
     tested = time.monotonic()
     episodic = [c for c in result.drifted_columns if c not in OPERATIONAL_COLUMNS]
-    # Whether ops hear of it (once per drift episode): only then its widgets and copy.
-    decision = windows.notice(
-        closed, result.drifted_columns, severity_of(result.drifted_columns, result.metrics)
-    )
+    # Whether ops hear of it (once per drift episode of each kind): only then its widgets
+    # and copy.
+    decisions = windows.notice(closed, result.drifted_columns, result.metrics)
     window = Window(
         closed.index,
         closed.start,
@@ -449,10 +448,9 @@ async def close_window(windows: DriftWindows) -> None:
         closed.version,
         episode=(windows.state.trigger.drift_began or closed.start) if episodic else None,
         thumbs=closed.current_thumbs,
-        decision=decision,
+        decisions=decisions,
     )
     reported = await reports.record(result, window)
-    alert = reported.alert
     lowest = min(result.metrics, key=alarm_ratio)
     log.info(
         "drift window %d v%s: %d predictions, %d/%d thumbs down, drifted=%s, closest %s %s "
@@ -467,29 +465,26 @@ async def close_window(windows: DriftWindows) -> None:
         describe(lowest),
         tested - started,
         time.monotonic() - tested,
-        decision.notice or "-",
+        ",".join(f"{kind}:{d.notice}" for kind, d in decisions.items() if d.notice) or "-",
         closed.digest,
     )
     metrics.window_closed(
         result.metrics, len(closed.current), closed.end.timestamp(), time.monotonic() - started
     )
-    await deliver(windows, windows.close(closed, result.drifted_columns, alert, decision))
-    if alert is not None and decision.detailed:
+    outbox = windows.close(closed, result.drifted_columns, reported.alerts, decisions)
+    await deliver(windows, outbox)
+    if reported.alerts and window.detailed(True):
         await report_copies.put((reported, window))
 
 
 async def deliver(windows: DriftWindows, outbox: Outbox) -> None:
-    """Send a closed window's alert and trigger, then clear its outbox: each send waits for
-    the broker, so a crash before the clear resends (same event ids) and none is lost. The
-    webhook hears of an alert with a notice (once per drift episode, not per window)."""
-    if outbox.alert is not None:
-        await (
-            await alerts.send(
-                key=outbox.alert.reference_version.encode(), value=outbox.alert.to_bytes()
-            )
-        )
-        if outbox.alert.notice is not None:
-            payload = slack_payload(outbox.alert)
+    """Send a closed window's alerts and trigger, then clear its outbox: each send waits
+    for the broker, so a crash before the clear resends (same event ids) and none is lost.
+    The webhook hears of an alert with a notice (once per drift episode, not per window)."""
+    for alert in outbox.alerts:
+        await (await alerts.send(key=alert.reference_version.encode(), value=alert.to_bytes()))
+        if alert.notice is not None:
+            payload = slack_payload(alert)
             await asyncio.to_thread(post_webhook, settings.alert_webhook_url, payload)
     if outbox.trigger is not None:
         log.info("trigger %s: %s", outbox.trigger.trigger_id, outbox.trigger.reason)
@@ -498,7 +493,7 @@ async def deliver(windows: DriftWindows, outbox: Outbox) -> None:
                 key=outbox.trigger.trigger_id.encode(), value=outbox.trigger.to_bytes()
             )
         )
-    metrics.sent(outbox.alert, outbox.trigger)
+    metrics.sent(outbox.alerts, outbox.trigger)
     windows.delivered(outbox)
 
 

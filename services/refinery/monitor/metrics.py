@@ -7,7 +7,7 @@ thresholds, alerts and triggers sent, and the worker's consumer lag per topic.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -76,14 +76,14 @@ class MonitorMetrics:
         )
         self.alerts = Counter(
             "refinery_monitor_alerts",
-            "Drift alerts sent (drifted windows)",
-            ["severity"],
+            "Drift alerts sent (a drifted window's, per kind of episode it drifted in)",
+            ["severity", "episode_kind"],
             registry=r,
         )
         self.notices = Counter(
             "refinery_monitor_alert_notices",
             "Alerts ops were notified of (the webhook): once per drift episode and change",
-            ["notice"],  # opened | escalated | reminder | resolved
+            ["notice", "episode_kind"],  # opened | escalated | reminder | resolved
             registry=r,
         )
         self.triggers = Counter(
@@ -116,11 +116,12 @@ class MonitorMetrics:
             self.drift_threshold.labels(column=m.column, method=m.method).set(m.threshold)
             self.drifted.labels(column=m.column).set(int(m.drifted))
 
-    def sent(self, alert: AlertEvent | None, trigger: TriggerEvent | None) -> None:
-        if alert is not None and not alert.resolved:
-            self.alerts.labels(severity=alert.severity).inc()
-        if alert is not None and alert.notice is not None:
-            self.notices.labels(notice=alert.notice).inc()
+    def sent(self, alerts: Sequence[AlertEvent], trigger: TriggerEvent | None) -> None:
+        for alert in alerts:
+            if not alert.resolved:
+                self.alerts.labels(severity=alert.severity, episode_kind=alert.episode_kind).inc()
+            if alert.notice is not None:
+                self.notices.labels(notice=alert.notice, episode_kind=alert.episode_kind).inc()
         if trigger is not None:
             self.triggers.labels(kind=trigger.kind).inc()
 

@@ -11,18 +11,30 @@ notified (the webhook, the report's per-column widgets and HTML copy) only when:
 ``reminder``   it goes on ``repeat_minutes`` after its last notice (window end times);
 ``resolved``   ``resolve_after`` windows in a row are stable: the episode ends.
 
+Each kind of column has episodes of its own (``EpisodeKind``): quality (inputs, answers,
+ratings) and operational (latency). Latency drifts for as long as a load test runs; the
+data's drift beside it still ends, and ops hear that it did.
+
 Pure logic over window times, so a window closed again after a crash decides alike; the
-episode is part of the windows' committed state (refinery/monitor/windows.py). A promotion
-does not end an episode: the new champion's windows do, once they are stable.
+episodes are part of the windows' committed state (refinery/monitor/windows.py). A
+promotion does not end an episode: the new champion's windows do, once they are stable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from refinery.common.events import DriftMetric, Notice, Severity
+from refinery.common.events import (
+    EPISODE_KINDS,
+    DriftMetric,
+    EpisodeKind,
+    Notice,
+    Severity,
+    episode_kind,
+)
 from refinery.monitor.drift import THUMBS_DOWN
 
 FIRING: tuple[Notice, ...] = ("opened", "escalated", "reminder")
@@ -117,3 +129,27 @@ def decide(
     highest = severity if rose else episode.severity
     notified = AlertEpisode(episode.began, highest, (*episode.columns, *new), end)
     return Decision(notice, notified, episode.began, severity)
+
+
+def decide_each(
+    policy: NoticePolicy,
+    episodes: Mapping[EpisodeKind, AlertEpisode],
+    drifted_columns: list[str],
+    metrics: list[DriftMetric],
+    start: datetime,
+    end: datetime,
+) -> dict[EpisodeKind, Decision]:
+    """:func:`decide` for each kind of episode the window drifted in or that was open
+    before it, on that kind's columns alone (its severity too)."""
+    decisions: dict[EpisodeKind, Decision] = {}
+    for kind in EPISODE_KINDS:
+        columns = [c for c in drifted_columns if episode_kind(c) == kind]
+        if columns or kind in episodes:
+            severity = severity_of(columns, metrics)
+            decisions[kind] = decide(policy, episodes.get(kind), columns, severity, start, end)
+    return decisions
+
+
+def open_episodes(decisions: Mapping[EpisodeKind, Decision]) -> dict[EpisodeKind, AlertEpisode]:
+    """The episodes still open after a window's ``decisions``."""
+    return {k: d.episode for k, d in decisions.items() if d.episode is not None}

@@ -43,10 +43,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Reported:
-    """A window as the workspace holds it, and its alert (None: nothing drifted)."""
+    """A window as the workspace holds it, and its alerts (none: nothing drifted, nothing
+    resolved)."""
 
     snapshot_id: str
-    alert: AlertEvent | None
+    alerts: list[AlertEvent]
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,6 @@ def _open(parent: int, config: PublisherConfig) -> None:
     _publisher = AlertPublisher(
         config.reports_dir,
         config.workspace_dir,
-        None,
         free_text=config.free_text,
         ui_url=config.ui_url,
         kept=config.kept,
@@ -147,10 +147,10 @@ def _warm_up(result: DriftResult, scratch: Path) -> None:
 def _record(result: DriftResult, window: Window) -> Reported:
     publisher = _publisher_here()
     recorded = publisher.record(result, window)
-    alert = publisher.alert(result, window, recorded)
-    if alert is not None and window.detailed(bool(result.drifted_columns)):
+    alerts = publisher.alerts(result, window, recorded)
+    if alerts and window.detailed(bool(result.drifted_columns)):
         _drifted[recorded.snapshot_id] = recorded.snapshot
-    return Reported(recorded.snapshot_id, alert)
+    return Reported(recorded.snapshot_id, alerts)
 
 
 def _save_copy(snapshot_id: str, window: Window) -> Path:

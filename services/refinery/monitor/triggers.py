@@ -28,14 +28,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from refinery.common.events import TriggerEvent
+from refinery.common.events import OPERATIONAL_COLUMNS, TriggerEvent
 from refinery.common.shares import capped_total
 from refinery.common.task import DriftSpec
 from refinery.monitor.drift import ThumbsCount, thumbs_down_p_value
 
-#: Columns that say how the service runs, not what it sees: a slow host (say, training on
-#: the same cores) drifts latency, and retraining would not fix that. Alerted, never triggered.
-OPERATIONAL_COLUMNS = frozenset({"latency_ms"})
 _TRIGGER_NS = uuid.UUID("8c2e5a91-4f3b-4d7e-a6c0-5b1f9e2d7a34")
 REFINE_GIVE_UP = 4  # x min_new_labels ratings since a promotion without a significant lag
 

@@ -12,7 +12,7 @@ resumes mid-window:
 
 ``meta``                the window state (:class:`WindowState`): phase, counts, thumbs, the
                         window index, the slices, each partition's progress, the trigger
-                        policy's state, the open alert episode, the closed window's outbox
+                        policy's state, the open alert episodes, the closed window's outbox
 ``blk:<b>:<p>:<part>``  the rows of a block: bucket ``b``, partition ``p`` (``-1``: all of
                         the bucket's blocks merged in time order, as the windows take it)
 ``rated:<feedback>``    the window, event id and rating of a feedback id (a re-rating
@@ -42,24 +42,33 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
 from refinery.common.events import (
+    EPISODE_KINDS,
     AlertEvent,
+    DriftMetric,
+    EpisodeKind,
     ExampleEvent,
     PredictionEvent,
-    Severity,
     TriggerEvent,
+    episode_kind,
     parse_versioned,
 )
 from refinery.common.task import DriftSpec, TaskObjective
 from refinery.monitor.blocks import MAX_ROWS
 from refinery.monitor.drift import Row, ThumbsCount
-from refinery.monitor.notices import AlertEpisode, Decision, NoticePolicy, decide
+from refinery.monitor.notices import (
+    AlertEpisode,
+    Decision,
+    NoticePolicy,
+    decide_each,
+    open_episodes,
+)
 from refinery.monitor.triggers import (
     TriggerState,
     on_champion_rating,
@@ -155,22 +164,24 @@ class Outbox:
     sends them again (same event ids) rather than losing them."""
 
     index: int
-    alert: AlertEvent | None
+    alerts: tuple[AlertEvent, ...]  # one per kind of episode (notices.py)
     trigger: TriggerEvent | None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "index": self.index,
-            "alert": self.alert.model_dump(mode="json") if self.alert else None,
+            "alerts": [alert.model_dump(mode="json") for alert in self.alerts],
             "trigger": self.trigger.model_dump(mode="json") if self.trigger else None,
         }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Outbox:
-        alert, trigger = raw["alert"], raw["trigger"]
+        trigger = raw["trigger"]
+        # Written before episode kinds: one alert or none, under "alert".
+        alerts = raw["alerts"] if "alerts" in raw else [a for a in [raw["alert"]] if a]
         return cls(
             index=raw["index"],
-            alert=parse_versioned(AlertEvent, alert) if alert else None,  # type: ignore[arg-type]
+            alerts=tuple(parse_versioned(AlertEvent, a) for a in alerts),  # type: ignore[misc]
             trigger=TriggerEvent.model_validate(trigger) if trigger else None,
         )
 
@@ -208,7 +219,8 @@ class WindowState:
     offset: int = 0  # rows of the first pending block already taken
     trigger: TriggerState = field(default_factory=TriggerState)
     outbox: Outbox | None = None
-    alerting: AlertEpisode | None = None  # the drift episode ops were told of, while open
+    # The drift episodes ops were told of, while open: one per kind (notices.py).
+    alerting: dict[EpisodeKind, AlertEpisode] = field(default_factory=dict)
 
     @property
     def generation(self) -> str:
@@ -235,7 +247,7 @@ class WindowState:
             offset=self.offset,
             trigger=self.trigger,
             outbox=self.outbox,
-            alerting=self.alerting,  # the new champion's stable windows end it
+            alerting=self.alerting,  # the new champion's stable windows end them
         )
         self.__dict__.update(fresh.__dict__)
         on_promotion(self.trigger, action)
@@ -252,7 +264,7 @@ class WindowState:
             "cur_keys": {k: list(v) for k, v in self.cur_keys.items()},
             "trigger": self.trigger.to_json(),
             "outbox": self.outbox.to_json() if self.outbox else None,
-            "alerting": self.alerting.to_json() if self.alerting else None,
+            "alerting": {kind: episode.to_json() for kind, episode in self.alerting.items()},
         }
 
     @classmethod
@@ -280,7 +292,7 @@ class WindowState:
             cur_keys={k: list(v) for k, v in raw.get("cur_keys", {}).items()},
             trigger=TriggerState.from_json(raw.get("trigger", legacy_trigger)),
             outbox=Outbox.from_json(outbox) if outbox else None,
-            alerting=AlertEpisode.from_json(alerting) if alerting else None,
+            alerting=_episodes(alerting),
         )
 
 
@@ -415,7 +427,7 @@ class DriftWindows:
             ThumbsCount.of(state.ref_thumbs, state.ref_keys),
         )
         if trigger is not None:
-            state.outbox = Outbox(state.index, None, trigger)
+            state.outbox = Outbox(state.index, (), trigger)
 
     def _on_block(self, state: WindowState, record: dict[str, Any], now: float) -> Change:
         partition = str(record["partition"])
@@ -627,31 +639,31 @@ class DriftWindows:
         )
 
     def notice(
-        self, closed: ClosedWindow, drifted_columns: list[str], severity: Severity
-    ) -> Decision:
-        """Whether the closing window's alert notifies ops; nothing changes until
-        :meth:`close` commits the episode it leaves."""
+        self, closed: ClosedWindow, drifted_columns: list[str], metrics: list[DriftMetric]
+    ) -> dict[EpisodeKind, Decision]:
+        """Whether the closing window's alerts notify ops, one decision per kind of episode;
+        nothing changes until :meth:`close` commits the episodes they leave."""
         state = self.state
-        return decide(
-            self.notices, state.alerting, drifted_columns, severity, closed.start, closed.end
+        return decide_each(
+            self.notices, state.alerting, drifted_columns, metrics, closed.start, closed.end
         )
 
     def close(
         self,
         closed: ClosedWindow,
         drifted_columns: list[str],
-        alert: AlertEvent | None,
-        decision: Decision | None = None,
+        alerts: Sequence[AlertEvent],
+        decisions: Mapping[EpisodeKind, Decision] | None = None,
     ) -> Outbox:
         """Decide on a retrain and open the next window (the reference stays), in one write
         that also holds what is to be sent; :meth:`delivered` clears it once sent.
-        ``decision``: the window's :meth:`notice`, whose episode this commits (None: the
-        caller sends no alerts, the episode stays as it was)."""
+        ``decisions``: the window's :meth:`notice`, whose episodes this commits (None: the
+        caller sends no alerts, the episodes stay as they were)."""
         state = self.state
         if closed.index != state.index:
             raise ValueError(f"window {closed.index} is not the open one ({state.index})")
-        if decision is not None:
-            state.alerting = decision.episode
+        if decisions is not None:
+            state.alerting = open_episodes(decisions)
         trigger = on_window(
             self.spec,
             state.trigger,
@@ -665,7 +677,7 @@ class DriftWindows:
         ) or on_refinement_window(self.spec, state.trigger, closed.version, closed.end)
         if state.outbox is not None and state.outbox.index == state.index:
             trigger = trigger or state.outbox.trigger  # asked for by labels, not sent yet
-        state.outbox = Outbox(closed.index, alert, trigger)
+        state.outbox = Outbox(closed.index, tuple(alerts), trigger)
         state.previous = state.generation
         state.prev_slices, state.cur_slices = state.cur_slices, []
         state.index += 1
@@ -709,6 +721,18 @@ class DriftWindows:
                 ]
             raw[f"{kind}_slices"] = [[key, 0, count]] if count else []
         return raw
+
+
+def _episodes(raw: dict[str, Any] | None) -> dict[EpisodeKind, AlertEpisode]:
+    """The open episodes in ``meta``; one written before episode kinds was of the kind its
+    columns were (quality if any was)."""
+    if not raw:
+        return {}
+    if "began" in raw:
+        episode = AlertEpisode.from_json(raw)
+        kinds = {episode_kind(column) for column in episode.columns}
+        return {"quality" if "quality" in kinds else "operational": episode}
+    return {kind: AlertEpisode.from_json(raw[kind]) for kind in EPISODE_KINDS if kind in raw}
 
 
 def _block_key(record: dict[str, Any]) -> str:
