@@ -128,6 +128,9 @@ def test_malformed_events_go_to_dlq_and_the_worker_goes_on(monitor: Settings) ->
     wrong_key = raw.send(
         topics.name(Stream.PREDICTIONS), key=b"other", value=prediction(pid).to_bytes()
     ).get(30)
+    not_text = raw.send(
+        topics.name(Stream.PREDICTIONS), key=b"\xff\xfe", value=prediction(pid).to_bytes()
+    ).get(30)
     raw.close()
     with EventProducer(monitor) as producer:
         producer.send_and_wait(Stream.PREDICTIONS, prediction(pid), key=pid)
@@ -151,6 +154,8 @@ def test_malformed_events_go_to_dlq_and_the_worker_goes_on(monitor: Settings) ->
     misfiled = where[(topics.name(Stream.PREDICTIONS), wrong_key.partition, wrong_key.offset)]
     assert "prediction_id" in misfiled.error
     assert json.loads(misfiled.value)["prediction_id"] == pid
+    undecodable = where[(topics.name(Stream.PREDICTIONS), not_text.partition, not_text.offset)]
+    assert "utf-8" in undecodable.error.lower()  # a key that is no text: no crash either
 
 
 def test_worker_killed_and_restarted_loses_and_duplicates_nothing(

@@ -18,7 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 
 def utc_now() -> datetime:
@@ -469,6 +469,10 @@ def parse_versioned(event_type: type[Event], value: bytes | str | dict[str, Any]
     still reads, as the newest version."""
     data: Any = value
     if not isinstance(value, dict):
+        try:  # the newest version, as nearly every record is: parsed once
+            return event_type.model_validate_json(value)
+        except ValidationError:
+            pass  # an older version, or invalid: read as below (the error says why)
         try:
             data = json.loads(value)
         except ValueError:

@@ -28,7 +28,9 @@ def example_id(feedback: FeedbackEvent) -> str:
 
 
 def make_example(prediction: PredictionEvent, feedback: FeedbackEvent) -> ExampleEvent:
-    return ExampleEvent(
+    # Every field comes from a validated event, under the same type: not validated again
+    # (validation was 5% of the join's time).
+    return ExampleEvent.model_construct(
         event_id=example_id(feedback),
         feedback_id=feedback.feedback_id,
         prediction_id=prediction.prediction_id,

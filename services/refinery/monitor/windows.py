@@ -43,7 +43,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -92,7 +92,7 @@ STATE_SCHEMA = 3
 
 
 def prediction_record(p: PredictionEvent, task: TaskObjective) -> dict[str, Any]:
-    row = asdict(Row.of(p, task))
+    row = vars(Row.of(p, task)).copy()  # flat: asdict's deep copy cost the join 4%
     return {
         "kind": "prediction",
         "prediction_id": p.prediction_id,
