@@ -652,3 +652,17 @@ def test_an_episode_kept_before_episode_kinds_is_read_as_its_columns_kind() -> N
         }
         [(read, kept)] = DriftWindows(store, SPEC).state.alerting.items()
         assert read == kind and kept.columns == tuple(columns)
+
+
+def test_an_outbox_kept_with_one_alert_is_read_with_it() -> None:
+    """A close recorded before episode kinds, whose alert a crash left unsent."""
+    store: dict[str, Any] = {}
+    windows = DriftWindows(store, SPEC)
+    for _ in range(SPEC.reference_size + SPEC.window_size):
+        windows.apply(predicted(), now=0)
+    [alert] = alert_of(windows)
+    v2 = {**alert.model_dump(mode="json", exclude={"episode_kind"}), "schema_version": 2}
+    for kept, alerts in ((v2, (alert,)), (None, ())):
+        store["meta"] = {**store["meta"], "outbox": {"index": 0, "alert": kept, "trigger": None}}
+        outbox = DriftWindows(store, SPEC).outbox
+        assert outbox is not None and outbox.alerts == alerts
