@@ -99,8 +99,9 @@ app = MonitorApp(
     broker_session_timeout=20.0,
     broker_heartbeat_interval=3.0,
     # Each table write and example is a record of its own: sent as they come (faust's 0),
-    # they cost the broker more CPU than the worker (bench/monitor.py, 2-core host: 0.16 vs
-    # 0.10 ms per event at 5 ms). Longer waits held the join up at its blocks' flushes.
+    # they cost the broker 0.16 ms of CPU per event, 0.10 at 5 ms, and the worker more too
+    # (bench.monitor's traffic, 2-core host). Longer waits held the join up at its blocks'
+    # flushes.
     producer_linger=0.005,
 )
 # faust's consumer can skip records and stall its commits (refinery/monitor/rereads.py):
