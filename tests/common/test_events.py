@@ -246,6 +246,10 @@ def test_invalid_records_go_to_dlq_with_cause_and_consumer_goes_on(kafka_stack: 
         bad_rating = json.loads(good_before.model_dump_json()) | {"rating": "sideways"}
         bad_meta = raw.send(topic, key=b"p", value=json.dumps(bad_rating).encode()).get(30)
         garbage_meta = raw.send(topic, key=b"p", value=b"\x00not json").get(30)
+        good = good_before.model_dump_json().encode()
+        no_text_key_meta = raw.send(  # before good_after, in its partition
+            topic, key=b"\xff\xfe", value=good, partition=garbage_meta.partition
+        ).get(30)
         producer.send_and_wait(Stream.FEEDBACK, good_after, key="p")
     raw.close()
 
@@ -257,7 +261,7 @@ def test_invalid_records_go_to_dlq_with_cause_and_consumer_goes_on(kafka_stack: 
             ids |= {r.event.event_id for r in consumer.poll(timeout_ms=500)}
             consumer.commit()
         assert {good_before.event_id, good_after.event_id} <= ids, "consumer stopped at bad records"
-        assert consumer.dead_lettered >= 2
+        assert consumer.dead_lettered >= 3
 
     dlq = KafkaConsumer(
         topics.dlq(Stream.FEEDBACK),
@@ -277,6 +281,8 @@ def test_invalid_records_go_to_dlq_with_cause_and_consumer_goes_on(kafka_stack: 
     junk = letters[(garbage_meta.partition, garbage_meta.offset)]
     assert junk.value == b"\x00not json"
     assert "json" in junk.error.lower()
+    no_text_key = letters[(no_text_key_meta.partition, no_text_key_meta.offset)]
+    assert "utf-8" in no_text_key.error.lower() and no_text_key.key == b"\xff\xfe"
 
 
 def test_a_canary_changes_the_gateway_routes_but_not_the_monitors_reference() -> None:

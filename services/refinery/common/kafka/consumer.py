@@ -127,10 +127,10 @@ class EventConsumer:
                 stream = self.topics.stream_of(record.topic)
                 try:
                     event = parse_event(stream, record.value)
-                except (ValidationError, ValueError) as exc:
+                    key = record.key.decode() if record.key is not None else None
+                except (ValidationError, ValueError) as exc:  # a key that is no text too
                     pending.append(self._dead_letter(record, exc))
                     continue
-                key = record.key.decode() if record.key is not None else None
                 received.append(Received(event, key, record.topic, record.partition, record.offset))
         for future in pending:
             future.get(timeout=30)  # a dead letter must be durable before its offset commits
