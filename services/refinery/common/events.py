@@ -182,6 +182,11 @@ def episode_kind(column: str) -> EpisodeKind:
     return "operational" if column in OPERATIONAL_COLUMNS else "quality"
 
 
+def columns_of(kind: EpisodeKind, columns: list[str]) -> list[str]:
+    """The ``columns`` of episodes of ``kind``, in their order."""
+    return [column for column in columns if episode_kind(column) == kind]
+
+
 class AlertEvent(Event):
     """Drift found in a closed window, or the end of a drift episode (topic ``alerts``).
 

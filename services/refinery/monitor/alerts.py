@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from evidently.core.report import Snapshot
 
-from refinery.common.events import EPISODE_KINDS, AlertEvent, EpisodeKind, episode_kind
+from refinery.common.events import EPISODE_KINDS, AlertEvent, EpisodeKind, columns_of
 from refinery.monitor.drift import DriftResult, ThumbsCount, describe
 from refinery.monitor.notices import Decision, severity_of
 from refinery.monitor.report import WindowLabels, dashboard, dashboard_versions, window_snapshot
@@ -156,7 +156,7 @@ class AlertPublisher:
             link = None
         alerts = []
         for kind in EPISODE_KINDS:
-            columns = [c for c in drifted if episode_kind(c) == kind]
+            columns = columns_of(kind, drifted)
             decision = window.decisions.get(kind) if window.decisions is not None else None
             if not columns and not (decision and decision.notice == "resolved"):
                 continue

@@ -32,12 +32,12 @@ from pydantic import ValidationError
 
 from refinery.common.decisions import webhook_payload
 from refinery.common.events import (
-    OPERATIONAL_COLUMNS,
     DecisionEvent,
     Event,
     FeedbackEvent,
     ModelEvent,
     PredictionEvent,
+    columns_of,
 )
 from refinery.common.kafka.admin import committed_offsets, consumer_lag
 from refinery.common.kafka.consumer import dead_letter_headers, parse_event
@@ -436,7 +436,7 @@ async def close_window(windows: DriftWindows) -> None:
         task_file.task.kind != "classification",  # free text: embeddings, answer kinds
     )
     tested = time.monotonic()
-    episodic = [c for c in result.drifted_columns if c not in OPERATIONAL_COLUMNS]
+    episodic = columns_of("quality", result.drifted_columns)
     # Whether ops hear of it (once per drift episode of each kind): only then its widgets
     # and copy.
     decisions = windows.notice(closed, result.drifted_columns, result.metrics)

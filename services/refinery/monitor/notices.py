@@ -33,7 +33,7 @@ from refinery.common.events import (
     EpisodeKind,
     Notice,
     Severity,
-    episode_kind,
+    columns_of,
 )
 from refinery.monitor.drift import THUMBS_DOWN
 
@@ -143,7 +143,7 @@ def decide_each(
     before it, on that kind's columns alone (its severity too)."""
     decisions: dict[EpisodeKind, Decision] = {}
     for kind in EPISODE_KINDS:
-        columns = [c for c in drifted_columns if episode_kind(c) == kind]
+        columns = columns_of(kind, drifted_columns)
         if columns or kind in episodes:
             severity = severity_of(columns, metrics)
             decisions[kind] = decide(policy, episodes.get(kind), columns, severity, start, end)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from refinery.common.events import OPERATIONAL_COLUMNS, TriggerEvent
+from refinery.common.events import TriggerEvent, columns_of
 from refinery.common.shares import capped_total
 from refinery.common.task import DriftSpec
 from refinery.monitor.drift import ThumbsCount, thumbs_down_p_value
@@ -138,13 +138,13 @@ def on_window(
 ) -> TriggerEvent | None:
     """Update ``state`` with one closed window; return a trigger when one is due.
 
-    Only quality columns count: drift in :data:`OPERATIONAL_COLUMNS` alone is no episode.
+    Only quality columns count: operational drift (latency) alone is no episode.
     New labels count with no API key over ``max_key_share`` of them (a flood of one key's
     corrections is not the evidence of many users). The champion's ratings in its
     reference (``reference_thumbs``) and in windows without drift (``current_thumbs``) are
     the bar a refinement round is judged against.
     """
-    drifted_columns = [c for c in drifted_columns if c not in OPERATIONAL_COLUMNS]
+    drifted_columns = columns_of("quality", drifted_columns)
     if not drifted_columns:
         state.consecutive, state.episode_start, state.drifted_columns = 0, None, []
         state.labels_in_episode, state.labels_by_key = 0, {}
