@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -15,6 +16,7 @@ from refinery.common.events import ChatTurn, FeedbackEvent, PredictionEvent
 from refinery.common.registry import ModelRegistry
 from refinery.common.settings import Settings
 from refinery.common.topics import Stream
+from refinery.inference.protocol import MAX_CHOICES
 from refinery.retrainer.sequence import prompt_ids
 from tests.conftest import API_KEYS, OTHER_TENANT_KEY
 from tests.inference.helpers import read_events
@@ -155,6 +157,94 @@ def test_streaming_chat_with_usage(full_stack: Settings, client: openai.OpenAI) 
     assert usage and usage[-1].completion_tokens > 0
     text = "".join((c.choices[0].delta.content or "") for c in chunks if c.choices)
     assert _prediction(full_stack, chunks[0].id).completion == text
+
+
+def _prediction_ids(choices: list[Any]) -> list[str]:
+    """Each choice's own id to rate it (a field of Refinery's in OpenAI's choice object)."""
+    extras = [choice.model_extra or {} for choice in choices]
+    assert all("token_ids" not in extra for extra in extras)  # asked for by the gateway only
+    return [extra["prediction_id"] for extra in extras]
+
+
+def test_each_of_n_choices_is_a_prediction_of_its_own_to_rate(
+    full_stack: Settings, client: openai.OpenAI
+) -> None:
+    resp = client.completions.create(
+        model=full_stack.registered_model,
+        prompt=PROMPT,
+        max_tokens=5,
+        temperature=1.5,
+        seed=11,
+        n=3,
+        extra_body={"segment": "retail"},
+    )
+    ids = _prediction_ids(resp.choices)
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    assert len(set(ids)) == 3 and resp.id == ids[0]
+    assert "prompt_token_ids" not in (resp.model_extra or {})
+    logged = {i: _prediction(full_stack, i) for i in ids}
+    assert [logged[i].completion for i in ids] == [c.text for c in resp.choices]
+    assert resp.usage is not None
+    # Each choice's own tokens (vLLM's usage counts them all together); one prompt.
+    assert sum(logged[i].completion_tokens for i in ids) == resp.usage.completion_tokens
+    assert all(logged[i].completion_tokens > 0 for i in ids)
+    assert {logged[i].prompt_tokens for i in ids} == {resp.usage.prompt_tokens}
+    assert {logged[i].segment for i in ids} == {"retail"}
+    rated = _post_feedback(full_stack, {"prediction_id": ids[2], "rating": "up", "user": "bob"})
+    assert rated.status_code == 202, rated.text
+    [event] = read_events(full_stack, Stream.FEEDBACK, {ids[2]}, "prediction_id")
+    assert isinstance(event, FeedbackEvent) and event.rating == "up"
+
+
+def test_streamed_choices_carry_their_own_ids_and_are_logged_each(
+    full_stack: Settings, client: openai.OpenAI
+) -> None:
+    stream = client.chat.completions.create(
+        model=full_stack.registered_model,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=5,
+        temperature=1.5,
+        seed=3,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert {c.id for c in chunks} == {chunks[0].id}
+    texts: dict[int, str] = {0: "", 1: ""}
+    ids: dict[int, set[str]] = {0: set(), 1: set()}
+    for chunk in chunks:
+        choice_ids = _prediction_ids(chunk.choices)
+        for choice, prediction_id in zip(chunk.choices, choice_ids, strict=True):
+            texts[choice.index] += choice.delta.content or ""
+            ids[choice.index].add(prediction_id)
+    assert all(len(one) == 1 for one in ids.values())
+    first, second = ids[0].pop(), ids[1].pop()
+    assert chunks[0].id == first != second
+    usage = [c.usage for c in chunks if c.usage]
+    assert usage
+    logged = [_prediction(full_stack, first), _prediction(full_stack, second)]
+    assert [event.completion for event in logged] == [texts[0], texts[1]]
+    assert sum(event.completion_tokens for event in logged) == usage[-1].completion_tokens
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"n": MAX_CHOICES + 1}, "n: Input should be less than or equal to 16"),
+        ({"n": 2, "temperature": 0}, "n: Value error, more than one choice needs a temperature"),
+    ],
+)
+def test_choices_the_gateway_cannot_give_are_refused_by_name(
+    full_stack: Settings, extra: dict[str, Any], reason: str
+) -> None:
+    body = {"model": full_stack.registered_model, "prompt": PROMPT, **extra}
+    resp = httpx.post(
+        f"{full_stack.gateway_url}/v1/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {API_KEYS['inference']}"},
+    )
+    assert resp.status_code == 422 and reason in resp.json()["error"]["message"], resp.text
 
 
 def test_models_lists_the_champion_with_its_version(full_stack: Settings) -> None:

@@ -1,5 +1,5 @@
-"""The prediction log's sender as plain logic: a failing SQLite file is retried and shown
-(/readyz reads ``problem``), never a silently dead thread."""
+"""The prediction log as plain logic: a failing SQLite file is retried and shown (/readyz
+reads ``problem``), never a silently dead thread; an answer's choices go in together."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
+from refinery.common.events import PredictionEvent
 from refinery.common.kafka import EventProducer
 from refinery.inference.outbox import Outbox, OutboxSender
 
@@ -41,3 +44,35 @@ def test_a_failing_sqlite_file_is_retried_and_reported_not_fatal(tmp_path: Path)
         assert sender.problem() is None and sender.failures == 3  # recovered, still running
     finally:
         sender.stop(drain_timeout_s=0)
+
+
+def _choice(prediction_id: str) -> PredictionEvent:
+    return PredictionEvent(
+        prediction_id=prediction_id,
+        endpoint="completions",
+        prompt="Ticket: my parcel is late\nTeam:",
+        completion=" shipping",
+        model="refinery-model",
+        model_version="1",
+        served_name="refinery-base",
+        prompt_tokens=8,
+        completion_tokens=1,
+        latency_ms=3.0,
+    )
+
+
+def test_the_choices_of_one_answer_are_stored_all_or_none(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", 10)
+    outbox.append([_choice("a0"), _choice("a1")])
+    # The disk fails on the second choice of the next answer (a trigger raising in SQLite).
+    outbox._db.execute(
+        "CREATE TRIGGER full BEFORE INSERT ON outbox WHEN NEW.key = 'b1'"
+        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    with pytest.raises(sqlite3.Error, match="disk is full"):
+        outbox.append([_choice("b0"), _choice("b1")])
+    assert len(outbox) == 2
+    assert [key for _, key, _ in outbox.peek(10)] == ["a0", "a1"]  # no b0 without b1
+    outbox.append([_choice("c0")])
+    assert [key for _, key, _ in outbox.peek(10)] == ["a0", "a1", "c0"]
+    outbox.close()

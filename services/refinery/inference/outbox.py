@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kafka.errors import KafkaError
@@ -46,19 +46,20 @@ class Outbox:
     def __len__(self) -> int:
         return self._size
 
-    def append(self, event: PredictionEvent) -> None:
-        """Store one prediction; raises Unavailable when the outbox is full."""
+    def append(self, events: Sequence[PredictionEvent]) -> None:
+        """Store the predictions of one answer (one per choice), all or none; raises
+        Unavailable when the outbox is full."""
+        rows = [(event.prediction_id, event.to_bytes()) for event in events]
         with self._lock:
             if self._size >= self.max_events:
                 raise Unavailable(
                     f"prediction log is full ({self._size} events wait for Kafka); retry later",
                     retry_after_s=5,
                 )
-            self._db.execute(
-                "INSERT INTO outbox (key, value) VALUES (?, ?)",
-                (event.prediction_id, event.to_bytes()),
-            )
-            self._size += 1
+            with self._db:  # commits, or rolls back on an error
+                self._db.execute("BEGIN")  # the connection autocommits otherwise
+                self._db.executemany("INSERT INTO outbox (key, value) VALUES (?, ?)", rows)
+            self._size += len(rows)
 
     def peek(self, limit: int) -> list[tuple[int, str, bytes]]:
         with self._lock:

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from refinery.common.events import ChatTurn, SamplingParams
 
@@ -24,6 +34,8 @@ _WHOLE = BeforeValidator(_whole)
 # vLLM refuses an empty stop string ("stop cannot contain an empty string").
 StopString = Annotated[str, Field(min_length=1)]
 Reason = Annotated[str, Field(min_length=1, max_length=1000, description="why; kept with it")]
+#: ``n`` at most: each choice is generated, logged and kept like a request of its own.
+MAX_CHOICES = 16
 
 
 class _OpenAIRequest(BaseModel):
@@ -39,14 +51,39 @@ class _OpenAIRequest(BaseModel):
     stop: StopString | list[StopString] | None = None
     # vLLM takes 64-bit seeds; past 2**53 JSON numbers lose precision in many parsers.
     seed: Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1), _WHOLE] | None = None
-    n: Annotated[int, Field(ge=1, le=1), _WHOLE] = Field(
-        default=1, description="one choice per request: each answer is one logged prediction"
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES), _WHOLE] = Field(
+        default=1,
+        description="choices to generate; each is a logged prediction of its own, rated "
+        "by the prediction_id in its choice (the response's id is the first choice's)",
     )
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = Field(default=None, max_length=256)
     # Refinery's own: which slice of traffic this is (product, tenant, ...), for drift by segment.
     segment: str | None = Field(default=None, max_length=128)
+
+    @field_validator("n")
+    @classmethod
+    def _choices_need_sampling(cls, n: int, info: ValidationInfo) -> int:
+        # vLLM refuses it too, as a 400 that does not say which field to change.
+        if n > 1 and info.data.get("temperature") == 0:
+            raise ValueError(
+                "more than one choice needs a temperature above 0: greedy decoding gives "
+                "every choice the same answer"
+            )
+        return n
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The schema, with the rule above in it: n > 1 only with a temperature above 0."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        schema["if"] = {"properties": {"n": {"minimum": 2}}, "required": ["n"]}
+        schema["then"] = {
+            "properties": {"temperature": {"anyOf": [{"exclusiveMinimum": 0}, {"type": "null"}]}}
+        }
+        return schema
 
     def sampling_params(self) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -62,6 +99,8 @@ class _OpenAIRequest(BaseModel):
         """The body for vLLM: our model name, our fields removed, usage always reported."""
         body = self.model_dump(exclude_none=True, exclude={"segment", "model"})
         body["model"] = served_name
+        if self.n > 1:  # usage counts all choices together; each choice's ids count its own
+            body["return_token_ids"] = True
         if self.stream:
             body["stream_options"] = {**(self.stream_options or {}), "include_usage": True}
         return body
@@ -69,6 +108,12 @@ class _OpenAIRequest(BaseModel):
     @property
     def client_wants_usage_chunk(self) -> bool:
         return bool(self.stream_options and self.stream_options.get("include_usage"))
+
+    @property
+    def client_wants_token_ids(self) -> bool:
+        """Did the client ask vLLM's ``return_token_ids`` itself (else the gateway's own
+        request for them, with ``n`` > 1, is not passed on)?"""
+        return (self.model_extra or {}).get("return_token_ids") is True
 
 
 class CompletionRequest(_OpenAIRequest):

@@ -1,4 +1,5 @@
-"""Completions through vLLM: route to the champion, sign the id, log the prediction."""
+"""Completions through vLLM: route to the champion, sign an id per choice, log each choice
+as a prediction."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -34,10 +36,34 @@ _PATHS = {"completions": "/v1/completions", "chat.completions": "/v1/chat/comple
 _ID_KINDS = {"completions": "cmpl", "chat.completions": "chatcmpl"}
 
 
-def _answer_text(body: dict[str, Any], endpoint: Endpoint) -> str:
-    """The first choice's text of a (non-streamed) vLLM answer."""
-    choice = body["choices"][0]
-    return choice["text"] if endpoint == "completions" else choice["message"]["content"] or ""
+@dataclass(frozen=True)
+class Answer:
+    """One choice as it is logged: its text and the tokens of its prompt and its own."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _answers(body: dict[str, Any], endpoint: Endpoint, n: int) -> list[Answer]:
+    """Each choice of a (non-streamed) vLLM answer, in index order."""
+    usage = body.get("usage") or {}
+    prompt_tokens = int(usage.get("prompt_tokens", 0))
+    answers = []
+    for choice in sorted(body["choices"], key=lambda c: int(c["index"])):
+        text = choice["text"] if endpoint == "completions" else choice["message"]["content"]
+        # One choice: the usage is its own. More: usage sums them, and each choice's
+        # token ids (asked for with n > 1, see upstream_body) are its own.
+        tokens = usage.get("completion_tokens", 0) if n == 1 else len(choice["token_ids"])
+        answers.append(Answer(text or "", prompt_tokens, int(tokens)))
+    return answers
+
+
+def _hide_token_ids(part: dict[str, Any]) -> None:
+    """Drops the token ids the gateway asked vLLM for on its own account (a body, a chunk
+    or a choice of either)."""
+    part.pop("token_ids", None)
+    part.pop("prompt_token_ids", None)
 
 
 def _upstream_error(status: int, text: str) -> GatewayError:
@@ -51,7 +77,7 @@ def _upstream_error(status: int, text: str) -> GatewayError:
 
 
 class CompletionService:
-    """One request in, one logged prediction out."""
+    """One request in, one logged prediction per choice out."""
 
     def __init__(
         self,
@@ -92,14 +118,23 @@ class CompletionService:
             resp.release()
             await held.aclose()
         latency_ms = (time.perf_counter() - started) * 1000
-        text = _answer_text(body, endpoint)
-        usage = body.get("usage") or {}
-        prediction_id = self.ids.new(_ID_KINDS[endpoint], tenant)
-        self._log(request, endpoint, route, text, usage, latency_ms, prediction_id)
-        self._shadow_if_any(request, endpoint, prediction_id)
-        body["id"] = prediction_id
+        answers = _answers(body, endpoint, request.n)
+        ids = self._new_ids(endpoint, tenant, len(answers))
+        self._log(request, endpoint, route, answers, latency_ms, ids)
+        self._shadow_if_any(request, endpoint, ids)
+        for choice in body["choices"]:
+            choice["prediction_id"] = ids[int(choice["index"])]
+            if not request.client_wants_token_ids:
+                _hide_token_ids(choice)
+        if not request.client_wants_token_ids:
+            _hide_token_ids(body)
+        body["id"] = ids[0]
         body["model"] = route.served_name
         return body, route
+
+    def _new_ids(self, endpoint: Endpoint, tenant: str, n: int) -> list[str]:
+        """A signed prediction id per choice: each is rated on its own."""
+        return [self.ids.new(_ID_KINDS[endpoint], tenant) for _ in range(n)]
 
     async def open_stream(
         self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint, tenant: str
@@ -107,8 +142,8 @@ class CompletionService:
         """Start the upstream stream (errors surface before any byte is sent), then relay it."""
         self.check_model(request.model)
         route, resp, held, started = await self._start(request, endpoint)
-        prediction_id = self.ids.new(_ID_KINDS[endpoint], tenant)
-        return self._relay(request, endpoint, route, resp, held, started, prediction_id), route
+        ids = self._new_ids(endpoint, tenant, request.n)
+        return self._relay(request, endpoint, route, resp, held, started, ids), route
 
     async def _start(
         self, request: CompletionRequest | ChatCompletionRequest, endpoint: Endpoint
@@ -165,10 +200,14 @@ class CompletionService:
         resp: aiohttp.ClientResponse,
         held: AsyncExitStack,
         started: float,
-        prediction_id: str,
+        ids: list[str],
     ) -> AsyncIterator[bytes]:
-        parts: list[str] = []
+        """vLLM's chunks, each with the first choice's id as its ``id`` and each choice with
+        its own ``prediction_id``; every choice logged once the stream is done."""
+        parts: list[list[str]] = [[] for _ in ids]
+        tokens = [0] * len(ids)
         usage: dict[str, Any] = {}
+        wants_token_ids = request.client_wants_token_ids
         try:
             async for raw in resp.content:
                 line = raw.decode().rstrip("\r\n")
@@ -177,24 +216,35 @@ class CompletionService:
                 data = line[6:]
                 if data == "[DONE]":
                     latency_ms = (time.perf_counter() - started) * 1000
-                    self._log(
-                        request, endpoint, route, "".join(parts), usage, latency_ms, prediction_id
-                    )
-                    self._shadow_if_any(request, endpoint, prediction_id)
+                    prompt_tokens = int(usage.get("prompt_tokens", 0))
+                    if len(ids) == 1:
+                        tokens[0] = int(usage.get("completion_tokens", 0))
+                    answers = [
+                        Answer("".join(parts[i]), prompt_tokens, tokens[i]) for i in range(len(ids))
+                    ]
+                    self._log(request, endpoint, route, answers, latency_ms, ids)
+                    self._shadow_if_any(request, endpoint, ids)
                     yield b"data: [DONE]\n\n"
                     return
                 chunk = json.loads(data)
-                chunk["id"] = prediction_id
+                chunk["id"] = ids[0]
                 chunk["model"] = route.served_name
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for choice in chunk.get("choices") or []:
+                    i = int(choice["index"])
                     delta = (
                         choice.get("text")
                         if endpoint == "completions"
                         else ((choice.get("delta") or {}).get("content"))
                     )
-                    parts.append(delta or "")
+                    parts[i].append(delta or "")
+                    tokens[i] += len(choice.get("token_ids") or ())
+                    choice["prediction_id"] = ids[i]
+                    if not wants_token_ids:
+                        _hide_token_ids(choice)
+                if not wants_token_ids:
+                    _hide_token_ids(chunk)
                 if not chunk.get("choices") and not request.client_wants_usage_chunk:
                     continue  # the usage-only chunk we asked for on our own account
                 if not request.client_wants_usage_chunk:
@@ -208,15 +258,16 @@ class CompletionService:
         self,
         request: CompletionRequest | ChatCompletionRequest,
         endpoint: Endpoint,
-        shown_id: str,
+        shown_ids: list[str],
     ) -> None:
         """A shadow canary covering this user answers the same request, after the user has
-        the champion's answer: on the side, logged, never returned."""
+        the champion's answer: on the side, logged, never returned (its choice i the shadow
+        of the user's choice i)."""
         route = self.router.shadow(request.user)
         if route is None:
             return
         task = asyncio.get_running_loop().create_task(
-            self._shadow(request, endpoint, route, shown_id)
+            self._shadow(request, endpoint, route, shown_ids)
         )
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
@@ -226,7 +277,7 @@ class CompletionService:
         request: CompletionRequest | ChatCompletionRequest,
         endpoint: Endpoint,
         route: Route,
-        shown_id: str,
+        shown_ids: list[str],
     ) -> None:
         quiet = request.model_copy(update={"stream": False, "stream_options": None})
         try:
@@ -244,11 +295,9 @@ class CompletionService:
                         return
                     body = await resp.json()
             latency_ms = (time.perf_counter() - started) * 1000
-            text = _answer_text(body, endpoint)
-            usage = body.get("usage") or {}
-            self._log(
-                quiet, endpoint, route, text, usage, latency_ms, f"{shown_id}.shadow", shown_id
-            )
+            answers = _answers(body, endpoint, quiet.n)
+            shadow_ids = [f"{shown_id}.shadow" for shown_id in shown_ids]
+            self._log(quiet, endpoint, route, answers, latency_ms, shadow_ids, shown_ids)
         except Exception as exc:  # the user has their answer; a shadow never fails them
             log.warning("shadow %s: %s: %s", route.served_name, type(exc).__name__, exc)
 
@@ -257,34 +306,39 @@ class CompletionService:
         request: CompletionRequest | ChatCompletionRequest,
         endpoint: Endpoint,
         route: Route,
-        text: str,
-        usage: dict[str, Any],
+        answers: list[Answer],
         latency_ms: float,
-        prediction_id: str,
-        shadow_of: str | None = None,
+        ids: list[str],
+        shadow_of: list[str] | None = None,
     ) -> None:
+        """Each choice as a prediction, into the outbox in one write (all or none)."""
         if isinstance(request, CompletionRequest):
             prompt, messages = request.prompt, None
         else:
             messages = request.turns()
             prompt = last_user_text(messages)
-        event = PredictionEvent(
-            prediction_id=prediction_id,
-            endpoint=endpoint,
-            prompt=prompt,
-            messages=messages,
-            completion=text,
-            model=route.model,
-            model_version=route.version,
-            served_name=route.served_name,
-            params=request.sampling_params(),
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
-            latency_ms=latency_ms,
-            segment=request.segment,
-            user=request.user,
-            shadow_of=shadow_of,
-        )
-        self.outbox.append(event)  # the sender picks it up on its next tick
-        self.metrics.tokens.labels("prompt").inc(event.prompt_tokens)
-        self.metrics.tokens.labels("completion").inc(event.completion_tokens)
+        params = request.sampling_params()
+        events = [
+            PredictionEvent(
+                prediction_id=prediction_id,
+                endpoint=endpoint,
+                prompt=prompt,
+                messages=messages,
+                completion=answer.text,
+                model=route.model,
+                model_version=route.version,
+                served_name=route.served_name,
+                params=params,
+                prompt_tokens=answer.prompt_tokens,
+                completion_tokens=answer.completion_tokens,
+                latency_ms=latency_ms,
+                segment=request.segment,
+                user=request.user,
+                shadow_of=shadow_of[i] if shadow_of else None,
+            )
+            for i, (answer, prediction_id) in enumerate(zip(answers, ids, strict=True))
+        ]
+        self.outbox.append(events)  # the sender picks them up on its next tick
+        # The choices share one prompt: vLLM counted its tokens once.
+        self.metrics.tokens.labels("prompt").inc(events[0].prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(sum(e.completion_tokens for e in events))
