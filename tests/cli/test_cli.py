@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from refinery.cli import overview
 from refinery.common import decisions
 from refinery.common.events import AlertEvent, DriftMetric, TriggerEvent
 from refinery.common.kafka import EventProducer, ensure_topics
@@ -62,7 +63,7 @@ def test_status_reports_the_champion(full_stack: Settings) -> None:
     # The loop besides the processes: each part answers, or says it cannot.
     lines = {line.split(":", 1)[0]: line for line in status.stdout.splitlines() if ": " in line}
     assert re.match(r"models: champion v1 \(base, golden \d\.\d{3}\)", lines["models"])
-    for part in ("last drift window", "last alert", "last retraining", "last decision"):
+    for part in ("last drift window", "alerts", "last retraining", "last decision"):
         assert part in lines and "unavailable" not in lines[part], lines.get(part)
 
 
@@ -160,6 +161,44 @@ def test_alerts_prints_drift_alerts(kafka_stack: Settings) -> None:
     assert "ks 0.0001" in shown.stdout and "[ops notified: opened]" in shown.stdout
     assert "WARNING operational drift in latency_ms" in shown.stdout
     assert f"RESOLVED quality drift episode since {now:%Y-%m-%d %H:%M:%S}" in shown.stdout
+
+
+def test_status_shows_each_kind_of_episode_when_another_alerted_last(
+    kafka_stack: Settings,
+) -> None:
+    """A quality episode still open under a newer operational alert: status shows both."""
+    settings = kafka_stack.model_copy(update={"topic_prefix": "clistatus"})
+    ensure_topics(settings)
+    now = datetime.now(UTC)
+    quality = AlertEvent(
+        window_start=now,
+        window_end=now,
+        window_size=200,
+        drifted_columns=["segment"],
+        metrics=[
+            DriftMetric(column="segment", method="chi2", score=1e-9, threshold=1e-3, drifted=True)
+        ],
+        reference_version="2",
+        severity="critical",
+        episode_start=now,
+        notice="escalated",
+    )
+    slow = quality.model_copy(
+        update={
+            "event_id": str(uuid.uuid4()),
+            "occurred_at": datetime.now(UTC),
+            "drifted_columns": ["latency_ms"],
+            "episode_kind": "operational",
+            "severity": "warning",
+            "notice": "opened",
+        }
+    )
+    with EventProducer(settings) as producer:
+        for event in (quality, slow):
+            producer.send_and_wait(Stream.ALERTS, event)
+    said = overview._alerts(settings)
+    assert said.startswith("quality critical ") and "drift in segment (reference v2)" in said
+    assert "; operational warning " in said and "drift in latency_ms" in said
 
 
 def test_alerts_follow_prints_decisions_as_they_come(kafka_stack: Settings) -> None:

@@ -1,6 +1,7 @@
 """What ``refinery status`` says of the loop, besides its processes: the champion and the
-previous version with their golden-set scores, the last drift window and alert, the last
-retraining run and its outcome, the last decision told to ops.
+previous version with their golden-set scores, the last drift window, the newest alert of
+each kind of episode, the last retraining run and its outcome, the last decision told to
+ops.
 
 Each line asks one part (the registry, Kafka, MLflow, the Evidently UI); a part that
 does not answer gives its line as unavailable, never the whole status.
@@ -15,8 +16,8 @@ import httpx
 
 from refinery.common.decisions import lines as decision_lines
 from refinery.common.decisions import run_url
-from refinery.common.events import AlertEvent, DecisionEvent
-from refinery.common.kafka import newest_event
+from refinery.common.events import EPISODE_KINDS, AlertEvent, DecisionEvent
+from refinery.common.kafka import newest_events
 from refinery.common.registry import GOLDEN_SCORE_TAG, PREVIOUS, ModelRegistry, VersionInfo
 from refinery.common.settings import Settings
 from refinery.common.topics import Stream
@@ -26,7 +27,7 @@ def overview(settings: Settings) -> list[str]:
     parts: list[tuple[str, Callable[[Settings], str]]] = [
         ("models", _models),
         ("last drift window", _last_window),
-        ("last alert", _last_alert),
+        ("alerts", _alerts),
         ("last retraining", _last_retraining),
         ("last decision", _last_decision),
     ]
@@ -75,24 +76,38 @@ def _last_window(settings: Settings) -> str:
     )
 
 
-def _last_alert(settings: Settings) -> str:
-    alert = newest_event(settings, Stream.ALERTS)
-    if not isinstance(alert, AlertEvent):
+#: Alert records read back per partition to find each kind's newest: an open episode sends
+#: a reminder every REFINERY_ALERT_REPEAT_MINUTES, so this reaches back far enough.
+ALERTS_READ = 100
+
+
+def _alerts(settings: Settings) -> str:
+    """Each kind of episode's newest alert: the newest alert of all may be an operational
+    one while a quality episode is still open."""
+    newest: dict[str, AlertEvent] = {}
+    for alert in newest_events(settings, Stream.ALERTS, last=ALERTS_READ):
+        if isinstance(alert, AlertEvent):
+            newest.setdefault(alert.episode_kind, alert)
+    if not newest:
         return "none"
+    return "; ".join(_alert(newest[kind]) for kind in EPISODE_KINDS if kind in newest)
+
+
+def _alert(alert: AlertEvent) -> str:
     if alert.resolved:
         return (
-            f"{_ago(alert.occurred_at)} {alert.episode_kind} drift resolved "
+            f"{alert.episode_kind} resolved {_ago(alert.occurred_at)} "
             f"(reference v{alert.reference_version})"
         )
     return (
-        f"{_ago(alert.occurred_at)} {alert.severity} {alert.episode_kind} drift in "
+        f"{alert.episode_kind} {alert.severity} {_ago(alert.occurred_at)}, drift in "
         f"{', '.join(alert.drifted_columns)} (reference v{alert.reference_version})"
         + (f" {alert.report_url}" if alert.report_url else "")
     )
 
 
 def _last_decision(settings: Settings) -> str:
-    told = newest_event(settings, Stream.DECISIONS)
+    told = next(iter(newest_events(settings, Stream.DECISIONS)), None)
     if not isinstance(told, DecisionEvent):
         return "none"
     return f"{_ago(told.occurred_at)} {decision_lines(told)[0]}"

@@ -214,9 +214,11 @@ class EventConsumer:
         self.close()
 
 
-def newest_event(settings: Settings, stream: Stream, timeout_s: float = 10.0) -> Event | None:
-    """The newest valid event of ``stream`` (the last record of each partition, compared
-    by ``occurred_at``), read without a consumer group; None if the topic is empty."""
+def newest_events(
+    settings: Settings, stream: Stream, last: int = 1, timeout_s: float = 10.0
+) -> list[Event]:
+    """The valid events among the ``last`` records of each partition of ``stream``, newest
+    first (by ``occurred_at``), read without a consumer group; empty if the topic is."""
     from kafka import TopicPartition
 
     topic = Topics.from_settings(settings).name(stream)
@@ -225,17 +227,17 @@ def newest_event(settings: Settings, stream: Stream, timeout_s: float = 10.0) ->
         enable_auto_commit=False,
         request_timeout_ms=int(timeout_s * 1000) + 1000,
     )
-    newest: Event | None = None
+    found: list[Event] = []
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not partitions:
-            return None
+            return []
         ends = consumer.end_offsets(partitions)
         starts = consumer.beginning_offsets(partitions)
         wanted = [tp for tp in partitions if ends[tp] > starts[tp]]
         consumer.assign(wanted)
         for tp in wanted:
-            consumer.seek(tp, ends[tp] - 1)
+            consumer.seek(tp, max(starts[tp], ends[tp] - last))
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < ends[tp] for tp in wanted):
             if time.monotonic() > deadline:
@@ -243,11 +245,9 @@ def newest_event(settings: Settings, stream: Stream, timeout_s: float = 10.0) ->
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
                     try:
-                        event = parse_event(stream, record.value)
+                        found.append(parse_event(stream, record.value))
                     except (ValidationError, ValueError):
                         continue
-                    if newest is None or event.occurred_at > newest.occurred_at:
-                        newest = event
     finally:
         consumer.close()
-    return newest
+    return sorted(found, key=lambda event: event.occurred_at, reverse=True)
