@@ -264,3 +264,7 @@ def test_a_window_drifted_in_both_kinds_has_an_alert_for_each(tmp_path: Path) ->
     assert operational.drifted_columns == ["latency_ms"] and operational.severity == "warning"
     assert quality.event_id != operational.event_id
     assert str(slack_payload(quality)["text"]).startswith(":warning: *critical* quality drift")
+    # Each lists its own kind's tests: the operational one names no data column.
+    assert {m.column for m in operational.metrics} == {"latency_ms"}
+    assert "latency_ms" not in {m.column for m in quality.metrics}
+    assert "segment" not in str(slack_payload(operational)["text"])

@@ -18,7 +18,13 @@ from typing import Any
 import httpx
 from evidently.core.report import Snapshot
 
-from refinery.common.events import EPISODE_KINDS, AlertEvent, EpisodeKind, columns_of
+from refinery.common.events import (
+    EPISODE_KINDS,
+    AlertEvent,
+    EpisodeKind,
+    columns_of,
+    episode_kind,
+)
 from refinery.monitor.drift import DriftResult, ThumbsCount, describe
 from refinery.monitor.notices import Decision, severity_of
 from refinery.monitor.report import WindowLabels, dashboard, dashboard_versions, window_snapshot
@@ -169,7 +175,8 @@ class AlertPublisher:
                     window_end=window.end,
                     window_size=window.size,
                     drifted_columns=columns,
-                    metrics=result.metrics,
+                    # Its kind's tests only: an operational alert lists no data drift.
+                    metrics=[m for m in result.metrics if episode_kind(m.column) == kind],
                     reference_version=window.reference_version,
                     report_url=link,
                     severity=severity,
