@@ -59,11 +59,18 @@ def _answers(body: dict[str, Any], endpoint: Endpoint, n: int) -> list[Answer]:
     return answers
 
 
-def _hide_token_ids(part: dict[str, Any]) -> None:
-    """Drops the token ids the gateway asked vLLM for on its own account (a body, a chunk
-    or a choice of either)."""
-    part.pop("token_ids", None)
-    part.pop("prompt_token_ids", None)
+def _label(part: dict[str, Any], ids: list[str], served_name: str, keep_token_ids: bool) -> None:
+    """An answer or a streamed chunk as the client gets it: the first choice's id as its
+    ``id``, each choice's own ``prediction_id``, the served name, and without the token ids
+    the gateway asked vLLM for on its own account."""
+    part["id"] = ids[0]
+    part["model"] = served_name
+    for piece in (part, *(part.get("choices") or ())):
+        if piece is not part:
+            piece["prediction_id"] = ids[int(piece["index"])]
+        if not keep_token_ids:
+            piece.pop("token_ids", None)
+            piece.pop("prompt_token_ids", None)
 
 
 def _upstream_error(status: int, text: str) -> GatewayError:
@@ -122,14 +129,7 @@ class CompletionService:
         ids = self._new_ids(endpoint, tenant, len(answers))
         self._log(request, endpoint, route, answers, latency_ms, ids)
         self._shadow_if_any(request, endpoint, ids)
-        for choice in body["choices"]:
-            choice["prediction_id"] = ids[int(choice["index"])]
-            if not request.client_wants_token_ids:
-                _hide_token_ids(choice)
-        if not request.client_wants_token_ids:
-            _hide_token_ids(body)
-        body["id"] = ids[0]
-        body["model"] = route.served_name
+        _label(body, ids, route.served_name, request.client_wants_token_ids)
         return body, route
 
     def _new_ids(self, endpoint: Endpoint, tenant: str, n: int) -> list[str]:
@@ -207,7 +207,6 @@ class CompletionService:
         parts: list[list[str]] = [[] for _ in ids]
         tokens = [0] * len(ids)
         usage: dict[str, Any] = {}
-        wants_token_ids = request.client_wants_token_ids
         try:
             async for raw in resp.content:
                 line = raw.decode().rstrip("\r\n")
@@ -227,8 +226,6 @@ class CompletionService:
                     yield b"data: [DONE]\n\n"
                     return
                 chunk = json.loads(data)
-                chunk["id"] = ids[0]
-                chunk["model"] = route.served_name
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for choice in chunk.get("choices") or []:
@@ -240,11 +237,7 @@ class CompletionService:
                     )
                     parts[i].append(delta or "")
                     tokens[i] += len(choice.get("token_ids") or ())
-                    choice["prediction_id"] = ids[i]
-                    if not wants_token_ids:
-                        _hide_token_ids(choice)
-                if not wants_token_ids:
-                    _hide_token_ids(chunk)
+                _label(chunk, ids, route.served_name, request.client_wants_token_ids)
                 if not chunk.get("choices") and not request.client_wants_usage_chunk:
                     continue  # the usage-only chunk we asked for on our own account
                 if not request.client_wants_usage_chunk:
