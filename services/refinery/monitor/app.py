@@ -1,8 +1,9 @@
 """The faust app: ``faust -A refinery.monitor.app worker`` (``refinery up`` starts it).
 
 ``join`` reads predictions and feedback (co-partitioned by prediction id, so both halves
-of a pair reach the same worker), keeps the join state in a changelog-backed table, and
-writes labeled examples; invalid records go to ``<topic>.dlq``. Each new prediction's
+of a pair reach the same worker), keeps the join state in a changelog-backed table (its
+records sent in batches before each commit: refinery/monitor/changelog.py), and writes
+labeled examples; invalid records go to ``<topic>.dlq``. Each new prediction's
 features, and each rating as it is paired, go to its partition's block keeper
 (refinery/monitor/blocks.py, in the same table), which sends a block of them per second
 of traffic to the single-partition window topic. ``watch`` (on whichever worker owns that
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import faust
+from faust.tables.base import Collection
 from faust.types import TP
 from pydantic import ValidationError
 
@@ -47,6 +49,7 @@ from refinery.common.task import load_task
 from refinery.common.topics import DLQ_SUFFIX, Stream, Topics
 from refinery.monitor.alerts import Window, post_webhook, slack_payload
 from refinery.monitor.blocks import BlockKeeper, OpenRow, is_keeper_key
+from refinery.monitor.changelog import CHANGELOG_LINGER_S, MAX_PENDING, BatchedChanges
 from refinery.monitor.drift import alarm_ratio, describe, detect_drift, warm_up
 from refinery.monitor.faust_app import MonitorApp
 from refinery.monitor.join import (
@@ -98,11 +101,14 @@ app = MonitorApp(
     # run in threads), so 20 s still spares a busy worker.
     broker_session_timeout=20.0,
     broker_heartbeat_interval=3.0,
-    # Each table write and example is a record of its own: sent as they come (faust's 0),
-    # they cost the broker 0.16 ms of CPU per event, 0.10 at 5 ms, and the worker more too
-    # (bench.monitor's traffic, 2-core host). Longer waits held the join up at its blocks'
-    # flushes.
+    # Each example is a record of its own: sent as they come (faust's 0), they and the
+    # table's writes cost the broker 0.16 ms of CPU per event, 0.10 at 5 ms, and the worker
+    # more too (bench.monitor's traffic, 2-core host). Longer waits held the join up at its
+    # blocks' flushes.
     producer_linger=0.005,
+    # The join's changelog goes in batches (refinery/monitor/changelog.py): a flush of a
+    # commit interval's states takes a few of these per partition, not hundreds of 16 KB.
+    producer_max_batch_size=512 * 1024,
 )
 # faust's consumer can skip records and stall its commits (refinery/monitor/rereads.py):
 # the join and the windows tell it what they read, and it seeks back over a gap.
@@ -133,10 +139,20 @@ traffic = app.topic(
 )
 examples = app.topic(topics.name(Stream.EXAMPLES), key_serializer="raw", value_serializer="raw")
 join_table = app.Table("join", default=None, partitions=settings.topic_partitions)
-# faust deletes a table key only inside stream iteration, into the changelog partition of
-# the event being processed. Topics with equal partition counts are co-partitioned, so
-# partition P of this topic lives on the worker owning P of the traffic and of the table:
-# a sweep record of partition P is where the keys of P can be expired.
+assert isinstance(join_table, Collection)
+# Read and written only through this: its changelog records go in batches, before each
+# commit (refinery/monitor/changelog.py).
+join_state = BatchedChanges(join_table)
+
+
+async def flush_join_state() -> None:
+    await join_state.flush(app.kafka_producer())
+
+
+app.before_flush(flush_join_state)
+# Topics with equal partition counts are co-partitioned, so partition P of this topic lives
+# on the worker owning P of the traffic and of the table: a sweep record of partition P is
+# where the keys of P can be expired (their tombstones go to changelog partition P).
 sweep_topic = app.topic(
     f"{settings.monitor_app_id}-join-sweep",
     partitions=settings.topic_partitions,
@@ -156,7 +172,7 @@ keepers: dict[int, BlockKeeper] = {}  # per partition this worker holds
 def keeper(partition: int) -> BlockKeeper:
     if partition not in keepers:
         keepers[partition] = BlockKeeper(
-            join_table, partition, lambda: rows_in_join_states(partition)
+            join_state.of_partition(partition), partition, lambda: rows_in_join_states(partition)
         )
     return keepers[partition]
 
@@ -168,7 +184,7 @@ def prediction_row(prediction: PredictionEvent) -> dict[str, Any]:
 def rows_in_join_states(partition: int) -> Iterator[OpenRow]:
     """The drift rows the join states of ``partition`` carry (a keeper made over a
     recovered table finds its open block in them)."""
-    for key, raw in join_table.items():
+    for key, raw in join_state.items():
         if raw and raw.get("rows") and raw.get("partition") == partition and not is_keeper_key(key):
             yield from JoinState.from_json(raw).open_rows(prediction_row)
 
@@ -194,7 +210,7 @@ decisions = app.topic(topics.name(Stream.DECISIONS), key_serializer="raw", value
 WINDOW_KEY = b"windows"
 E = TypeVar("E", bound=Event)
 metrics = MonitorMetrics()
-metrics.watch_join_state(lambda: len(join_table))
+metrics.watch_join_state(lambda: len(join_state))
 LAG_S = 30.0  # how often the worker measures its group's consumer lag
 # Time-closed windows need a clock in the stream: every worker ticks; extra ticks are harmless.
 TICK_S = min(5.0, spec.window_minutes * 60 / 4)
@@ -247,7 +263,7 @@ async def join(stream: faust.StreamT) -> None:
             metrics.events.labels(stream=stream_kind.value, outcome="shadow").inc()
             continue  # a shadow canary's answer: nobody saw it, so nobody rates it
         metrics.events.labels(stream=stream_kind.value, outcome="read").inc()
-        raw = join_table.get(key)
+        raw = join_state.get(key)
         now = time.time()
         blocks = keeper(message.partition)
         state = JoinState.from_json(raw)
@@ -271,11 +287,13 @@ async def join(stream: faust.StreamT) -> None:
         # The rows go with the state (one changelog record) until their block is sealed.
         state.rows = [row for row in state.rows if blocks.is_open(row[0])]
         state.partition = message.partition  # the sweep of this partition expires it
-        join_table[key] = state.to_json()
+        join_state.set(message.partition, key, state.to_json())
         for example in out:
             await examples.send(key=example.feedback_id.encode(), value=example.to_bytes())
             metrics.examples.inc()
         await send_blocks(message.partition)
+        if join_state.pending >= MAX_PENDING:
+            await flush_join_state()
 
 
 def _valid(event_type: type[E], value: bytes, topic: str) -> E | None:
@@ -401,6 +419,13 @@ async def write_report_copies() -> None:
 @app.task
 async def expose_metrics() -> None:
     serve_metrics(metrics.registry, settings.metrics_host, settings.monitor_metrics_port, "monitor")
+
+
+@app.timer(interval=CHANGELOG_LINGER_S)
+async def send_join_state() -> None:
+    """The join's changes out at least this often, commit or not: standbys and a restarted
+    worker's recovery see them as soon as faust's per-record sends showed them."""
+    await flush_join_state()
 
 
 @app.timer(interval=LAG_S)
@@ -530,13 +555,14 @@ async def sweep(stream: faust.StreamT) -> None:
         stale = [
             key
             for key in stale_keys(
-                join_table.items(), partition, now, settings.join_ttl_s, recovered_partition
+                join_state.items(), partition, now, settings.join_ttl_s, recovered_partition
             )
-            if not carries_open_rows(join_table[key], keeper(partition))  # gone once sealed
+            if not carries_open_rows(join_state[key], keeper(partition))  # gone once sealed
         ]
         for key in stale:
-            join_table.pop(key, None)  # the tombstone goes to changelog partition P
+            join_state.pop(partition, key)  # the tombstone goes to changelog partition P
         if stale:
+            await flush_join_state()  # tombstones out now, not at the next commit
             log.info("join: expired %d entries of partition %d", len(stale), partition)
 
 

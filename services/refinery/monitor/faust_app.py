@@ -10,6 +10,10 @@ monitor first started beside a bootstrap; reproduced on every first start while 
 controller was creating and deleting other topics. ``MonitorApp`` declares them on its first
 start, before any of its services, and waits until the metadata shows their partitions: its
 consumer then joins as a restarted worker does, with every topic there.
+
+It also runs hooks before its producer flushes (``before_flush``): faust flushes the producer
+before every offset commit, so what a hook sends (the join's batched changelog records,
+refinery/monitor/changelog.py) is in Kafka before the offsets of the events that made it.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
-from faust.types import TopicT
+from aiokafka import AIOKafkaProducer
+from faust.types import ProducerT, TopicT
 
 from refinery.common.kafka.admin import wait_for_partitions
 
@@ -31,6 +37,28 @@ class MonitorApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.own_topics: dict[str, TopicT] = {}  # every internal topic made through topic()
+        self._before_flush: list[Callable[[], Awaitable[None]]] = []
+
+    def before_flush(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` each time the producer flushes, before it does."""
+        self._before_flush.append(hook)
+
+    def _new_producer(self) -> ProducerT:
+        producer = super()._new_producer()
+        flush = producer.flush
+
+        async def flush_after_hooks() -> None:
+            for hook in self._before_flush:
+                await hook()
+            await flush()
+
+        producer.flush = flush_after_hooks  # type: ignore[method-assign]
+        return producer
+
+    def kafka_producer(self) -> AIOKafkaProducer | None:
+        """The aiokafka producer under faust's (None unless it runs): for record batches."""
+        producer: AIOKafkaProducer | None = getattr(self.producer, "_producer", None)
+        return producer
 
     def topic(self, *topics: str, **kwargs: Any) -> TopicT:
         made = super().topic(*topics, **kwargs)
