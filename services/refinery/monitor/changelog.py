@@ -50,7 +50,6 @@ class BatchedChanges:
         self.table = table
         self.topic = table.changelog_topic.get_topic_name()
         self._pending: dict[int, list[Record]] = {}  # per changelog partition, in order
-        self._count = 0
         self._flushing = asyncio.Lock()  # one flush at a time: batches go out in order
 
     # reads: the table's store, which has every change already
@@ -69,7 +68,7 @@ class BatchedChanges:
     @property
     def pending(self) -> int:
         """Records not handed to the producer yet."""
-        return self._count
+        return sum(len(records) for records in self._pending.values())
 
     def set(self, partition: int, key: str, value: Any) -> None:
         self.table.data[key] = value
@@ -89,7 +88,6 @@ class BatchedChanges:
     def _add(self, partition: int, key: str, value: bytes | None) -> None:
         encoded = codecs.dumps(self.table.key_serializer, key)
         self._pending.setdefault(partition, []).append((encoded, value))
-        self._count += 1
 
     async def flush(self, producer: AIOKafkaProducer | None) -> None:
         """Hand what waits to ``producer``, in batches, and wait until the broker has it.
@@ -97,13 +95,13 @@ class BatchedChanges:
         ``producer`` None (faust's has stopped) with records waiting raises: the commit
         that asked fails, and a restart replays those events."""
         async with self._flushing:
-            if not self._count:
+            if not self._pending:
                 return
             if producer is None:
                 raise RuntimeError(
-                    f"{self._count} join table records not sent: the producer has stopped"
+                    f"{self.pending} join table records not sent: the producer has stopped"
                 )
-            pending, self._pending, self._count = self._pending, {}, 0
+            pending, self._pending = self._pending, {}
             try:
                 await asyncio.gather(
                     *(self._send(producer, p, records) for p, records in pending.items())
@@ -113,7 +111,6 @@ class BatchedChanges:
                 # harmless: the newer write of a key comes after it either way).
                 for partition, records in pending.items():
                     self._pending[partition] = records + self._pending.get(partition, [])
-                self._count = sum(len(records) for records in self._pending.values())
                 raise
 
     async def _send(
